@@ -1,0 +1,27 @@
+# The README's two commands. Both set everything up on a fresh machine (Python + root is enough):
+# a .venv with the tested version set, the project with its libero and dev extras, and Mesa's GL libraries.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint setup clean-venv
+
+setup: $(STAMP)
+
+# Re-installs only when the dependency set changes.
+$(STAMP): pyproject.toml requirements-cpu.txt scripts/setup_env.sh
+	VENV=$(VENV) bash scripts/setup_env.sh
+	touch $(STAMP)
+
+demo: $(STAMP)
+	USE_TF=0 $(PYTHON) scripts/demo.py
+
+test: $(STAMP)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

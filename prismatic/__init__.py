@@ -1,0 +1,1 @@
+"""Spatial Forcing on OpenVLA-OFT: models, data pipeline, training and the plug-and-play alignment module."""

@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and the demo: the golden weight rule and tiny presets."""

@@ -1,0 +1,1 @@
+"""VLA-specific pieces shared by the model, the data pipeline and evaluation."""

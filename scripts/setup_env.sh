@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with its libero and dev extras on a fresh machine.
+# Called by `make` (only when pyproject.toml, requirements-cpu.txt or this file changed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# Headless MuJoCo renders through EGL or OSMesa (Mesa's llvmpipe on CPU).
+missing_gl=()
+for lib in libOSMesa.so.8 libEGL.so.1 libGL.so.1; do
+  ldconfig -p | grep -q "$lib" || missing_gl+=("$lib")
+done
+if [ ${#missing_gl[@]} -gt 0 ]; then
+  echo "[setup] installing Mesa GL libraries (missing: ${missing_gl[*]})"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 >/dev/null
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+# torch and torchvision first and as a pair, so nothing later can swap torch for another build.
+$PIP install -q -c requirements-cpu.txt torch torchvision
+$PIP install -q -c requirements-cpu.txt -e ".[libero,dev]"
+# triton (pulled by torch) segfaults when imported after TensorFlow; it is not needed on CPU.
+$PIP uninstall -y -q triton 2>/dev/null || true
+echo "[setup] environment ready in $VENV"
