@@ -1,0 +1,63 @@
+"""The frozen 3D teacher: VGGT's aggregator features of one layer, computed without gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class TeacherFeatures(NamedTuple):
+    """What ``SpatialForcingAligner.forward`` needs from the teacher, in its argument order."""
+
+    features: Tensor  # [B, S, P, 2C] float32, P = patch_start_idx special tokens + h*w patches per camera
+    patch_start_idx: int
+    image_hw: tuple[int, int]  # size of the images the teacher saw
+
+
+class VGGTTeacher(nn.Module):
+    """Wraps a VGGT model (or its aggregator) as a frozen feature extractor.
+
+    ``model`` is anything with VGGT's aggregator interface ``aggregator(images [B, S, 3, H, W], output_layers=[i])
+    -> (list_of_layers, patch_start_idx)``, or a model holding one as ``.aggregator`` (``VGGT(feature_only=True)``).
+    ``prepare_images`` maps the VLA's pixel values to teacher images ``[B, S, 3, H, W]`` in [0, 1]; None when the
+    input already is that. The wrapped model is kept frozen: float32 weights, ``requires_grad=False``, always in
+    eval mode (VGGT's training mode switches on gradient checkpointing), run under ``torch.no_grad`` and, on CUDA,
+    bf16 autocast as upstream.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[..., tuple[list[Tensor], int]],
+        prepare_images: Callable[[Tensor], Tensor] | None = None,
+        layer: int = -1,
+    ):
+        super().__init__()
+        aggregator = getattr(model, "aggregator", model)
+        if isinstance(aggregator, nn.Module):
+            aggregator.float().requires_grad_(False)
+        self.aggregator = aggregator
+        self.prepare_images = prepare_images
+        self.layer = layer
+        self.train(False)
+
+    def train(self, mode: bool = True) -> VGGTTeacher:
+        """The teacher stays in eval mode whatever ``mode`` says."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, pixel_values: Tensor) -> TeacherFeatures:
+        """VLA pixel values (or teacher images) -> features of layer ``self.layer`` ``[B, S, P, 2C]`` and metadata."""
+        images = pixel_values if self.prepare_images is None else self.prepare_images(pixel_values)
+        if images.dim() != 5 or images.shape[2] != 3:
+            source = "the input" if self.prepare_images is None else "prepare_images"
+            raise ValueError(f"Teacher images must be [B, S, 3, H, W]; {source} gave {tuple(images.shape)}.")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+            layers, patch_start_idx = self.aggregator(images, output_layers=[self.layer])
+        if len(layers) != 1:
+            raise ValueError(
+                f"The VGGT aggregator returned {len(layers)} layers for output_layers=[{self.layer}]; expected 1."
+            )
+        return TeacherFeatures(layers[0].float(), int(patch_start_idx), (images.shape[-2], images.shape[-1]))
