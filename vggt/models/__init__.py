@@ -1,0 +1,1 @@
+"""VGGT models: the full model (``vggt.models.vggt``) and its alternating-attention aggregator."""
