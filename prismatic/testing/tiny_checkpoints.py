@@ -1,0 +1,29 @@
+"""Tiny base checkpoints for CPU work: an OpenVLA folder in openvla-7b's released layout and a VGGT ``model.pt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+from vggt.loading import save_vggt_weights
+from vggt.models.vggt import VGGT
+from vggt.presets import tiny_vggt_kwargs
+
+TINY_VLA_DIRNAME = "tiny-openvla"
+TINY_VGGT_FILENAME = "tiny-vggt-model.pt"
+
+
+def write_tiny_base_checkpoints(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Writes ``{out_dir}/tiny-openvla/`` and ``{out_dir}/tiny-vggt-model.pt``; returns their paths.
+
+    Both are randomly initialised from ``seed``; they load exactly like ``ckpts/openvla-7b`` and ``ckpts/model.pt``
+    (the VGGT loader infers the tiny sizes from the tensor shapes).
+    """
+    out_dir = Path(out_dir)
+    vla_dir = save_tiny_vla_checkpoint(out_dir / TINY_VLA_DIRNAME, seed=seed)
+    torch.manual_seed(seed)
+    vggt_path = out_dir / TINY_VGGT_FILENAME
+    save_vggt_weights(VGGT(**tiny_vggt_kwargs()), vggt_path)
+    return vla_dir, vggt_path

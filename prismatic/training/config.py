@@ -1,0 +1,92 @@
+"""Fine-tuning configs: the single source of flags and defaults for finetune.py and finetune_align.py.
+
+Field names and defaults are upstream's (OpenVLA-OFT ``FinetuneConfig`` and Spatial Forcing's additions), so the
+paper's command runs unchanged. Fields marked "ours" are additions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEDULERS = ("MultiStepLR", "CosineAnnealingLR")
+
+
+@dataclass
+class FinetuneConfig:
+    """OpenVLA-OFT fine-tuning (vla-scripts/finetune.py)."""
+
+    # fmt: off
+    vla_path: str = "openvla/openvla-7b"             # Base VLA: a local folder in the released layout
+    # Dataset
+    data_root_dir: Path = Path("datasets/rlds")      # Folder holding the RLDS datasets
+    dataset_name: str = "aloha_scoop_x_into_bowl"    # Dataset or mixture name (e.g. libero_spatial_no_noops)
+    run_root_dir: Path = Path("runs")                # Where run folders (logs, checkpoints) are created
+    shuffle_buffer_size: int = 100_000               # tf.data shuffle buffer (host RAM grows with it)
+    # Algorithm and architecture
+    use_l1_regression: bool = True                   # L1 regression action head
+    use_diffusion: bool = False                      # DDIM diffusion action head instead
+    num_diffusion_steps_train: int = 50              # Diffusion steps in training
+    use_film: bool = False                           # FiLM language conditioning of the vision backbone
+    num_images_in_input: int = 1                     # 1 = third-person camera; 2 = + wrist camera
+    use_proprio: bool = False                        # Append a proprio token
+    # Training
+    batch_size: int = 8                              # Per-device batch size
+    learning_rate: float = 5e-4
+    lr_warmup_steps: int = 0                         # Linear warm-up from 10% to 100% of the learning rate
+    num_steps_before_decay: int = 100_000            # MultiStepLR milestone (x0.1 after it)
+    grad_accumulation_steps: int = 1
+    max_steps: int = 200_000
+    use_val_set: bool = False                        # Validate on the held-out split every val_freq steps
+    val_freq: int = 10_000
+    val_time_limit: int = 180                        # Seconds per validation round
+    save_freq: int = 10_000
+    save_latest_checkpoint_only: bool = False        # Overwrite one "latest" checkpoint instead of one per save
+    scheduler: str = "MultiStepLR"                   # MultiStepLR | CosineAnnealingLR
+    resume: bool = False                             # Continue from the run folder's latest checkpoint
+    resume_step: int | None = None                   # ... or from this step's checkpoint
+    image_aug: bool = True                           # Training image augmentation
+    diffusion_sample_freq: int = 50                  # Log sampled-action L1 every N steps (diffusion)
+    # LoRA
+    use_lora: bool = True
+    lora_rank: int = 32
+    lora_dropout: float = 0.0
+    merge_lora_during_training: bool = True          # Also save the merged model with each checkpoint
+    # Logging
+    wandb_entity: str = "your-wandb-entity"
+    wandb_project: str = "your-wandb-project"
+    run_id_note: str | None = None                   # Appended to the run id
+    run_id_override: str | None = None               # Replaces the run id
+    wandb_log_freq: int = 10
+    # Ours
+    seed: int = 7                                    # Seeds torch/numpy/python and the data order
+    use_wandb: bool = True                           # Log to wandb (offline unless WANDB_API_KEY is set)
+    attn_implementation: str = "sdpa"                # sdpa | eager (flash_attention_2 cannot honour the mask)
+    val_batches: int = 16                            # Upper bound on batches per validation round
+    # fmt: on
+
+    @property
+    def align_enabled(self) -> bool:
+        return False
+
+
+@dataclass
+class AlignFinetuneConfig(FinetuneConfig):
+    """Spatial Forcing fine-tuning (vla-scripts/finetune_align.py): OFT plus the alignment to VGGT."""
+
+    # fmt: off
+    vggt_path: str = "official_ckpts/vggt_model.pt"  # VGGT-1B model.pt (or .safetensors)
+    align_loss_type: str = "cosine"                  # cosine | mse (on L2-normalised features)
+    align_loss_coeff: float = 0.5                    # loss = action loss + coeff * align loss
+    pooling_func: str = "bilinear"                   # How VGGT's patch grid is resampled to the VLA's
+    vla_layers_align: int = -1                       # hidden_states index (0 = embeddings, k = after k layers)
+    vggt_layers_align: int = -1                      # Aggregator layer (-1 = last)
+    use_vlm_norm: bool = False                       # LayerNorm before the align projector
+    use_vggt_pe: bool = False                        # Add 0.1 x fixed 2D sin-cos embedding to the targets
+    gain_feat_1move: bool = True                     # Upstream's one-token shift of the VLA slice (see README)
+    vggt_image_size: int = 518                       # Ours: side of the teacher's input images (518 = VGGT's)
+    # fmt: on
+
+    @property
+    def align_enabled(self) -> bool:
+        return True

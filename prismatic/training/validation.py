@@ -1,0 +1,87 @@
+"""Checks of a fine-tuning config that run before any model is loaded; each error names the flag at fault."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
+from prismatic.vla.constants import PlatformConstants
+
+
+def _positive(cfg: FinetuneConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}.")
+
+
+def _llm_num_layers(vla_path: Path) -> int:
+    config_path = vla_path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"--vla_path {vla_path}: no config.json there. Expected a local OpenVLA folder in the released layout "
+            f"(download openvla/openvla-7b into ckpts/openvla-7b)."
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--vla_path: {config_path} is not valid JSON ({error}).") from error
+    # openvla-7b's config.json stores only a few text_config keys; Llama-2-7B's 32 layers are the default.
+    return int(config.get("text_config", {}).get("num_hidden_layers", 32))
+
+
+def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
+    """Validates ``cfg`` against the files it names; returns the platform constants of its dataset."""
+    from prismatic.models.attention import check_attn_implementation
+    from prismatic.vla.datasets.registry import resolve_data_mix
+
+    _positive(cfg, "batch_size", "grad_accumulation_steps", "max_steps", "save_freq", "wandb_log_freq")
+    if cfg.use_val_set:
+        _positive(cfg, "val_freq", "val_batches")
+    if cfg.use_l1_regression and cfg.use_diffusion:
+        raise ValueError(
+            "--use_l1_regression and --use_diffusion are both True; choose one action head "
+            "(or neither, for OpenVLA's discrete action tokens)."
+        )
+    if cfg.scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler {cfg.scheduler!r} is not supported; expected one of {SCHEDULERS}.")
+    if cfg.use_lora and cfg.lora_rank < 1:
+        raise ValueError(f"--lora_rank must be >= 1 with --use_lora True, got {cfg.lora_rank}.")
+    check_attn_implementation(cfg.attn_implementation)
+
+    specs = resolve_data_mix(cfg.dataset_name)
+    platform = specs[0][0].platform
+    for spec, _ in specs:
+        num_cameras = len(spec.image_obs_keys)
+        if not 1 <= cfg.num_images_in_input <= num_cameras:
+            raise ValueError(
+                f"--num_images_in_input {cfg.num_images_in_input} does not match dataset {spec.name!r}, "
+                f"which has {num_cameras} cameras ({', '.join(spec.image_obs_keys)}): expected 1..{num_cameras}."
+            )
+        dataset_dir = Path(cfg.data_root_dir) / spec.name
+        if not dataset_dir.is_dir():
+            raise FileNotFoundError(
+                f"--data_root_dir {cfg.data_root_dir}: dataset folder {dataset_dir} does not exist "
+                f"(expected {spec.name}/<version>/*.tfrecord* as in openvla/modified_libero_rlds)."
+            )
+
+    num_layers = _llm_num_layers(Path(cfg.vla_path))
+    if isinstance(cfg, AlignFinetuneConfig):
+        from prismatic.spatial_forcing.losses import check_align_loss_type
+        from prismatic.spatial_forcing.targets import check_pooling_func
+
+        check_align_loss_type(cfg.align_loss_type)
+        check_pooling_func(cfg.pooling_func)
+        if not -(num_layers + 1) <= cfg.vla_layers_align <= num_layers:
+            raise ValueError(
+                f"--vla_layers_align {cfg.vla_layers_align} is out of range: the VLA's LLM has {num_layers} layers, "
+                f"so hidden_states has {num_layers + 1} entries (0 = embeddings, k = after layer k, -1 = last); "
+                f"expected {-(num_layers + 1)}..{num_layers}."
+            )
+        if not Path(cfg.vggt_path).is_file():
+            raise FileNotFoundError(
+                f"--vggt_path {cfg.vggt_path} does not exist (expected facebook/VGGT-1B's model.pt, or .safetensors)."
+            )
+        _positive(cfg, "vggt_image_size")
+    return platform

@@ -1,0 +1,81 @@
+"""Tiny base checkpoints and a synthetic LIBERO dataset, shared by the training tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATASET_NAME = "libero_spatial_no_noops"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    from prismatic.testing.tiny_checkpoints import write_tiny_base_checkpoints
+
+    return write_tiny_base_checkpoints(tmp_path_factory.mktemp("ckpts"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, write_synthetic_libero
+
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_libero(
+        SyntheticLiberoConfig(data_root_dir=root, dataset_name=DATASET_NAME, num_episodes=12, episode_length=24)
+    )
+    return root
+
+
+def tiny_flags(tiny_checkpoints: tuple[Path, Path], data_root: Path, run_root: Path, **overrides) -> list[str]:
+    """Command-line flags of a tiny Spatial Forcing run (the paper's flags, tiny sizes)."""
+    vla_dir, vggt_path = tiny_checkpoints
+    flags = {
+        "vla_path": vla_dir,
+        "vggt_path": vggt_path,
+        "vggt_image_size": 112,
+        "data_root_dir": data_root,
+        "dataset_name": DATASET_NAME,
+        "run_root_dir": run_root,
+        "pooling_func": "bilinear",
+        "vla_layers_align": 1,
+        "vggt_layers_align": -1,
+        "align_loss_type": "cosine",
+        "align_loss_coeff": 0.5,
+        "use_l1_regression": True,
+        "use_diffusion": False,
+        "use_film": False,
+        "use_vlm_norm": True,
+        "use_vggt_pe": True,
+        "num_images_in_input": 2,
+        "use_proprio": True,
+        "batch_size": 2,
+        "learning_rate": 5e-4,
+        "max_steps": 4,
+        "save_freq": 2,
+        "save_latest_checkpoint_only": False,
+        "merge_lora_during_training": False,
+        "image_aug": True,
+        "lora_rank": 4,
+        "shuffle_buffer_size": 64,
+        "use_wandb": False,
+        "wandb_log_freq": 1,
+        "run_id_override": "tiny-run",
+    }
+    flags.update(overrides)
+    return [f"--{name}={value}" for name, value in flags.items()]
+
+
+def run_script(script: str, flags: list[str], nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs a vla-scripts CLI (under torchrun when ``nproc`` > 1) and returns the finished process."""
+    env = {**os.environ, "USE_TF": "0", "WANDB_MODE": "disabled", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+    path = str(REPO_ROOT / "vla-scripts" / script)
+    if nproc > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", path]
+    else:
+        command = [sys.executable, path]
+    return subprocess.run(command + flags, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)

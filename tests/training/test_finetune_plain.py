@@ -1,0 +1,37 @@
+"""finetune.py is the same loop without the teacher: no VGGT flag, no align projector, same released layout."""
+
+from __future__ import annotations
+
+import pytest
+
+from prismatic.training.metrics import read_metrics
+
+from .conftest import run_script, tiny_flags
+
+SF_ONLY_FLAGS = (
+    "vggt_path", "vggt_image_size", "pooling_func", "vla_layers_align", "vggt_layers_align", "align_loss_type",
+    "align_loss_coeff", "use_vlm_norm", "use_vggt_pe",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_plain_finetune_trains_and_saves_without_alignment(tiny_checkpoints, synthetic_data, tmp_path):
+    flags = [
+        flag
+        for flag in tiny_flags(tiny_checkpoints, synthetic_data, tmp_path, max_steps=2, save_freq=2)
+        if flag.split("=")[0].removeprefix("--") not in SF_ONLY_FLAGS
+    ]
+    result = run_script("finetune.py", flags)
+    assert result.returncode == 0, result.stderr[-4000:]
+    folder = tmp_path / "tiny-run--2_chkpt"
+    assert (folder / "action_head--2_checkpoint.pt").is_file()
+    assert not list(folder.glob("align_projector--*"))
+    metrics = read_metrics(tmp_path / "tiny-run")
+    assert [m["step"] for m in metrics] == [1, 2] and all("align_loss" not in m for m in metrics)
+
+
+def test_plain_finetune_rejects_spatial_forcing_flags(tiny_checkpoints, synthetic_data, tmp_path):
+    flags = [*tiny_flags(tiny_checkpoints, synthetic_data, tmp_path)]
+    result = run_script("finetune.py", flags, timeout=120)
+    assert result.returncode != 0
+    assert "vggt_path" in result.stderr

@@ -1,0 +1,18 @@
+"""OpenVLA-OFT fine-tuning (no alignment): the same loop as finetune_align.py without the VGGT teacher.
+
+Flags: ``prismatic.training.config.FinetuneConfig`` (``--help`` lists them).
+"""
+
+import draccus
+
+from prismatic.training.config import FinetuneConfig
+from prismatic.training.trainer import train
+
+
+@draccus.wrap()
+def main(cfg: FinetuneConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
