@@ -1,11 +1,15 @@
 """Merging a checkpoint's LoRA adapter into its base VLA, verified on a probe (merge_lora_weights_and_save.py).
 
-Upstream merges and saves without looking, and a merge that does not reproduce the fine-tuned model (the wrong
-base, an adapter whose keys do not load, a merged model left over from another adapter) evaluates at 0% success
-without any error. Here the model as trained (the base with the adapter applied, unmerged) and the merged model
-predict on one deterministic probe input, and the merge is installed only if they agree:
+Upstream merges and saves without looking, and a merged model that does not reproduce the fine-tuned one evaluates
+at 0% success without any error (openvla-oft issues #137 and #151 report 0% after re-merging a released adapter). Here
+the model as trained (the base with the adapter applied, unmerged) and the merged model, in memory and reloaded from
+the saved files, predict on one deterministic probe input, and the merge is installed only if they agree. Adapter
+tensors that match no module (which peft only warns about) are an error, and ``--verify_only`` checks a merged
+model already in the folder against its adapter and base (a merge left over from another adapter or base fails).
 
-- the probe is two synthetic camera images and a prompt through the checkpoint's processor, plus a proprio vector
+The probe:
+
+- two synthetic camera images and a prompt through the checkpoint's processor, plus a proprio vector
   when the folder has a proprio projector, run through ``predict_action`` with the folder's action head;
 - compared are the normalised actions of the L1 action head (in [-1, 1]) and the action-slot hidden states; a
   folder without an action head is judged on the hidden states alone, relative to their largest magnitude;
@@ -14,11 +18,12 @@ predict on one deterministic probe input, and the merge is installed only if the
   difference between the base alone and the base with the adapter; a real mismatch is of that order.
 
 The default tolerance, 0.05 in normalised action units (2.5% of the [-1, 1] range, about 6 of the 256 action bins),
-sits between the two regimes: a bf16 merge probed in float32 moved the actions of the tiny test model by about
-1e-2 (rounding every adapted weight to bf16 once more; 1.9e-2 when the base itself was not bf16-exact), while a
-merge that misses the adapter moves them by the adapter's effect (0.2 to 1.5 on the tiny model; a fine-tune that
-turns openvla-7b into a policy moves them by far more than 0.05). The same reasoning sets ``hidden_tolerance``:
-rounding moved the hidden states by 0.4% to 0.8% of their largest magnitude, the adapter by 13% to 97%.
+separates rounding from mismatch. Measured on the tiny model of the tests (bf16 base, random adapter): a bf16 merge
+probed in float32 moves the actions by 5e-3 (1.9e-2 when the base is not bf16-exact, 2.0e-2 when probed in bf16);
+the adapter itself moves them by 1.35, an adapter whose ``lora_B`` is scaled by 1.1 after merging by 8.2e-2 and by
+1.5 by 0.27. A fine-tune that turns openvla-7b into a LIBERO policy moves actions by far more than 0.05, so a merge
+that loses (part of) it fails. ``hidden_tolerance`` follows the same reasoning: rounding moved the hidden states by
+0.5% of their largest magnitude, the adapter by 97%, the 1.1-scaled adapter by 7%.
 
 Merged shards are written to a staging folder inside the checkpoint folder, reloaded from there with
 ``AutoModelForVision2Seq.from_pretrained`` and probed again; only then are they moved in, the weight index last,
@@ -28,6 +33,7 @@ and shards of an earlier merge that the new index no longer names are removed.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -113,6 +119,8 @@ class ProbeHeads:
 
 @dataclass
 class ProbeOutput:
+    """What one model predicted on the probe."""
+
     normalized_actions: torch.Tensor | None  # [chunk, action_dim], float32 on CPU; None without an L1 head
     action_hidden_states: torch.Tensor  # [chunk * action_dim, D], float32 on CPU
 
@@ -205,6 +213,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def has_merged_weights(model_dir: Path) -> bool:
+    """Whether ``model_dir`` holds a saved model (sharded with an index, or one file)."""
     return (model_dir / WEIGHTS_INDEX_NAME).is_file() or (model_dir / WEIGHTS_NAME).is_file()
 
 
@@ -358,6 +367,7 @@ class Prober:
 
 
 def compare_probes(label: str, reference: ProbeOutput, candidate: ProbeOutput) -> ProbeDifference:
+    """Largest elementwise differences of the actions (where both have them) and of the action-slot hidden states."""
     max_action_diff = None
     if reference.normalized_actions is not None and candidate.normalized_actions is not None:
         max_action_diff = (reference.normalized_actions - candidate.normalized_actions).abs().max().item()
@@ -384,7 +394,7 @@ def install_merged_model(staging_dir: Path, checkpoint_dir: Path) -> list[Path]:
     return written
 
 
-def _check_paths(cfg: ConvertConfig) -> tuple[Path, Path]:
+def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
     if not cfg.lora_finetuned_checkpoint_dir:
         raise ValueError("--lora_finetuned_checkpoint_dir is required (the checkpoint folder holding lora_adapter/).")
     checkpoint_dir = Path(cfg.lora_finetuned_checkpoint_dir)
@@ -407,8 +417,17 @@ def _check_paths(cfg: ConvertConfig) -> tuple[Path, Path]:
 def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
     """Merge ``lora_adapter/`` of a checkpoint folder into the base model, check the merge on the probe, and save
     it there (config + safetensors shards + index). Nothing is written when the check fails."""
-    checkpoint_dir, adapter_dir = _check_paths(cfg)
+    checkpoint_dir, adapter_dir = _check_flags(cfg)
     merge_dtype = parse_dtype(cfg.dtype, "dtype")
+    trained_on = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if trained_on and trained_on != cfg.base_checkpoint:
+        logger.warning(
+            "%s records base_model_name_or_path=%s but --base_checkpoint is %s: merging into another base than the "
+            "one trained on gives another model, which the probe cannot tell.",
+            adapter_dir / "adapter_config.json",
+            trained_on,
+            cfg.base_checkpoint,
+        )
     prober = None if cfg.skip_verify else Prober.for_checkpoint(cfg, checkpoint_dir)
     checks, adapter_effect = [], None
     if prober is not None:
