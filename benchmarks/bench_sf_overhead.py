@@ -85,7 +85,9 @@ def main() -> None:
     print(f"device: {device}; batch {args.batch_size}; teacher images {args.vggt_image_size} px; {args.steps} steps")
     print(f"finetune.py        step time (median): {plain_ms:8.1f} ms")
     print(f"finetune_align.py  step time (median): {align_ms:8.1f} ms")
-    print(f"ratio align / plain: {align_ms / plain_ms:.2f}x (Spatial Forcing adds {align_ms - plain_ms:.1f} ms per step)")
+    print(
+        f"ratio align / plain: {align_ms / plain_ms:.2f}x (Spatial Forcing adds {align_ms - plain_ms:.1f} ms per step)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Upstream's import paths (``prismatic.extern.hf``), kept so scripts written for OpenVLA-OFT keep working."""
