@@ -232,20 +232,27 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_lm_logits: bool = True,
     ) -> Any:
-        """The LLM over the multimodal sequence with bidirectional attention among its non-pad tokens."""
+        """The LLM over the multimodal sequence with bidirectional attention among its non-pad tokens.
+
+        With ``return_lm_logits=False`` the LM head is skipped (no logits, no loss): the action-head paths only read
+        hidden states, and the [B, L, 32064] logits are the largest activation of a training step.
+        """
         attention_mask_4d = bidirectional_attention_mask(
             attention_mask, inputs_embeds.dtype, self.language_model.config._attn_implementation
         )
-        return self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask_4d,
-            labels=labels,
-            use_cache=bool(use_cache),
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-        )
+        kwargs = {
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask_4d,
+            "use_cache": bool(use_cache),
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "return_dict": True,
+        }
+        if not return_lm_logits:
+            return self.language_model.model(**kwargs)
+        return self.language_model(labels=labels, **kwargs)
 
     def _film_condition(
         self, embeddings: torch.Tensor, actions_mask: torch.Tensor, attention_mask: torch.Tensor, use_film: bool
@@ -272,6 +279,7 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
         noisy_action_projector: NoisyActionProjector | None = None,
         diffusion_timestep_embeddings: torch.Tensor | None = None,
         use_film: bool = False,
+        return_lm_logits: bool = True,
     ) -> PrismaticCausalLMOutputWithPast | tuple:
         """Multimodal forward pass (training and evaluation), as OpenVLA-OFT's ``finetune.py`` calls it.
 
@@ -287,6 +295,8 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
                 embeddings by projected noisy actions.
             diffusion_timestep_embeddings: [B, 1, D] appended after the proprio token (diffusion).
             use_film: FiLM-condition the vision backbone on the mean prompt embedding (see ``enable_film``).
+            return_lm_logits: False skips the LM head (``logits`` and ``loss`` are None); ours, for the action-head
+                training paths, which never use them.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError(
@@ -320,11 +330,17 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
             text_embeddings, prefix, attention_mask, labels
         )
         output = self._run_language_model(
-            inputs_embeds, multimodal_mask, multimodal_labels, use_cache, output_attentions, output_hidden_states
+            inputs_embeds,
+            multimodal_mask,
+            multimodal_labels,
+            use_cache,
+            output_attentions,
+            output_hidden_states,
+            return_lm_logits,
         )
         result = PrismaticCausalLMOutputWithPast(
-            loss=output.loss,
-            logits=output.logits,
+            loss=getattr(output, "loss", None),
+            logits=getattr(output, "logits", None),
             past_key_values=output.past_key_values,
             hidden_states=output.hidden_states,
             attentions=output.attentions,

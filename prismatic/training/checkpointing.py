@@ -57,6 +57,12 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
 
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a peft wrapper (or the model itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
 def load_component(module: torch.nn.Module, path: Path) -> None:
     """Loads a component file strictly, with or without the ``module.`` prefix."""
     if not path.is_file():

@@ -33,11 +33,11 @@ def apply_lora(vla: PreTrainedModel, rank: int, dropout: float) -> PeftModel:
     return get_peft_model(vla, lora_config(rank, dropout))
 
 
-def merge_lora(base_model_path: str | Path, adapter_dir: str | Path, torch_dtype: torch.dtype) -> PreTrainedModel:
+def merge_lora(base_model_path: str | Path, adapter_dir: str | Path, dtype: torch.dtype) -> PreTrainedModel:
     """Loads the base VLA, applies the adapter in ``adapter_dir`` and folds it into the base weights."""
     import prismatic.models  # noqa: F401  (registers the OpenVLA Auto classes)
 
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"No LoRA adapter in {adapter_dir} (expected adapter_config.json there).")
-    base = AutoModelForVision2Seq.from_pretrained(str(base_model_path), torch_dtype=torch_dtype)
+    base = AutoModelForVision2Seq.from_pretrained(str(base_model_path), dtype=dtype)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -100,20 +100,18 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
     processor = AutoProcessor.from_pretrained(cfg.vla_path)
     vla = AutoModelForVision2Seq.from_pretrained(
-        cfg.vla_path, torch_dtype=dtype, attn_implementation=cfg.attn_implementation, low_cpu_mem_usage=True
+        cfg.vla_path, dtype=dtype, attn_implementation=cfg.attn_implementation, low_cpu_mem_usage=True
     )
     vla.set_num_images_in_input(cfg.num_images_in_input)
-    if cfg.use_film:
-        vla.enable_film()
+    vla.config.set_platform(platform)
     num_patches = vla.vision_backbone.get_num_patches() * vla.vision_backbone.get_num_images_in_input()
     llm_dim = vla.config.text_config.hidden_size
     vla = vla.to(ctx.device)
     if cfg.use_lora:
         vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout)
-    if cfg.use_film:  # FiLM layers are new and trained in full, as upstream
-        for name, param in vla.named_parameters():
-            if ".scale." in name or ".shift." in name:
-                param.requires_grad_(True)
+    if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers are trained in full, without adapters
+        ckpt.unwrap_peft(vla).enable_film()
+        vla.to(ctx.device)
 
     action_head = None  # neither head: OpenVLA's discrete action tokens
     if cfg.use_diffusion:
@@ -243,6 +241,7 @@ def compute_losses(
             noisy_action_projector=model.noisy_action_projector,
             diffusion_timestep_embeddings=diffusion["diffusion_timestep_embeddings"] if diffusion else None,
             use_film=cfg.use_film,
+            return_lm_logits=not (cfg.use_l1_regression or cfg.use_diffusion),
         )
         num_prefix_tokens = output.projector_features.shape[1]
         predicted = None

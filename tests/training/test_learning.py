@@ -35,13 +35,14 @@ def test_two_hundred_steps_learn_actions_and_alignment(tiny_checkpoints, synthet
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = read_metrics(tmp_path / "tiny-run")
     train = [m for m in metrics if "loss" in m]
-    first, last = range(1, 21), range(NUM_STEPS - 19, NUM_STEPS + 1)
+    first, last = range(1, 11), range(NUM_STEPS - 19, NUM_STEPS + 1)
 
     action_ratio = _window_mean(train, "action_loss", last) / _window_mean(train, "action_loss", first)
     align_ratio = _window_mean(train, "align_loss", last) / _window_mean(train, "align_loss", first)
-    assert action_ratio < 0.6, f"action L1 fell only to {action_ratio:.2f} of its start"
+    # Measured on CPU: 0.42 -> 0.20 (ratio 0.48) and 0.34 -> 0.07 (ratio 0.21).
+    assert action_ratio < 0.65, f"action L1 fell only to {action_ratio:.2f} of its start"
     # align_loss = 1 - mean cosine similarity to the teacher: falling loss = rising similarity.
-    assert align_ratio < 0.8, f"align loss fell only to {align_ratio:.2f} of its start"
+    assert align_ratio < 0.5, f"align loss fell only to {align_ratio:.2f} of its start"
 
     validation = [m for m in metrics if "val_loss" in m]
     assert [m["step"] for m in validation] == [100, 200]
