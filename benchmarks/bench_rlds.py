@@ -6,8 +6,8 @@
 Each buffer size runs in a fresh process (peak RSS is per process) with the training settings (train split,
 image augmentation, both cameras, proprio) and reports: time to the first sample (the buffer fills first), frames/s
 of the tf.data pipeline alone, samples/s through ``RLDSBatchTransform`` (tiny tokenizer + openvla-7b image
-preprocessing), the RSS once the pipeline is open and the peak RSS. The shuffle buffer holds JPEG bytes, so its
-cost per frame is about the size of the two encoded images (printed as well).
+preprocessing), the RSS once the data is opened, the RSS with a full shuffle buffer and the peak RSS. The shuffle
+buffer holds JPEG bytes, so its cost per frame is about the size of the two encoded images (printed as well).
 """
 
 import json
@@ -69,27 +69,32 @@ def measure(cfg: BenchConfig) -> dict[str, float]:
     start = time.perf_counter()
     next(frames)
     first_sample_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(cfg.num_samples):
-        next(frames)
-    frames_per_s = cfg.num_samples / (time.perf_counter() - start)
+    frames_per_s = timed_rate(frames, cfg.num_samples)
+    rss_filled = rss_mib()
+    frames.close()  # release this pipeline's shuffle buffer before building the next one
 
     samples = iter(dataset)
     next(samples)
-    start = time.perf_counter()
-    for _ in range(cfg.num_samples):
-        next(samples)
-    samples_per_s = cfg.num_samples / (time.perf_counter() - start)
-
+    samples_per_s = timed_rate(samples, cfg.num_samples)
     return {
         "shuffle_buffer_size": cfg.worker_shuffle_buffer_size,
         "first_sample_s": first_sample_s,
         "frames_per_s": frames_per_s,
         "samples_per_s": samples_per_s,
         "rss_open_mib": rss_open,
+        "rss_filled_mib": rss_filled,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "jpeg_kib_per_frame": mean_jpeg_bytes_per_frame(dataset.sources[0].builder) / 1024,
+        "load_average": os.getloadavg()[0],
     }
+
+
+def timed_rate(iterator, count: int) -> float:
+    """Items per second drawn from ``iterator`` over ``count`` items."""
+    start = time.perf_counter()
+    for _ in range(count):
+        next(iterator)
+    return count / (time.perf_counter() - start)
 
 
 def mean_jpeg_bytes_per_frame(builder) -> float:
@@ -128,19 +133,20 @@ def main(cfg: BenchConfig) -> None:
             print(f"synthetic data: {cfg.num_episodes} episodes x {cfg.episode_length} steps, 256x256 JPEG cameras")
         results = [run_worker(cfg, size) for size in cfg.shuffle_buffer_sizes]
     print(f"cpu cores: {os.cpu_count()}, samples timed per rate: {cfg.num_samples}")
-    header = "buffer  first sample  tf.data frames/s  samples/s  RSS open  peak RSS  JPEG/frame"
+    header = "buffer  first sample  tf.data frames/s  samples/s  RSS open  RSS full buffer  peak RSS  JPEG/frame  load"
     print(header)
     for r in results:
         print(
             f"{r['shuffle_buffer_size']:>6d}  {r['first_sample_s']:>10.2f} s  {r['frames_per_s']:>16.1f}  "
-            f"{r['samples_per_s']:>9.1f}  {r['rss_open_mib']:>5.0f} MiB  {r['peak_rss_mib']:>5.0f} MiB  "
-            f"{r['jpeg_kib_per_frame']:>6.1f} KiB"
+            f"{r['samples_per_s']:>9.1f}  {r['rss_open_mib']:>5.0f} MiB  {r['rss_filled_mib']:>11.0f} MiB  "
+            f"{r['peak_rss_mib']:>5.0f} MiB  "
+            f"{r['jpeg_kib_per_frame']:>6.1f} KiB  {r['load_average']:>8.1f}"
         )
     if len(results) > 1:
         low, high = results[0], results[-1]
         extra_frames = high["shuffle_buffer_size"] - low["shuffle_buffer_size"]
-        per_frame_kib = (high["peak_rss_mib"] - low["peak_rss_mib"]) * 1024 / extra_frames
-        print(f"peak RSS grows by {per_frame_kib:.1f} KiB per extra buffered frame")
+        per_frame_kib = (high["rss_filled_mib"] - low["rss_filled_mib"]) * 1024 / extra_frames
+        print(f"RSS with a full buffer grows by {per_frame_kib:.1f} KiB per extra buffered frame")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class AlignFinetuneConfig(FinetuneConfig):
 
     # fmt: off
     vggt_path: str = "official_ckpts/vggt_model.pt"  # VGGT-1B model.pt (or .safetensors)
-    align_loss_type: str = "cosine"                  # cosine | mse (on L2-normalised features)
+    align_loss_type: str = "cosine"                  # cosine (upstream) | smooth_l1 (Huber on raw features)
     align_loss_coeff: float = 0.5                    # loss = action loss + coeff * align loss
     pooling_func: str = "bilinear"                   # How VGGT's patch grid is resampled to the VLA's
     vla_layers_align: int = -1                       # hidden_states index (0 = embeddings, k = after k layers)

@@ -1,0 +1,1 @@
+"""Upstream import paths kept for users' scripts."""

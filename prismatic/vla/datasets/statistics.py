@@ -1,0 +1,116 @@
+"""Action/proprio statistics (``dataset_statistics.json``) and the BOUNDS_Q99 (un)normalisation they drive.
+
+In memory, statistics follow upstream: ``{dataset_name: {"action": {"mean", "std", "max", "min", "q01", "q99",
+"mask"}, "proprio": {...same minus mask}, "num_transitions": int, "num_trajectories": int}}`` with numpy arrays;
+on disk the arrays are JSON lists. They are computed over every transition of every episode (all splits) of the
+standardised, un-normalised data, in float64: population std and linearly interpolated 1%/99% quantiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STAT_KEYS = ("mean", "std", "max", "min", "q01", "q99")
+NORMALIZATION_EPS = 1e-8  # upstream's denominator guard: (q99 - q01 + 1e-8)
+
+
+def compute_statistics(actions: Iterable[np.ndarray], proprios: Iterable[np.ndarray]) -> dict[str, Any]:
+    """Statistics of per-episode arrays (``[T_i, action_dim]``, ``[T_i, proprio_dim]``), without the action mask."""
+    action_list, proprio_list = list(actions), list(proprios)
+    if not action_list:
+        raise ValueError("Cannot compute dataset statistics of zero episodes.")
+    all_actions = np.concatenate(action_list).astype(np.float64)  # [N, action_dim]
+    all_proprios = np.concatenate(proprio_list).astype(np.float64)  # [N, proprio_dim]
+    return {
+        "action": _array_statistics(all_actions),
+        "proprio": _array_statistics(all_proprios),
+        "num_transitions": int(all_actions.shape[0]),
+        "num_trajectories": len(action_list),
+    }
+
+
+def _array_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "mean": values.mean(axis=0),
+        "std": values.std(axis=0),
+        "max": values.max(axis=0),
+        "min": values.min(axis=0),
+        "q01": np.quantile(values, 0.01, axis=0, method="linear"),
+        "q99": np.quantile(values, 0.99, axis=0, method="linear"),
+    }
+
+
+def unnormalize_bounds_q99(normalized: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Inverse of BOUNDS_Q99 on the masked dims (``0.5 (a + 1)(q99 - q01 + eps) + q01``); other dims pass through.
+
+    The forward direction runs inside the tf.data pipeline (``transforms.normalize_bounds_q99``).
+    """
+    low, high = np.asarray(stats["q01"]), np.asarray(stats["q99"])
+    mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
+    return np.where(mask, 0.5 * (normalized + 1.0) * (high - low + NORMALIZATION_EPS) + low, normalized)
+
+
+def statistics_to_json(statistics: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested statistics with numpy arrays/scalars -> plain JSON types (lists, floats, ints, bools)."""
+    if isinstance(statistics, Mapping):
+        return {key: statistics_to_json(value) for key, value in statistics.items()}
+    if isinstance(statistics, np.ndarray):
+        return statistics.tolist()
+    if isinstance(statistics, np.generic):
+        return statistics.item()
+    return statistics
+
+
+def statistics_from_json(statistics: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of ``statistics_to_json``: lists -> numpy arrays (``mask`` as bool, statistics as float64)."""
+    converted: dict[str, Any] = {}
+    for key, value in statistics.items():
+        if isinstance(value, Mapping):
+            converted[key] = statistics_from_json(value)
+        elif isinstance(value, list):
+            converted[key] = np.asarray(value, dtype=bool if key == "mask" else np.float64)
+        else:
+            converted[key] = value
+    return converted
+
+
+def write_json_atomic(payload: Any, path: Path) -> None:
+    """Writes JSON to a temporary file beside ``path`` and renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        json.dump(payload, handle, indent=2)
+        temp_path = Path(handle.name)
+    os.replace(temp_path, path)
+
+
+def save_dataset_statistics(dataset_statistics: Mapping[str, Any], out_path: str | Path) -> Path:
+    """Writes ``{dataset_name: statistics}`` as upstream's ``dataset_statistics.json`` (atomically).
+
+    ``out_path`` is the JSON file, or an existing directory (a run or checkpoint dir) to write
+    ``dataset_statistics.json`` into, as upstream's ``save_dataset_statistics(stats, run_dir)`` does.
+    """
+    path = Path(out_path)
+    if path.is_dir():
+        path = path / "dataset_statistics.json"
+    write_json_atomic(statistics_to_json(dataset_statistics), path)
+    return path
+
+
+def load_dataset_statistics(path: str | Path) -> dict[str, Any]:
+    """Reads a ``dataset_statistics.json`` into numpy arrays, checking each entry has the upstream keys."""
+    path = Path(path)
+    with open(path) as handle:
+        raw = json.load(handle)
+    for name, entry in raw.items():
+        for group in ("action", "proprio"):
+            missing = [key for key in STAT_KEYS if key not in entry.get(group, {})]
+            if missing:
+                raise KeyError(f"{path}: entry {name!r} lacks {group} statistics {missing}; expected keys {STAT_KEYS}.")
+    return statistics_from_json(raw)
