@@ -22,6 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_NAME = "libero_spatial_no_noops"
 RUN_ID = "tiny-sf-demo"
+EVAL_RUN_ID = "demo"
 
 
 def run(title: str, command: list[str], env: dict[str, str]) -> float:
@@ -134,7 +135,7 @@ def main() -> None:
             f"--max_steps={args.episode_steps}",
             "--save_videos=True",
             f"--local_log_dir={eval_dir}",
-            "--run_id=demo",
+            f"--run_id={EVAL_RUN_ID}",
         ],
         env,
     )
@@ -143,26 +144,29 @@ def main() -> None:
 
 def summarize(out: Path, checkpoint: Path, run_dir: Path, eval_dir: Path, durations: dict[str, float]) -> None:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    episodes = [json.loads(line) for path in eval_dir.rglob("*.jsonl") for line in path.read_text().splitlines()]
-    successes = sum(bool(e.get("success")) for e in episodes)
+    episodes_path = eval_dir / f"{EVAL_RUN_ID}.jsonl"
+    episodes = [json.loads(line) for line in episodes_path.read_text().splitlines()]
+    successes = sum(bool(e["success"]) for e in episodes)
+    videos = sorted(eval_dir.rglob("*.mp4"))
 
-    def listing(pattern: str) -> str:
-        found = sorted(out.rglob(pattern))
-        return ", ".join(str(p.relative_to(out)) for p in found) if found else "(none)"
+    def show(path: Path) -> str:
+        return str(path.relative_to(out))
 
-    print("\n=== artifacts (under", out, ") ===")
-    print(f"checkpoint (merged model, LoRA adapter, heads): {checkpoint.relative_to(out)}")
-    print(f"training metrics:  {(run_dir / 'metrics.jsonl').relative_to(out)}")
-    print(f"evaluation logs:   {listing('EVAL-*.txt')}")
-    print(f"episode results:   {listing('*.jsonl')}")
-    print(f"success chart:     {listing('*.png')}")
-    print(f"rollout videos:    {listing('*.mp4')}")
-    total = sum(durations.values())
+    print(f"\n=== artifacts (under {out}) ===")
+    print(f"base checkpoints:  {show(out / 'ckpts')}")
+    print(f"dataset:           {show(out / 'data' / DATASET_NAME)}")
+    print(f"checkpoint:        {show(checkpoint)} (merged model, lora_adapter/, heads, statistics)")
+    print(f"training metrics:  {show(run_dir / 'metrics.jsonl')}")
+    print(f"evaluation log:    {show(eval_dir / f'{EVAL_RUN_ID}.txt')}")
+    print(f"episode results:   {show(episodes_path)}")
+    print(f"success chart:     {', '.join(show(p) for p in sorted(eval_dir.rglob('*.png')))}")
+    print(f"rollout videos:    {', '.join(show(p) for p in videos)}")
+    first, last = metrics[0], metrics[-1]
     print(
-        f"\nSUMMARY: trained {metrics[-1]['step']} steps (action L1 {metrics[0]['action_loss']:.3f} -> "
-        f"{metrics[-1]['action_loss']:.3f}, align loss {metrics[0]['align_loss']:.3f} -> "
-        f"{metrics[-1]['align_loss']:.3f}), merged, evaluated {len(episodes)} LIBERO episodes "
-        f"({successes} successes) in {total / 60:.1f} min."
+        f"\nSUMMARY: trained {last['step']} steps on 2 processes (action L1 {first['action_loss']:.3f} -> "
+        f"{last['action_loss']:.3f}, align loss {first['align_loss']:.3f} -> {last['align_loss']:.3f}), merged "
+        f"and checked the LoRA weights, ran {len(episodes)} LIBERO episodes ({successes} successes, "
+        f"{len(videos)} videos) in {sum(durations.values()) / 60:.1f} min."
     )
 
 

@@ -1,0 +1,1 @@
+"""Evaluation of robot policies (LIBERO simulation)."""

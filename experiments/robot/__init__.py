@@ -1,0 +1,1 @@
+"""Policy wrappers, observation preprocessing and result handling for robot evaluation."""

@@ -1,0 +1,1 @@
+"""LIBERO simulator workers and the evaluation runner (``run_libero_eval.py``)."""

@@ -1,0 +1,232 @@
+"""A LIBERO simulator worker: runs episodes and asks the policy process for action chunks over a pipe.
+
+Protocol (tuples over one duplex ``multiprocessing`` connection per worker):
+
+    runner -> worker   WorkUnit            run these episodes of one task, in order
+                       np.ndarray          the action chunk answering the last "act" request
+                       None                shut down
+    worker -> runner   ("act", observation, instruction)
+                       ("episode", EpisodeResult)
+                       ("unit_done", task_id)
+                       ("failed", traceback text)
+
+Workers never import TensorFlow and render with ``MUJOCO_GL`` = egl or osmesa (inherited from the runner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import imageio
+import numpy as np
+
+from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.libero.libero_utils import (
+    LIBERO_DUMMY_ACTION,
+    get_libero_env,
+    prepare_observation,
+    process_action,
+    robot_state,
+    video_file_name,
+)
+from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
+from experiments.robot.policy import Observation
+from experiments.robot.results import EpisodeResult, atomic_output
+
+VIDEO_FPS = 30
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """What every episode of a run shares."""
+
+    suite: str
+    model_family: str
+    num_steps_wait: int
+    max_steps: int  # policy steps after the wait
+    num_open_loop_steps: int
+    action_dim: int
+    env_img_res: int
+    video_dir: str | None  # None: no videos
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One episode: ``reset_index`` is how many ``env.reset()`` calls precede it since ``env.seed(0)``.
+
+    Upstream runs a task's episodes back to back on one env, so episode k starts from the RNG state left by k
+    earlier resets (fewer when initial states from a JSON skip failed demos). Workers replay the missing resets,
+    which makes every episode independent of which worker runs it and of what ran before.
+    """
+
+    episode: int
+    reset_index: int
+    initial_state: np.ndarray
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    task_id: int
+    task: str
+    bddl_file: str
+    episodes: tuple[EpisodeSpec, ...]  # ascending reset_index
+
+
+class PolicyError(RuntimeError):
+    """A failed policy request: stops the evaluation instead of counting as a failed episode."""
+
+
+class RunnerGone(PolicyError):
+    """The runner closed the connection; the worker just exits."""
+
+
+@dataclass
+class EpisodeOutcome:
+    success: bool
+    steps: int
+    error: str | None
+    final_state: np.ndarray
+    frames: list[np.ndarray]
+
+
+def run_episode(
+    env: Any,
+    obs: dict[str, np.ndarray],
+    settings: EpisodeSettings,
+    request_chunk: Callable[[Observation], np.ndarray],
+    keep_frames: bool,
+) -> EpisodeOutcome:
+    """Upstream's episode from the initial observation ``obs``: ``num_steps_wait`` no-ops, then up to ``max_steps``
+    policy actions, re-querying the policy whenever the open-loop queue is empty. A simulator exception ends the
+    episode as a failure (recorded in ``error``)."""
+    action_queue: deque[np.ndarray] = deque()
+    frames: list[np.ndarray] = []
+    success, steps, error = False, 0, None
+    try:
+        for _ in range(settings.num_steps_wait):
+            obs, _, _, _ = env.step(list(LIBERO_DUMMY_ACTION))
+        while steps < settings.max_steps:
+            observation, frame = prepare_observation(obs, OPENVLA_IMAGE_SIZE)
+            if keep_frames:
+                frames.append(frame)
+            if not action_queue:
+                # The first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k) would keep the
+                # last k when k < chunk; identical for the default k = chunk).
+                action_queue.extend(request_chunk(observation)[: settings.num_open_loop_steps])
+            action = process_action(action_queue.popleft(), settings.model_family)
+            obs, _, done, _ = env.step(action.tolist())
+            steps += 1
+            if done:
+                success = True
+                break
+    except PolicyError:
+        raise
+    except Exception as exception:  # noqa: BLE001 - upstream counts any simulator error as a failed episode
+        error = f"{type(exception).__name__}: {exception}"
+    return EpisodeOutcome(success, steps, error, robot_state(obs), frames)
+
+
+def save_video(frames: list[np.ndarray], path: Path) -> None:
+    """Write frames as an MP4 at 30 fps, atomically."""
+    with atomic_output(path) as temporary, imageio.get_writer(temporary, fps=VIDEO_FPS, format="FFMPEG") as writer:
+        for frame in frames:
+            writer.append_data(frame)
+
+
+class _TaskEnv:
+    """The env of the task a worker is on, with the number of resets since it was seeded."""
+
+    def __init__(self, unit: WorkUnit, resolution: int):
+        self.task_id = unit.task_id
+        self.env = get_libero_env(unit.bddl_file, resolution)
+        self.resets_done = 0
+
+    def start_episode(self, spec: EpisodeSpec) -> dict[str, np.ndarray]:
+        """Replay the resets before ``spec``'s place in the reset stream, reset, set its initial state."""
+        while self.resets_done <= spec.reset_index:
+            self.env.reset()
+            self.resets_done += 1
+        return self.env.set_init_state(spec.initial_state)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _run_unit(unit: WorkUnit, task_env: _TaskEnv | None, settings: EpisodeSettings, connection: Connection) -> _TaskEnv:
+    if task_env is None or task_env.task_id != unit.task_id or task_env.resets_done > unit.episodes[0].reset_index:
+        if task_env is not None:
+            task_env.close()
+        task_env = _TaskEnv(unit, settings.env_img_res)
+
+    def request_chunk(observation: Observation) -> np.ndarray:
+        connection.send(("act", observation, unit.task))
+        try:
+            reply = connection.recv()
+        except EOFError as error:
+            raise RunnerGone("the evaluation runner closed the connection") from error
+        chunk = np.asarray(reply, dtype=np.float64)
+        if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != settings.action_dim:
+            raise PolicyError(
+                f"policy returned an action chunk of shape {chunk.shape}; expected [chunk, {settings.action_dim}]"
+            )
+        return chunk
+
+    for spec in unit.episodes:
+        started = time.perf_counter()
+        obs = task_env.start_episode(spec)
+        outcome = run_episode(task_env.env, obs, settings, request_chunk, settings.video_dir is not None)
+        seconds = time.perf_counter() - started
+        video = None
+        if settings.video_dir is not None:
+            video_name = video_file_name(unit.task_id, spec.episode, outcome.success, unit.task)
+            video_path = Path(settings.video_dir) / video_name
+            save_video(outcome.frames, video_path)
+            video = str(video_path)
+        result = EpisodeResult(
+            suite=settings.suite,
+            task_id=unit.task_id,
+            task=unit.task,
+            episode=spec.episode,
+            success=outcome.success,
+            steps=outcome.steps,
+            seconds=round(seconds, 3),
+            error=outcome.error,
+            final_state=tuple(float(value) for value in outcome.final_state),
+            video=video,
+        )
+        connection.send(("episode", result))
+    connection.send(("unit_done", unit.task_id))
+    return task_env
+
+
+def worker_main(connection: Connection, settings: EpisodeSettings) -> None:
+    """Entry point of a worker process: serve work units until told to stop (``None``) or the runner is gone."""
+    task_env = None
+    try:
+        configure_rendering()
+        prepare_libero()
+        assert_tensorflow_absent()
+        while True:
+            try:
+                unit = connection.recv()
+            except EOFError:
+                return
+            if unit is None:
+                return
+            task_env = _run_unit(unit, task_env, settings, connection)
+    except RunnerGone:
+        return
+    except Exception:  # noqa: BLE001 - reported to the runner, which stops the evaluation
+        with contextlib.suppress(BrokenPipeError, OSError):
+            connection.send(("failed", traceback.format_exc()))
+    finally:
+        if task_env is not None:
+            task_env.close()

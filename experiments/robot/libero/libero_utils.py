@@ -1,0 +1,72 @@
+"""LIBERO-specific pieces of an episode: environment, observation for the policy, action for the simulator."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, resize_image_for_policy, rotate_180
+from experiments.robot.policy import Observation
+from experiments.robot.robot_utils import invert_gripper_action, normalize_gripper_action
+
+# Arm still, gripper open: stepped while objects settle at the start of an episode.
+LIBERO_DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def get_libero_env(bddl_file: str, resolution: int) -> Any:
+    """An off-screen LIBERO env with both cameras at ``resolution``, seeded with 0 as upstream.
+
+    The seed (numpy's global RNG) drives the scene randomisation of every later ``reset()``: it changes what the
+    cameras see even when the initial state is fixed, so episode k of a task is only reproduced after k resets.
+    Call :func:`experiments.robot.libero.sim_setup.prepare_libero` first.
+    """
+    from libero.libero.envs import OffScreenRenderEnv  # needs prepare_libero(); must not load at import time
+
+    env = OffScreenRenderEnv(bddl_file_name=bddl_file, camera_heights=resolution, camera_widths=resolution)
+    env.seed(0)
+    return env
+
+
+def quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w) to axis-angle (axis scaled by angle in radians), robosuite's formula."""
+    w = min(max(float(quat[3]), -1.0), 1.0)
+    den = math.sqrt(1.0 - w * w)
+    if math.isclose(den, 0.0):  # (close to) zero rotation
+        return np.zeros(3)
+    return np.asarray(quat[:3], dtype=np.float64) * 2.0 * math.acos(w) / den
+
+
+def robot_state(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """8-D proprio: end-effector position (3), orientation as axis-angle (3), gripper joint positions (2)."""
+    return np.concatenate((obs["robot0_eef_pos"], quat2axisangle(obs["robot0_eef_quat"]), obs["robot0_gripper_qpos"]))
+
+
+def prepare_observation(
+    obs: dict[str, np.ndarray], resize_size: int = OPENVLA_IMAGE_SIZE
+) -> tuple[Observation, np.ndarray]:
+    """Policy observation (both cameras rotated 180 deg, JPEG round trip, lanczos3 to 224; proprio) and the
+    rotated full-resolution third-person frame for the rollout video."""
+    frame = rotate_180(obs["agentview_image"])
+    wrist_frame = rotate_180(obs["robot0_eye_in_hand_image"])
+    observation: Observation = {
+        "full_image": resize_image_for_policy(frame, resize_size),
+        "wrist_image": resize_image_for_policy(wrist_frame, resize_size),
+        "state": robot_state(obs),
+    }
+    return observation, frame
+
+
+def process_action(action: np.ndarray, model_family: str) -> np.ndarray:
+    """Gripper [0, 1] -> sign of [-1, +1]; for OpenVLA also flip it back to LIBERO's -1 = open, +1 = close."""
+    action = normalize_gripper_action(action, binarize=True)
+    if model_family == "openvla":
+        action = invert_gripper_action(action)
+    return action
+
+
+def video_file_name(task_id: int, episode: int, success: bool, task_description: str) -> str:
+    """Rollout MP4 name; the task text is shortened as upstream (lower case, separators -> "_", 50 chars)."""
+    short_task = task_description.lower().replace(" ", "_").replace("\n", "_").replace(".", "_")[:50]
+    return f"task={task_id}--episode={episode}--success={success}--{short_task}.mp4"

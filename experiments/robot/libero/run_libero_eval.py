@@ -1,0 +1,37 @@
+"""Evaluate a checkpoint in a LIBERO simulation suite.
+
+    python experiments/robot/libero/run_libero_eval.py \
+        --pretrained_checkpoint ckpts/spatial-forcing-7b-finetuned-libero-spatial --task_suite_name libero_spatial
+
+Upstream's flags and defaults (see ``GenerateConfig``), plus ``--num_workers``, ``--task_ids``, ``--max_steps``,
+``--save_videos`` and ``--run_id`` (pass an earlier run's id to resume it). Outputs: see ``evaluation.py``.
+"""
+
+import dataclasses
+import logging
+import os
+
+import draccus
+
+from experiments.robot.libero.config import GenerateConfig, validate_config
+from experiments.robot.libero.evaluation import eval_libero
+from experiments.robot.robot_utils import set_seed_everywhere
+
+
+# No `from __future__ import annotations` here: draccus.wrap reads the real annotation of `cfg`.
+@draccus.wrap()
+def main(cfg: GenerateConfig) -> float:
+    # transformers imports TensorFlow by itself when installed; this process needs no TensorFlow.
+    os.environ["USE_TF"] = "0"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s")
+    validate_config(cfg)
+    set_seed_everywhere(cfg.seed)
+    # Imported here, not at the top: spawned simulator workers re-import this script and need no model code.
+    from experiments.robot.vla_policy import VLAPolicy
+
+    policy = VLAPolicy.from_config(cfg)
+    return eval_libero(dataclasses.replace(cfg, unnorm_key=policy.unnorm_key), policy)
+
+
+if __name__ == "__main__":
+    main()

