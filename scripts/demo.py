@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from prismatic.testing.tiny_checkpoints import tiny_finetune_flags
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET_NAME = "libero_spatial_no_noops"
 RUN_ID = "tiny-sf-demo"
@@ -66,38 +68,24 @@ def main() -> None:
         ],
         env,
     )
-    train_flags = {
-        "vla_path": vla_dir,
-        "vggt_path": vggt_path,
-        "vggt_image_size": 112,
-        "data_root_dir": data_dir,
-        "dataset_name": DATASET_NAME,
-        "run_root_dir": run_root,
-        "run_id_override": RUN_ID,
-        "pooling_func": "bilinear",
-        "vla_layers_align": 1,
-        "vggt_layers_align": -1,
-        "align_loss_type": "cosine",
-        "align_loss_coeff": 0.5,
-        "use_l1_regression": True,
-        "use_diffusion": False,
-        "use_film": False,
-        "use_vlm_norm": True,
-        "use_vggt_pe": True,
-        "num_images_in_input": 2,
-        "use_proprio": True,
-        "batch_size": 4,
-        "learning_rate": 1e-3,
-        "num_steps_before_decay": args.max_steps,
-        "max_steps": args.max_steps,
-        "save_freq": args.max_steps,
-        "save_latest_checkpoint_only": True,
-        "merge_lora_during_training": False,
-        "image_aug": True,
-        "lora_rank": 8,
-        "shuffle_buffer_size": 256,
-        "wandb_log_freq": 5,
-    }
+    train_flags = tiny_finetune_flags(
+        vla_dir,
+        vggt_path,
+        data_dir,
+        run_root,
+        DATASET_NAME,
+        run_id_override=RUN_ID,
+        batch_size=4,
+        learning_rate=1e-3,
+        num_steps_before_decay=args.max_steps,
+        max_steps=args.max_steps,
+        save_freq=args.max_steps,
+        save_latest_checkpoint_only=True,
+        lora_rank=8,
+        shuffle_buffer_size=256,
+        use_wandb=True,
+        wandb_log_freq=5,
+    )
     durations["training"] = run(
         "3/5 finetune_align.py under torchrun (2 CPU processes)",
         [
@@ -107,7 +95,7 @@ def main() -> None:
             "--standalone",
             "--nproc-per-node=2",
             str(scripts / "finetune_align.py"),
-            *[f"--{name}={value}" for name, value in train_flags.items()],
+            *train_flags,
         ],
         env,
     )

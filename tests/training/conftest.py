@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from prismatic.testing.tiny_checkpoints import tiny_finetune_flags
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASET_NAME = "libero_spatial_no_noops"
 
@@ -34,40 +36,8 @@ def synthetic_data(tmp_path_factory) -> Path:
 def tiny_flags(tiny_checkpoints: tuple[Path, Path], data_root: Path, run_root: Path, **overrides) -> list[str]:
     """Command-line flags of a tiny Spatial Forcing run (the paper's flags, tiny sizes)."""
     vla_dir, vggt_path = tiny_checkpoints
-    flags = {
-        "vla_path": vla_dir,
-        "vggt_path": vggt_path,
-        "vggt_image_size": 112,
-        "data_root_dir": data_root,
-        "dataset_name": DATASET_NAME,
-        "run_root_dir": run_root,
-        "pooling_func": "bilinear",
-        "vla_layers_align": 1,
-        "vggt_layers_align": -1,
-        "align_loss_type": "cosine",
-        "align_loss_coeff": 0.5,
-        "use_l1_regression": True,
-        "use_diffusion": False,
-        "use_film": False,
-        "use_vlm_norm": True,
-        "use_vggt_pe": True,
-        "num_images_in_input": 2,
-        "use_proprio": True,
-        "batch_size": 2,
-        "learning_rate": 5e-4,
-        "max_steps": 4,
-        "save_freq": 2,
-        "save_latest_checkpoint_only": False,
-        "merge_lora_during_training": False,
-        "image_aug": True,
-        "lora_rank": 4,
-        "shuffle_buffer_size": 64,
-        "use_wandb": False,
-        "wandb_log_freq": 1,
-        "run_id_override": "tiny-run",
-    }
-    flags.update(overrides)
-    return [f"--{name}={value}" for name, value in flags.items()]
+    overrides.setdefault("run_id_override", "tiny-run")
+    return tiny_finetune_flags(vla_dir, vggt_path, data_root, run_root, DATASET_NAME, **overrides)
 
 
 def run_script(script: str, flags: list[str], nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
