@@ -33,7 +33,7 @@ class FinetuneConfig:
     # Training
     batch_size: int = 8                              # Per-device batch size
     learning_rate: float = 5e-4
-    lr_warmup_steps: int = 0                         # Linear warm-up from 10% to 100% of the learning rate
+    lr_warmup_steps: int = 0                         # Linear warm-up from 0.1x to 1x the learning rate
     num_steps_before_decay: int = 100_000            # MultiStepLR milestone (x0.1 after it)
     grad_accumulation_steps: int = 1
     max_steps: int = 200_000

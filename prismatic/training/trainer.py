@@ -173,7 +173,11 @@ def build_alignment(cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device
 
 
 def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext, train: bool, skip_samples: int = 0):
-    """The RLDS stream of this rank, collated into upstream's batches; returns (loader, dataset)."""
+    """The RLDS stream of this rank, collated into upstream's batches; returns (loader, dataset).
+
+    Training data is sharded over the ranks; the validation split is not (every rank reads all of it, so no rank
+    can run out of batches and the ranks need not synchronise during validation).
+    """
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
 
@@ -197,8 +201,8 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
             use_proprio=cfg.use_proprio,
             seed=cfg.seed,
             skip_samples=skip_samples,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
+            rank=ctx.rank if train else 0,
+            world_size=ctx.world_size if train else 1,
         ),
         batch_transform,
     )
@@ -344,7 +348,8 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
 
 @torch.no_grad()
 def run_validation(cfg: FinetuneConfig, model: Model, platform: PlatformConstants, ctx: DistributedContext) -> dict:
-    """Mean losses on the val split, within ``val_time_limit`` seconds and ``val_batches`` batches."""
+    """Mean losses on the val split, within ``val_time_limit`` seconds and ``val_batches`` batches (rank 0's are
+    logged; the ranks do not synchronise here)."""
     loader, _ = build_dataloader(cfg, model, ctx, train=False)
     for module in model.trainable_modules():
         module.eval()
@@ -360,7 +365,7 @@ def run_validation(cfg: FinetuneConfig, model: Model, platform: PlatformConstant
         module.train()
     if num_batches == 0:
         raise RuntimeError(f"--use_val_set: the val split of {cfg.dataset_name!r} yielded no batch.")
-    return {f"val_{name}": all_reduce_mean(torch.tensor(v / num_batches)).item() for name, v in totals.items()}
+    return {f"val_{name}": value / num_batches for name, value in totals.items()}
 
 
 def _statistics_json(dataset) -> dict:

@@ -33,7 +33,7 @@ class GenerateConfig:
     use_film: bool = False                        # FiLM language conditioning of the vision backbone
     num_images_in_input: int = 2                  # Images per query: third-person (+ wrist)
     use_proprio: bool = True                      # Feed the 8-D proprio state
-    center_crop: bool = True                      # Center crop (90% area); must be True if trained with image_aug
+    center_crop: bool = True                      # Center crop (0.9 area); must be True if trained with image_aug
     num_open_loop_steps: int = 8                  # Actions executed per policy query (the chunk is 8 for LIBERO)
     lora_rank: int = 32                           # LoRA rank (upstream flag; lora_adapter/adapter_config.json rules)
     unnorm_key: str = ""                          # Action un-normalization key; "" = task suite (or "<suite>_no_noops")
