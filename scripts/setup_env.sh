@@ -19,10 +19,14 @@ if [ ${#missing_gl[@]} -gt 0 ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+pip_install() {
+  # Machines with local file indexes print one warning per package they lack; keep the real output.
+  "$VENV/bin/python" -m pip --disable-pip-version-check install -q -c requirements-cpu.txt "$@" 2>&1 \
+    | { grep -v "^WARNING: Location 'file://" || true; }
+}
 # torch and torchvision first and as a pair, so nothing later can swap torch for another build.
-$PIP install -q -c requirements-cpu.txt torch torchvision
-$PIP install -q -c requirements-cpu.txt -e ".[libero,dev]"
+pip_install torch torchvision
+pip_install -e ".[libero,dev]"
 # triton (pulled by torch) segfaults when imported after TensorFlow; it is not needed on CPU.
-$PIP uninstall -y -q triton 2>/dev/null || true
+"$VENV/bin/python" -m pip uninstall -y -q triton 2>/dev/null || true
 echo "[setup] environment ready in $VENV"

@@ -9,8 +9,6 @@ and component files ``{component}--{step|latest}_checkpoint.pt`` (``action_head`
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.processing_prismatic import PrismaticProcessor
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
+from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 
 DDP_PREFIX = "module."
@@ -90,13 +89,8 @@ def save_component_state_dict(module: nn.Module, path: str | Path, ddp_prefix: b
     path = Path(path)
     prefix = DDP_PREFIX if ddp_prefix else ""
     state_dict = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
+    with atomic_output(path) as temporary:
         torch.save(state_dict, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _load_component(module: nn.Module, checkpoint_dir: Path, component: str, step: int | str | None) -> nn.Module:

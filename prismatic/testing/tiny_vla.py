@@ -7,8 +7,6 @@ vocabulary, so every token id of upstream (29871, 32000, the action ids 31744..3
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from prismatic.models.processing_prismatic import PrismaticImageProcessor, Prism
 from prismatic.models.projectors import ProprioProjector
 from prismatic.testing.golden import apply_golden_weights
 from prismatic.testing.tokenizer import build_tiny_tokenizer
+from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import IGNORE_INDEX, STOP_INDEX
 
 # Per-tower timm overrides: DINOv2 (with registers and LayerScale) and SigLIP (with its MAP head) at small width.
@@ -126,12 +125,6 @@ def tiny_training_batch(
     }
 
 
-def _write_json_atomically(data: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, path)
-
-
 def save_tiny_vla_checkpoint(
     out_dir: str | Path,
     seed: int = 0,
@@ -164,7 +157,7 @@ def save_tiny_vla_checkpoint(
     processor.save_pretrained(out_dir)
 
     if norm_stats is not None:
-        _write_json_atomically(norm_stats, out_dir / DATASET_STATISTICS_NAME)
+        write_json_atomic(out_dir / DATASET_STATISTICS_NAME, norm_stats)
     if with_heads:
         save_component_state_dict(tiny_action_head(config), out_dir / "action_head--latest_checkpoint.pt")
         save_component_state_dict(tiny_proprio_projector(config), out_dir / "proprio_projector--latest_checkpoint.pt")

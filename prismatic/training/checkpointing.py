@@ -17,7 +17,6 @@ renamed to ``*.old``, so at every instant one complete checkpoint exists, even a
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DDP_PREFIX = "module."
 TRAINING_STATE = "training_state"
 LATEST = "latest"
 
@@ -46,12 +44,6 @@ def component_path(folder: Path, component: str, step: int | None) -> Path:
     return folder / f"{component}--{checkpoint_suffix(step)}"
 
 
-def save_component(module: torch.nn.Module, path: Path) -> None:
-    """``torch.save`` of a state dict with the ``module.`` prefix that DDP gives the released files."""
-    state = {f"{DDP_PREFIX}{key}": value.detach().cpu() for key, value in unwrap(module).state_dict().items()}
-    torch.save(state, path)
-
-
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the module itself)."""
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
@@ -61,15 +53,6 @@ def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a peft wrapper (or the model itself)."""
     get_base_model = getattr(model, "get_base_model", None)
     return get_base_model() if callable(get_base_model) else model
-
-
-def load_component(module: torch.nn.Module, path: Path) -> None:
-    """Loads a component file strictly, with or without the ``module.`` prefix."""
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint component {path} does not exist.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {key.removeprefix(DDP_PREFIX): value for key, value in state.items()}
-    unwrap(module).load_state_dict(state, strict=True)
 
 
 def rng_state() -> dict:
@@ -94,13 +77,6 @@ def set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def write_json(path: Path, payload: object) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
 
 
 class CheckpointWriter:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from prismatic.models.load import load_component_state_dict, save_component_state_dict
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.distributed import (
@@ -34,6 +35,7 @@ from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.validation import validate_config
+from prismatic.util.io import atomic_output, write_json_atomic
 from prismatic.vla.constants import PlatformConstants
 
 
@@ -304,7 +306,7 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_step * samples_per_step)
     if ctx.is_main:
-        ckpt.write_json(run_dir / "dataset_statistics.json", _statistics_json(dataset))
+        write_json_atomic(run_dir / "dataset_statistics.json", _statistics_json(dataset))
     ctx.barrier()
     if resume_rng is not None:
         ckpt.set_rng_state(resume_rng)
@@ -416,11 +418,11 @@ def save_checkpoint(
         folder = writer.tmp_dir
         vla = ckpt.unwrap(model.vla)
         model.processor.save_pretrained(folder)
-        ckpt.write_json(folder / "dataset_statistics.json", _statistics_json(dataset))
+        write_json_atomic(folder / "dataset_statistics.json", _statistics_json(dataset))
         if cfg.use_lora:
             vla.save_pretrained(folder / "lora_adapter")
         for name, module in _component_modules(model).items():
-            ckpt.save_component(module, ckpt.component_path(folder, name, file_step))
+            save_component_state_dict(ckpt.unwrap(module), ckpt.component_path(folder, name, file_step))
         if cfg.use_film:
             torch.save(vla.vision_backbone.state_dict(), ckpt.component_path(folder, "vision_backbone", file_step))
         if not cfg.use_lora:
@@ -458,9 +460,8 @@ def load_training_state(
     from safetensors.torch import load_file
 
     folder, file_step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
-    state = torch.load(
-        ckpt.component_path(folder, ckpt.TRAINING_STATE, file_step), map_location="cpu", weights_only=True
-    )
+    state_path = ckpt.component_path(folder, ckpt.TRAINING_STATE, file_step)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
     if state["world_size"] != ctx.world_size:
         raise ValueError(
             f"--resume: {folder} was trained on {state['world_size']} processes, this run has {ctx.world_size}; "
@@ -471,7 +472,8 @@ def load_training_state(
         adapter = load_file(str(folder / "lora_adapter" / "adapter_model.safetensors"), device=str(ctx.device))
         set_peft_model_state_dict(vla, adapter)
     for name, module in _component_modules(model).items():
-        ckpt.load_component(module, ckpt.component_path(folder, name, file_step))
+        state_dict = load_component_state_dict(ckpt.component_path(folder, name, file_step))
+        ckpt.unwrap(module).load_state_dict(state_dict, strict=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if ctx.is_main:
@@ -486,6 +488,5 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     if not (run_dir / "metrics.jsonl").exists():
         return
     kept = [m for m in read_metrics(run_dir) if m["step"] <= step]
-    tmp = run_dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-    os.replace(tmp, run_dir / "metrics.jsonl")
+    with atomic_output(run_dir / "metrics.jsonl") as temporary:
+        temporary.write_text("".join(json.dumps(m) + "\n" for m in kept))

@@ -16,8 +16,8 @@ from experiments.robot.results import (
     summarize,
     summary_payload,
     total_success_rate,
-    write_json_atomic,
 )
+from prismatic.util.io import write_json_atomic
 
 
 def make_result(task_id: int, episode: int, success: bool) -> EpisodeResult:

@@ -39,7 +39,8 @@ from experiments.robot.libero.libero_utils import (
 )
 from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
 from experiments.robot.policy import Observation
-from experiments.robot.results import EpisodeResult, atomic_output
+from experiments.robot.results import EpisodeResult
+from prismatic.util.io import atomic_output
 
 VIDEO_FPS = 30
 

@@ -49,9 +49,9 @@ from experiments.robot.results import (
     summarize,
     summary_payload,
     total_success_rate,
-    write_json_atomic,
 )
 from experiments.robot.robot_utils import environment_fingerprint
+from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import constants_for
 
 logger = logging.getLogger(__name__)

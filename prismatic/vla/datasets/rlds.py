@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from prismatic.util.io import write_json_atomic
 from prismatic.vla.datasets.registry import RLDSDatasetSpec
 from prismatic.vla.datasets.statistics import (
     compute_statistics,
     statistics_from_json,
     statistics_to_json,
-    write_json_atomic,
 )
 from prismatic.vla.datasets.tf_runtime import import_tensorflow, import_tensorflow_datasets, without_autograph
 from prismatic.vla.datasets.transforms import restructure_trajectory
@@ -209,7 +209,7 @@ def _write_statistics_cache(statistics: dict[str, Any], candidates: list[Path]) 
     """Writes the cache to the first writable candidate location."""
     for path in candidates:
         try:
-            write_json_atomic(statistics_to_json(statistics), path)
+            write_json_atomic(path, statistics_to_json(statistics))
             return
         except OSError:
             continue

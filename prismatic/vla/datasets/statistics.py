@@ -9,13 +9,13 @@ standardised, un-normalised data, in float64: population std and linearly interp
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from prismatic.util.io import write_json_atomic
 
 STAT_KEYS = ("mean", "std", "max", "min", "q01", "q99")
 NORMALIZATION_EPS = 1e-8  # upstream's denominator guard: (q99 - q01 + 1e-8)
@@ -81,15 +81,6 @@ def statistics_from_json(statistics: Mapping[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def write_json_atomic(payload: Any, path: Path) -> None:
-    """Writes JSON to a temporary file beside ``path`` and renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        temp_path = Path(handle.name)
-    os.replace(temp_path, path)
-
-
 def save_dataset_statistics(dataset_statistics: Mapping[str, Any], out_path: str | Path) -> Path:
     """Writes ``{dataset_name: statistics}`` as upstream's ``dataset_statistics.json`` (atomically).
 
@@ -99,7 +90,7 @@ def save_dataset_statistics(dataset_statistics: Mapping[str, Any], out_path: str
     path = Path(out_path)
     if path.is_dir():
         path = path / "dataset_statistics.json"
-    write_json_atomic(statistics_to_json(dataset_statistics), path)
+    write_json_atomic(path, statistics_to_json(dataset_statistics))
     return path
 
 
