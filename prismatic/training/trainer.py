@@ -331,7 +331,9 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
         scheduler.step()
         step += 1
 
-        metrics = {name: all_reduce_mean(torch.tensor(v)).item() for name, v in sorted(step_losses.items())}
+        names = sorted(step_losses)  # one all-reduce for all metrics, on the device (nccl needs CUDA tensors)
+        means = all_reduce_mean(torch.tensor([step_losses[n] for n in names], device=ctx.device)).tolist()
+        metrics = dict(zip(names, means, strict=True))
         step_time = time.perf_counter() - step_start
         metrics.update(
             lr=scheduler.get_last_lr()[0],
