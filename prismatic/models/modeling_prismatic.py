@@ -426,11 +426,15 @@ class OpenVLAForActionPrediction(PrismaticForConditionalGeneration):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         noisy_action_features: torch.Tensor | None = None,
+        return_lm_logits: bool = False,
     ) -> tuple[torch.Tensor, Any]:
-        """One LLM pass; returns the final hidden states at the action slots [B, slots, D] and the LLM output."""
+        """One LLM pass; returns the final hidden states at the action slots [B, slots, D] and the LLM output
+        (with ``logits`` only when ``return_lm_logits``: the action heads read hidden states alone)."""
         text_embeddings = self._action_slot_embeddings(token_embeddings, actions_mask, noisy_action_features)
         inputs_embeds, multimodal_mask, _ = self._insert_prefix(text_embeddings, prefix, attention_mask)
-        output = self._run_language_model(inputs_embeds, multimodal_mask, output_hidden_states=True)
+        output = self._run_language_model(
+            inputs_embeds, multimodal_mask, output_hidden_states=True, return_lm_logits=return_lm_logits
+        )
         hidden = gather_action_hidden_states(
             output.hidden_states[-1], labels, prefix.shape[1], self.config.action_token_begin_idx
         )
@@ -519,7 +523,7 @@ class OpenVLAForActionPrediction(PrismaticForConditionalGeneration):
             normalized_actions = normalized.float().cpu().numpy()
         else:
             actions_hidden_states, output = self._action_slots_forward(
-                token_embeddings, actions_mask, prefix, attention_mask, labels
+                token_embeddings, actions_mask, prefix, attention_mask, labels, return_lm_logits=action_head is None
             )
             if action_head is not None:
                 normalized_actions = action_head.predict_action(actions_hidden_states).float().cpu().numpy()
