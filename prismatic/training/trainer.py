@@ -35,8 +35,9 @@ from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.validation import validate_config
-from prismatic.util.io import atomic_output, write_json_atomic
+from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
+from prismatic.vla.datasets.statistics import save_dataset_statistics
 
 
 @dataclass
@@ -306,7 +307,7 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_step * samples_per_step)
     if ctx.is_main:
-        write_json_atomic(run_dir / "dataset_statistics.json", _statistics_json(dataset))
+        save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
     ctx.barrier()
     if resume_rng is not None:
         ckpt.set_rng_state(resume_rng)
@@ -372,12 +373,6 @@ def run_validation(cfg: FinetuneConfig, model: Model, platform: PlatformConstant
     return {f"val_{name}": value / num_batches for name, value in totals.items()}
 
 
-def _statistics_json(dataset) -> dict:
-    from prismatic.vla.datasets.statistics import statistics_to_json
-
-    return {name: statistics_to_json(stats) for name, stats in dataset.dataset_statistics.items()}
-
-
 def _init_wandb(cfg: FinetuneConfig, run_dir: Path):
     import wandb
 
@@ -420,7 +415,7 @@ def save_checkpoint(
         folder = writer.tmp_dir
         vla = ckpt.unwrap(model.vla)
         model.processor.save_pretrained(folder)
-        write_json_atomic(folder / "dataset_statistics.json", _statistics_json(dataset))
+        save_dataset_statistics(dataset.dataset_statistics, folder / "dataset_statistics.json")
         if cfg.use_lora:
             vla.save_pretrained(folder / "lora_adapter")
         for name, module in _component_modules(model).items():
