@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from prismatic.models.load import load_component_state_dict, save_component_state_dict
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
+from prismatic.training.config_checks import validate_config
 from prismatic.training.distributed import (
     DistributedContext,
     all_reduce_mean,
@@ -34,7 +35,6 @@ from prismatic.training.distributed import (
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.schedule import build_scheduler
-from prismatic.training.validation import validate_config
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
-from prismatic.training.validation import validate_config
+from prismatic.training.config_checks import validate_config
 
 
 @pytest.fixture
