@@ -1,0 +1,19 @@
+"""The policy as one object: what a checkpoint is (``policy_config.json``) and how it is loaded and queried."""
+
+from prismatic.policy.config import (
+    POLICY_CONFIG_NAME,
+    EmbodimentConfig,
+    ImagePreprocessingConfig,
+    PolicyConfig,
+    read_policy_config,
+    write_policy_config,
+)
+
+__all__ = [
+    "POLICY_CONFIG_NAME",
+    "EmbodimentConfig",
+    "ImagePreprocessingConfig",
+    "PolicyConfig",
+    "read_policy_config",
+    "write_policy_config",
+]

@@ -1,0 +1,138 @@
+"""``policy_config.json``: the choices that make a checkpoint folder one self-describing policy.
+
+Written into every checkpoint by training and read back by loading, evaluation, serving and probing, so no consumer
+repeats training flags. A released checkpoint without the file is described by :meth:`PolicyConfig.upstream_default`
+(upstream's LIBERO evaluation defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prismatic.util.io import write_json_atomic
+from prismatic.vla.constants import NormalizationType, PlatformConstants, constants_for
+
+POLICY_CONFIG_NAME = "policy_config.json"
+POLICY_CONFIG_VERSION = 1
+MODEL_FAMILIES = ("openvla-oft", "spatialvla")
+ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens")
+# How the gripper dimension of a predicted action maps to the robot's command:
+#   "libero": the dataset's gripper is in [0, 1] (1 = open); the robot takes -1 (open) / +1 (close):
+#             binarise to +-1 at 0.5 and invert (upstream's normalize_gripper_action + invert_gripper_action);
+#   "none":   actions are used as predicted (the robot's own units).
+GRIPPER_CONVENTIONS = ("libero", "none")
+
+
+@dataclass
+class EmbodimentConfig:
+    """The robot: action/proprio geometry, its cameras and its gripper convention."""
+
+    name: str = "libero"
+    action_dim: int = 7
+    proprio_dim: int = 8
+    num_actions_chunk: int = 8
+    normalization_type: str = "bounds_q99"
+    # Observation keys of the cameras the policy reads, primary (third-person) first, then wrist cameras.
+    camera_names: list[str] = field(default_factory=lambda: ["image", "wrist_image"])
+    gripper: str = "libero"
+    gripper_dims: list[int] = field(default_factory=lambda: [-1])  # Action dims that are grippers
+
+    @classmethod
+    def from_platform(cls, platform: PlatformConstants, **overrides: Any) -> EmbodimentConfig:
+        values = dict(
+            name=platform.name,
+            action_dim=platform.action_dim,
+            proprio_dim=platform.proprio_dim,
+            num_actions_chunk=platform.num_actions_chunk,
+            normalization_type=platform.action_proprio_normalization_type.value,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def platform(self) -> PlatformConstants:
+        """The :class:`PlatformConstants` the model code takes."""
+        normalization = NormalizationType(self.normalization_type)
+        return PlatformConstants(self.name, self.num_actions_chunk, self.action_dim, self.proprio_dim, normalization)
+
+
+@dataclass
+class ImagePreprocessingConfig:
+    """What every consumer does to a camera frame before the processor (evaluation, serving, probing)."""
+
+    image_size: int = 224  # Side the frame is resized to (lanczos3, after a JPEG round trip, as in training data)
+    center_crop: bool = True  # Crop the central `crop_area` and resize back (needed after training with image_aug)
+    crop_area: float = 0.9
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild and query the policy stored beside this file."""
+
+    model_family: str = "openvla-oft"
+    action_head: str = "l1_regression"
+    num_diffusion_steps_train: int = 50
+    num_diffusion_steps_inference: int = 50
+    use_proprio: bool = True
+    use_film: bool = False
+    num_images_in_input: int = 2
+    unnorm_key: str = ""  # Key of dataset_statistics.json holding the action/proprio statistics
+    embodiment: EmbodimentConfig = field(default_factory=EmbodimentConfig)
+    image: ImagePreprocessingConfig = field(default_factory=ImagePreprocessingConfig)
+    # Spatial Forcing settings the checkpoint was trained with (None: plain OpenVLA-OFT). Keys are the training
+    # flags: vla_layers_align, vggt_layers_align, use_vlm_norm, use_vggt_pe, gain_feat_1move, pooling_func, ...
+    spatial_forcing: dict[str, Any] | None = None
+    # Where the training data came from and how its features map to the policy inputs (e.g. a LeRobot mapping).
+    data: dict[str, Any] | None = None
+    # The base model the adapter was trained on: its config fingerprint and checksums of a few tensors.
+    base_model: dict[str, Any] | None = None
+    format_version: int = POLICY_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if isinstance(self.embodiment, dict):
+            self.embodiment = EmbodimentConfig(**self.embodiment)
+        if isinstance(self.image, dict):
+            self.image = ImagePreprocessingConfig(**self.image)
+        if self.model_family not in MODEL_FAMILIES:
+            raise ValueError(f"model_family {self.model_family!r}: expected one of {MODEL_FAMILIES}")
+        if self.action_head not in ACTION_HEADS:
+            raise ValueError(f"action_head {self.action_head!r}: expected one of {ACTION_HEADS}")
+        if self.embodiment.gripper not in GRIPPER_CONVENTIONS:
+            raise ValueError(f"embodiment.gripper {self.embodiment.gripper!r}: expected one of {GRIPPER_CONVENTIONS}")
+
+    @classmethod
+    def upstream_default(cls, dataset_or_suite_name: str = "libero") -> PolicyConfig:
+        """A released OpenVLA-OFT / SF LIBERO checkpoint without ``policy_config.json``: upstream's eval defaults."""
+        return cls(embodiment=EmbodimentConfig.from_platform(constants_for(dataset_or_suite_name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> PolicyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(payload) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}: expected keys among {sorted(known)}")
+        return cls(**payload)
+
+
+def write_policy_config(checkpoint_dir: str | Path, config: PolicyConfig) -> Path:
+    """Write ``policy_config.json`` into ``checkpoint_dir`` atomically."""
+    path = Path(checkpoint_dir) / POLICY_CONFIG_NAME
+    write_json_atomic(path, config.to_dict())
+    return path
+
+
+def read_policy_config(checkpoint_dir: str | Path) -> PolicyConfig | None:
+    """The checkpoint's ``policy_config.json``, or None when the folder has none (a released checkpoint)."""
+    path = Path(checkpoint_dir) / POLICY_CONFIG_NAME
+    if not path.exists():
+        return None
+    try:
+        return PolicyConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a valid policy config: {error}") from None
