@@ -25,7 +25,8 @@ from prismatic.models.attention import bidirectional_attention_mask, check_attn_
 from prismatic.models.configuration_prismatic import OpenVLAConfig, PrismaticConfig
 from prismatic.models.projectors import NoisyActionProjector, PrismaticProjector, ProprioProjector
 from prismatic.models.vision_backbone import FiLMedPrismaticVisionBackbone, LayerScale, PrismaticVisionBackbone
-from prismatic.vla.constants import IGNORE_INDEX, STOP_INDEX, NormalizationType
+from prismatic.policy.normalization import unnormalize
+from prismatic.vla.constants import IGNORE_INDEX, STOP_INDEX
 
 # Llama-2's "▁" token; training prompts end with it right before the first action token.
 EMPTY_TOKEN_ID = 29871
@@ -47,25 +48,6 @@ class PrismaticCausalLMOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     projector_features: torch.FloatTensor | None = None
-
-
-def unnormalize_actions(
-    normalized_actions: np.ndarray, action_stats: dict[str, Any], normalization_type: NormalizationType | str
-) -> np.ndarray:
-    """Map actions from [-1, 1] back to robot units; dimensions whose ``mask`` entry is false pass through.
-
-    BOUNDS uses min/max, BOUNDS_Q99 uses q01/q99: ``0.5 * (a + 1) * (high - low + 1e-8) + low``.
-    """
-    normalization_type = NormalizationType(normalization_type)
-    bounds = {NormalizationType.BOUNDS: ("min", "max"), NormalizationType.BOUNDS_Q99: ("q01", "q99")}
-    if normalization_type not in bounds:
-        raise ValueError(f"Cannot un-normalise actions of normalization type {normalization_type.value!r}.")
-    for key in bounds[normalization_type]:
-        if key not in action_stats:
-            raise ValueError(f"Action statistics lack {key!r} (needed for {normalization_type.value}).")
-    low, high = (np.asarray(action_stats[key], dtype=np.float64) for key in bounds[normalization_type])
-    mask = np.asarray(action_stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
-    return np.where(mask, 0.5 * (normalized_actions + 1) * (high - low + 1e-8) + low, normalized_actions)
 
 
 class PrismaticPreTrainedModel(PreTrainedModel):
@@ -178,11 +160,13 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
         return torch.where(actions_mask.unsqueeze(-1), slots, embeddings)
 
     @staticmethod
-    def _average_language_embedding(
-        embeddings: torch.Tensor, actions_mask: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """FiLM's condition: mean embedding of the non-action, non-pad tokens, [B, L, D] -> [B, D]."""
-        keep = (~actions_mask & attention_mask.bool()).unsqueeze(-1)  # [B, L, 1]
+    def _average_language_embedding(embeddings: torch.Tensor, actions_mask: torch.Tensor) -> torch.Tensor:
+        """FiLM's condition: mean embedding of the non-action tokens, [B, L, D] -> [B, D].
+
+        As upstream (``input_embeddings[~all_actions_mask]`` then ``mean``): BOS, the prompt, the stop token and,
+        in a right-padded batch, the pad tokens all enter the mean; only the action slots are left out.
+        """
+        keep = (~actions_mask).unsqueeze(-1)  # [B, L, 1]
         return (embeddings * keep).sum(dim=1) / keep.sum(dim=1)
 
     def _prefix_embeddings(
@@ -255,13 +239,13 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
         return self.language_model(labels=labels, **kwargs)
 
     def _film_condition(
-        self, embeddings: torch.Tensor, actions_mask: torch.Tensor, attention_mask: torch.Tensor, use_film: bool
+        self, embeddings: torch.Tensor, actions_mask: torch.Tensor, use_film: bool
     ) -> torch.Tensor | None:
         if not use_film:
             return None
         if not self.uses_film:
             raise ValueError("use_film=True needs the FiLM-wrapped vision backbone: call vla.enable_film() first.")
-        return self._average_language_embedding(embeddings, actions_mask, attention_mask)
+        return self._average_language_embedding(embeddings, actions_mask)
 
     def forward(
         self,
@@ -321,7 +305,7 @@ class PrismaticForConditionalGeneration(PrismaticPreTrainedModel):
             noisy_action_features = noisy_action_projector(noisy_actions.reshape(batch_size, -1, 1))  # [B, slots, D]
 
         token_embeddings = self.get_input_embeddings()(input_ids)  # [B, L, D]
-        film_condition = self._film_condition(token_embeddings, actions_mask, attention_mask, use_film)
+        film_condition = self._film_condition(token_embeddings, actions_mask, use_film)
         prefix = self._prefix_embeddings(pixel_values, proprio, proprio_projector, film_condition)
         if diffusion_timestep_embeddings is not None:
             prefix = torch.cat([prefix, diffusion_timestep_embeddings.to(prefix.dtype)], dim=1)
@@ -389,7 +373,7 @@ class OpenVLAForActionPrediction(PrismaticForConditionalGeneration):
         return len(self.get_action_stats(unnorm_key)["min"])
 
     def _unnormalize_actions(self, normalized_actions: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
-        return unnormalize_actions(
+        return unnormalize(
             normalized_actions, self.get_action_stats(unnorm_key), self.config.action_proprio_normalization_type
         )
 
@@ -512,7 +496,7 @@ class OpenVLAForActionPrediction(PrismaticForConditionalGeneration):
         input_ids, attention_mask, labels = self._prepare_action_query(input_ids, attention_mask)
         actions_mask = get_actions_mask(labels, self.config.action_token_begin_idx)
         token_embeddings = self.get_input_embeddings()(input_ids)  # [B, L, D]
-        film_condition = self._film_condition(token_embeddings, actions_mask, attention_mask, use_film)
+        film_condition = self._film_condition(token_embeddings, actions_mask, use_film)
         prefix = self._prefix_embeddings(pixel_values, proprio, proprio_projector, film_condition)
 
         chunk_shape = (input_ids.shape[0], self.config.num_actions_chunk, self.config.action_dim)

@@ -144,19 +144,21 @@ class FiLMedVisionTransformerBlock(nn.Module):
     """A timm ViT block with FiLM between its attention and MLP halves: ``x <- x * (1 + gamma) + beta``.
 
     ``gamma`` and ``beta`` are linear projections (``scale``, ``shift``) of the mean language embedding, applied to
-    every token alike.
+    every token alike. As upstream, the new layers are created in float32 (trained in fp32 under bf16 autocast);
+    evaluation casts the whole backbone to the inference dtype.
     """
 
     def __init__(self, block: nn.Module, vision_dim: int, llm_dim: int) -> None:
         super().__init__()
         self.block = block
-        reference = next(block.parameters())  # new layers live where the block does, in its dtype
-        self.scale = nn.Linear(llm_dim, vision_dim, device=reference.device, dtype=reference.dtype)
-        self.shift = nn.Linear(llm_dim, vision_dim, device=reference.device, dtype=reference.dtype)
+        device = next(block.parameters()).device  # new layers live where the block does
+        self.scale = nn.Linear(llm_dim, vision_dim, device=device, dtype=torch.float32)
+        self.shift = nn.Linear(llm_dim, vision_dim, device=device, dtype=torch.float32)
 
     def forward(self, x: torch.Tensor, average_language_embedding: torch.Tensor) -> torch.Tensor:
-        gamma = self.scale(average_language_embedding).unsqueeze(1)  # [B, 1, vision_dim]
-        beta = self.shift(average_language_embedding).unsqueeze(1)  # [B, 1, vision_dim]
+        condition = average_language_embedding.to(self.scale.weight.dtype)
+        gamma = self.scale(condition).unsqueeze(1).to(x.dtype)  # [B, 1, vision_dim]
+        beta = self.shift(condition).unsqueeze(1).to(x.dtype)  # [B, 1, vision_dim]
         block = self.block
         x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
         x = x * (1 + gamma) + beta

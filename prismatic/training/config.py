@@ -63,6 +63,9 @@ class FinetuneConfig:
     use_wandb: bool = True                           # Log to wandb (offline unless WANDB_API_KEY is set)
     attn_implementation: str = "sdpa"                # sdpa | eager (flash_attention_2 cannot honour the mask)
     val_batches: int = 16                            # Upper bound on batches per validation round
+    val_set_fraction: float = 0.05                   # --use_val_set: share of episodes held out (the last ones)
+    crop_independent_draws: bool = False             # Crop box from 4 independent draws (upstream: one; README)
+    lora_fp32: bool = False                          # LoRA adapters in fp32 (upstream: the base model's dtype)
     # fmt: on
 
     @property

@@ -39,6 +39,10 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
     _positive(cfg, "batch_size", "grad_accumulation_steps", "max_steps", "save_freq", "wandb_log_freq")
     if cfg.use_val_set:
         _positive(cfg, "val_freq", "val_batches")
+        if not 0.0 < cfg.val_set_fraction < 1.0:
+            raise ValueError(
+                f"--val_set_fraction must be in (0, 1) with --use_val_set True, got {cfg.val_set_fraction}."
+            )
     if cfg.use_l1_regression and cfg.use_diffusion:
         raise ValueError(
             "--use_l1_regression and --use_diffusion are both True; choose one action head "

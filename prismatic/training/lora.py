@@ -28,9 +28,13 @@ def lora_config(rank: int, dropout: float) -> LoraConfig:
     )
 
 
-def apply_lora(vla: PreTrainedModel, rank: int, dropout: float) -> PeftModel:
-    """Wraps ``vla`` with LoRA adapters; base weights are frozen, adapters trainable."""
-    return get_peft_model(vla, lora_config(rank, dropout))
+def apply_lora(vla: PreTrainedModel, rank: int, dropout: float, fp32_adapters: bool = False) -> PeftModel:
+    """Wraps ``vla`` with LoRA adapters; base weights are frozen, adapters trainable.
+
+    The adapters take the base model's dtype (bf16 on GPU), as with upstream's peft 0.11.1 and as released;
+    ``fp32_adapters`` keeps them in float32 (newer peft's default, ``autocast_adapter_dtype=True``).
+    """
+    return get_peft_model(vla, lora_config(rank, dropout), autocast_adapter_dtype=fp32_adapters)
 
 
 def merge_lora(base_model_path: str | Path, adapter_dir: str | Path, dtype: torch.dtype) -> PreTrainedModel:

@@ -111,7 +111,7 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     llm_dim = vla.config.text_config.hidden_size
     vla = vla.to(ctx.device)
     if cfg.use_lora:
-        vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout)
+        vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout, fp32_adapters=cfg.lora_fp32)
     if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers are trained in full, without adapters
         ckpt.unwrap_peft(vla).enable_film()
         vla.to(ctx.device)
@@ -183,6 +183,7 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     """
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
+    from prismatic.vla.datasets.config import ImageAugConfig
 
     tokenizer = model.processor.tokenizer
     batch_transform = RLDSBatchTransform(
@@ -200,6 +201,8 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
             shuffle_buffer_size=cfg.shuffle_buffer_size,
             train=train,
             image_aug=cfg.image_aug and train,
+            image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
+            val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
             num_images_in_input=cfg.num_images_in_input,
             use_proprio=cfg.use_proprio,
             seed=cfg.seed,

@@ -13,7 +13,7 @@ from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, generate_syn
 from prismatic.vla.datasets.writer import LiberoEpisode, write_libero_rlds
 
 DATASET_NAME = "libero_spatial_no_noops"
-NUM_EPISODES = 20  # train[:95%] = 19 episodes, train[95%:] = 1 episode
+NUM_EPISODES = 20
 EPISODE_LENGTH = 14
 IMAGE_SIZE = 64  # small stored images keep the tests fast; the pipeline still resizes them to 224
 

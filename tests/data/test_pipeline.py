@@ -12,12 +12,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from prismatic.policy.normalization import unnormalize
 from prismatic.vla.action_tokenizer import ActionTokenizer
 from prismatic.vla.constants import IGNORE_INDEX
 from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
-from prismatic.vla.datasets.statistics import unnormalize_bounds_q99
+from prismatic.vla.datasets.rlds import split_sizes
 from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, write_synthetic_libero
 from prismatic.vla.datasets.tf_runtime import import_tensorflow
+
+from .conftest import NUM_EPISODES
 
 CHUNK = 8
 
@@ -35,7 +38,7 @@ def identify(frame: dict, statistics: dict, written) -> int:
     """Index of the written episode a frame comes from: same instruction, same (clipped) state at its timestep."""
     t = int(frame["observation"]["timestep"][0])
     proprio_stats = statistics["proprio"]
-    proprio = unnormalize_bounds_q99(frame["observation"]["proprio"][0], proprio_stats)
+    proprio = unnormalize(frame["observation"]["proprio"][0], proprio_stats, "bounds_q99")
     instruction = frame["task"]["language_instruction"].decode()
     clip = lambda state: np.clip(state, proprio_stats["q01"], proprio_stats["q99"])  # normalisation clips
     distances = {
@@ -76,7 +79,7 @@ def test_chunks_start_only_where_complete_and_unnormalize_to_the_originals(synth
         episode = actions_by_episode[identify(frame, statistics, synthetic_dataset)]
         assert t + CHUNK <= len(episode), f"chunk at t={t} runs past the episode end"
         original = episode[t : t + CHUNK]  # [8, 7]
-        restored = unnormalize_bounds_q99(frame["action"], statistics["action"])
+        restored = unnormalize(frame["action"], statistics["action"], "bounds_q99")
         expected = np.where(mask, np.clip(original, low, high), original)  # values beyond q01/q99 are clipped
         constant_dims = statistics["action"]["min"] == statistics["action"]["max"]
         expected = np.where(constant_dims, low + 0.5e-8, expected)  # constant dims normalise to 0
@@ -84,10 +87,31 @@ def test_chunks_start_only_where_complete_and_unnormalize_to_the_originals(synth
         np.testing.assert_array_equal(frame["action"][:, ~mask], original[:, ~mask])  # gripper untouched
 
 
-def test_val_split_is_one_ordered_pass_over_the_held_out_episodes(synthetic_dataset):
-    frames = list(make_dataset(synthetic_dataset.data_root_dir, train=False).iter_frames())
-    # train[95%:] of 20 episodes is 1 episode of 14 steps -> 14 - 8 + 1 chunks.
-    assert [int(f["observation"]["timestep"][0]) for f in frames] == list(range(14 - CHUNK + 1))
+def test_training_reads_every_episode_by_default(synthetic_dataset):
+    dataset = make_dataset(synthetic_dataset.data_root_dir)
+    statistics = dataset.dataset_statistics["libero_spatial_no_noops"]
+    seen = {identify(frame, statistics, synthetic_dataset) for frame in take(dataset, 280)}  # 2 epochs of frames
+    assert seen == set(range(NUM_EPISODES))
+
+
+def test_val_set_holds_out_the_last_whole_episodes_and_training_never_sees_them(synthetic_dataset):
+    val = make_dataset(synthetic_dataset.data_root_dir, train=False, val_fraction=0.1)
+    statistics = val.dataset_statistics["libero_spatial_no_noops"]
+    frames = list(val.iter_frames())  # one ordered pass: round(0.1 * 20) = 2 episodes of 14 - 8 + 1 chunks
+    held_out = [identify(frame, statistics, synthetic_dataset) for frame in frames]
+    assert len(set(held_out)) == 2 and all(held_out.count(episode) == 14 - CHUNK + 1 for episode in held_out)
+    again = [identify(frame, statistics, synthetic_dataset) for frame in val.iter_frames()]
+    assert again == held_out  # deterministic
+    train = make_dataset(synthetic_dataset.data_root_dir, val_fraction=0.1)
+    seen = {identify(frame, statistics, synthetic_dataset) for frame in take(train, 280)}
+    assert seen == set(range(NUM_EPISODES)) - set(held_out)
+    assert split_sizes(train.sources[0].builder, 0.1) == (18, 2)
+    assert split_sizes(train.sources[0].builder, 0.0) == (20, 0)
+
+
+def test_val_split_without_held_out_episodes_names_the_flag(synthetic_dataset):
+    with pytest.raises(ValueError, match="--val_set_fraction"):
+        make_dataset(synthetic_dataset.data_root_dir, train=False).make_tf_dataset()
 
 
 def test_two_passes_without_augmentation_give_identical_images(synthetic_dataset):
@@ -126,8 +150,8 @@ def test_ranks_read_disjoint_episodes(synthetic_dataset):
         statistics = dataset.dataset_statistics["libero_spatial_no_noops"]
         episodes_per_rank.append({identify(f, statistics, synthetic_dataset) for f in take(dataset, 80)})
     assert not episodes_per_rank[0] & episodes_per_rank[1]
-    # 19 training episodes split 10 / 9; 80 frames of 7 per episode visit (nearly) all of a rank's share.
-    assert 8 <= len(episodes_per_rank[0]) <= 10 and 7 <= len(episodes_per_rank[1]) <= 9
+    # 20 training episodes split 10 / 10; 80 frames of 7 per episode visit (nearly) all of a rank's share.
+    assert 8 <= len(episodes_per_rank[0]) <= 10 and 8 <= len(episodes_per_rank[1]) <= 10
 
 
 def test_four_suite_mixture_samples_every_suite_with_size_balanced_weights(tmp_path):

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 
+from prismatic.policy.normalization import unnormalize
 from prismatic.vla.datasets import rlds
 from prismatic.vla.datasets.registry import DATASETS
 from prismatic.vla.datasets.statistics import (
     load_dataset_statistics,
     save_dataset_statistics,
-    unnormalize_bounds_q99,
 )
 
 SPEC = DATASETS["libero_spatial_no_noops"]
@@ -53,4 +53,4 @@ def test_dataset_statistics_json_has_upstream_format_and_reloads(tmp_path, expec
 def test_unnormalize_inverts_bounds_q99_on_masked_dims_only():
     stats = {"q01": np.array([-2.0, 0.0]), "q99": np.array([2.0, 1.0]), "mask": np.array([True, False])}
     normalized = np.array([[-1.0, 0.25], [0.5, 1.0]])
-    np.testing.assert_allclose(unnormalize_bounds_q99(normalized, stats), [[-2.0, 0.25], [1.0, 1.0]], atol=1e-7)
+    np.testing.assert_allclose(unnormalize(normalized, stats, "bounds_q99"), [[-2.0, 0.25], [1.0, 1.0]], atol=1e-7)

@@ -12,7 +12,7 @@ from prismatic.models import DiffusionActionHead, L1RegressionActionHead, NoisyA
 from prismatic.models.action_heads import SinusoidalPositionalEncoding
 from prismatic.models.action_masks import gather_action_hidden_states
 from prismatic.models.diffusion import DDIMScheduler
-from prismatic.models.modeling_prismatic import unnormalize_actions
+from prismatic.policy.normalization import unnormalize
 from prismatic.testing.tiny_vla import tiny_action_head, tiny_proprio_projector, tiny_training_batch
 
 
@@ -71,12 +71,12 @@ def test_ddim_with_the_true_noise_recovers_the_clean_actions(num_inference_steps
 def test_unnormalize_actions_uses_bounds_and_skips_masked_dimensions():
     stats = {"q01": [-2.0, 0.0], "q99": [2.0, 1.0], "min": [-4.0, -1.0], "max": [4.0, 3.0], "mask": [True, False]}
     normalized = np.array([[0.5, 0.5], [-1.0, 1.0]])
-    q99 = unnormalize_actions(normalized, stats, "bounds_q99")
+    q99 = unnormalize(normalized, stats, "bounds_q99")
     np.testing.assert_allclose(q99, [[1.0, 0.5], [-2.0, 1.0]], atol=1e-7)
-    bounds = unnormalize_actions(normalized, stats, "bounds")
+    bounds = unnormalize(normalized, stats, "bounds")
     np.testing.assert_allclose(bounds, [[2.0, 0.5], [-4.0, 1.0]], atol=1e-7)
     with pytest.raises(ValueError, match="'normal'"):
-        unnormalize_actions(normalized, stats, "normal")
+        unnormalize(normalized, stats, "normal")
 
 
 def test_predict_action_with_diffusion_head(tiny_vla, tiny_config, tiny_norm_stats):

@@ -31,6 +31,9 @@ class ImageAugConfig:
     contrast_range: tuple[float, float] = (0.8, 1.2)
     saturation_range: tuple[float, float] = (0.8, 1.2)
     hue_max_delta: float = 0.05
+    # False: upstream's dlimp crop, one uniform draw fixes area, aspect and both offsets (boxes on the diagonal);
+    # True: four independent draws.
+    crop_independent_draws: bool = False
 
 
 @dataclass
@@ -42,6 +45,9 @@ class RLDSConfig:
     resize_resolution: tuple[int, int] = (224, 224)  # (height, width) after lanczos3 resizing
     shuffle_buffer_size: int = 100_000  # frames held (as JPEG bytes) by the shuffle buffer
     train: bool = True  # train split (repeated, shuffled) or val split (one ordered pass)
+    # Share of the episodes held out for validation when the dataset has no "val" split (the last ones; see
+    # rlds.split_for). 0: train on every episode, as upstream.
+    val_fraction: float = 0.0
     image_aug: bool = False
     image_aug_config: ImageAugConfig = field(default_factory=ImageAugConfig)
     num_images_in_input: int = 2  # 1: primary camera only; 2: primary + wrist
@@ -65,6 +71,8 @@ class RLDSConfig:
             raise ValueError(f"num_images_in_input must be 1 or 2 (primary [+ wrist]); got {self.num_images_in_input}.")
         if self.shuffle_buffer_size < 1:
             raise ValueError(f"shuffle_buffer_size must be >= 1; got {self.shuffle_buffer_size}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1); got {self.val_fraction}.")
         if self.skip_samples < 0:
             raise ValueError(f"skip_samples must be >= 0; got {self.skip_samples}.")
         self.data_root_dir = Path(self.data_root_dir)

@@ -69,7 +69,7 @@ def build_dataset(config: RLDSConfig, sources: list[DatasetSource], rank: int, w
     tf = import_tensorflow(config.tf_num_threads)
     streams = []
     for index, source in enumerate(sources):
-        split = split_for(source.builder, config.train, rank, world_size)
+        split = split_for(source.builder, config.train, rank, world_size, config.val_fraction)
         shuffle_seed = derive_seed(config.seed, rank, index, 0) if config.train else None
         platform = source.spec.platform
         trajectories = read_trajectories(

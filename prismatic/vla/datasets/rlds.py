@@ -28,7 +28,6 @@ from prismatic.vla.datasets.statistics import (
 from prismatic.vla.datasets.tf_runtime import import_tensorflow, import_tensorflow_datasets, without_autograph
 from prismatic.vla.datasets.transforms import restructure_trajectory
 
-VAL_PERCENT = 5  # datasets without a "val" split use train[:95%] / train[95%:] (upstream's rule)
 STATISTICS_FORMAT = "sf-rlds-statistics-v1"  # part of the cache key; bump when the computation changes
 _TFRECORD_HEADER = struct.Struct("<QI")  # record length (uint64), masked CRC32C of the length (uint32)
 _TFRECORD_CRC_BYTES = 4
@@ -112,13 +111,42 @@ def naming_corrupt_data(builder_dirs: list[Path]) -> Iterator[None]:
         raise RuntimeError(f"Corrupt RLDS data while reading {dirs}: {error.message}") from error
 
 
-def split_for(builder: Any, train: bool, rank: int, world_size: int) -> Any:
-    """The tfds split (a string, or an even share of one) of this rank's train or val episodes."""
+def holdout_episodes(num_episodes: int, val_fraction: float) -> int:
+    """Episodes held out for validation: ``round(val_fraction * num_episodes)``, at least 1 and at most N - 1."""
+    if val_fraction <= 0:
+        return 0
+    return min(max(1, round(val_fraction * num_episodes)), num_episodes - 1)
+
+
+def split_sizes(builder: Any, val_fraction: float) -> tuple[int, int]:
+    """(training episodes, validation episodes) of a dataset under ``val_fraction`` (see ``split_for``)."""
+    splits = builder.info.splits
+    if "val" in splits:
+        return splits["train"].num_examples, splits["val"].num_examples
+    num_episodes = splits["train"].num_examples
+    held_out = holdout_episodes(num_episodes, val_fraction)
+    return num_episodes - held_out, held_out
+
+
+def split_for(builder: Any, train: bool, rank: int, world_size: int, val_fraction: float = 0.0) -> Any:
+    """The tfds split (a string, or an even share of one) of this rank's train or val episodes.
+
+    A dataset with a ``val`` split uses ``train`` / ``val``. Otherwise (LIBERO has only ``train``) training reads
+    every episode of ``train``, as upstream; with ``val_fraction`` > 0 the LAST ``holdout_episodes(N,
+    val_fraction)`` episodes of ``train`` (in the dataset's stored order) are held out as whole episodes:
+    training reads ``train[:N - n]``, validation ``train[N - n:]``.
+    """
     tfds = import_tensorflow_datasets()
     if "val" in builder.info.splits:
         split = "train" if train else "val"
     else:
-        split = f"train[:{100 - VAL_PERCENT}%]" if train else f"train[{100 - VAL_PERCENT}%:]"
+        num_train, num_val = split_sizes(builder, val_fraction)
+        if not train and num_val == 0:
+            raise ValueError(
+                f"Dataset {builder.name} has no 'val' split and no episodes are held out: pass --use_val_set True "
+                f"with --val_set_fraction > 0 to validate on held-out training episodes."
+            )
+        split = (f"train[:{num_train}]" if num_val else "train") if train else f"train[{num_train}:]"
     if world_size > 1:
         split = tfds.even_splits(split, n=world_size)[rank]
     num_episodes = builder.info.splits[split].num_examples

@@ -1,4 +1,5 @@
-"""Action/proprio statistics (``dataset_statistics.json``) and the BOUNDS_Q99 (un)normalisation they drive.
+"""Action/proprio statistics (``dataset_statistics.json``); the (un)normalisation they drive is
+``prismatic.policy.normalization``.
 
 In memory, statistics follow upstream: ``{dataset_name: {"action": {"mean", "std", "max", "min", "q01", "q99",
 "mask"}, "proprio": {...same minus mask}, "num_transitions": int, "num_trajectories": int}}`` with numpy arrays;
@@ -18,7 +19,6 @@ import numpy as np
 from prismatic.util.io import write_json_atomic
 
 STAT_KEYS = ("mean", "std", "max", "min", "q01", "q99")
-NORMALIZATION_EPS = 1e-8  # upstream's denominator guard: (q99 - q01 + 1e-8)
 
 
 def compute_statistics(actions: Iterable[np.ndarray], proprios: Iterable[np.ndarray]) -> dict[str, Any]:
@@ -45,16 +45,6 @@ def _array_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
         "q01": np.quantile(values, 0.01, axis=0, method="linear"),
         "q99": np.quantile(values, 0.99, axis=0, method="linear"),
     }
-
-
-def unnormalize_bounds_q99(normalized: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Inverse of BOUNDS_Q99 on the masked dims (``0.5 (a + 1)(q99 - q01 + eps) + q01``); other dims pass through.
-
-    The forward direction runs inside the tf.data pipeline (``transforms.normalize_bounds_q99``).
-    """
-    low, high = np.asarray(stats["q01"]), np.asarray(stats["q99"])
-    mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
-    return np.where(mask, 0.5 * (normalized + 1.0) * (high - low + NORMALIZATION_EPS) + low, normalized)
 
 
 def statistics_to_json(statistics: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,12 @@ observation window (only the current observation is kept).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from prismatic.policy.normalization import normalize
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.config import ImageAugConfig
-from prismatic.vla.datasets.statistics import NORMALIZATION_EPS
 from prismatic.vla.datasets.tf_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -55,36 +54,19 @@ def restructure_trajectory(episode: Trajectory, spec: RLDSDatasetSpec, camera_vi
     }
 
 
-def normalize(values: Any, stats: dict[str, Any], normalization_type: NormalizationType) -> Any:
-    """Maps the [low, high] range of each masked dim to [-1, 1] (clipped); dims with min == max become 0.
-
-    BOUNDS_Q99 uses (q01, q99), BOUNDS uses (min, max); dims outside ``stats["mask"]`` pass through.
-    """
-    tf = import_tensorflow()
-    low_key, high_key = {
-        NormalizationType.BOUNDS_Q99: ("q01", "q99"),
-        NormalizationType.BOUNDS: ("min", "max"),
-    }.get(normalization_type, (None, None))
-    if low_key is None:
-        raise NotImplementedError(f"Normalization type {normalization_type!r} is not supported by the RLDS pipeline.")
-    low = tf.constant(stats[low_key], tf.float32)
-    high = tf.constant(stats[high_key], tf.float32)
-    mask = tf.constant(stats.get("mask", [True] * len(stats[low_key])), tf.bool)
-    scaled = tf.clip_by_value(2.0 * (values - low) / (high - low + NORMALIZATION_EPS) - 1.0, -1.0, 1.0)
-    normalized = tf.where(mask, scaled, values)
-    return tf.where(tf.constant(np.asarray(stats["min"]) == np.asarray(stats["max"])), 0.0, normalized)
-
-
 def normalize_trajectory(
     trajectory: Trajectory, statistics: dict[str, Any], normalization_type: NormalizationType
 ) -> Trajectory:
-    """Normalises ``action`` (honouring the action mask) and ``observation/proprio`` (all dims)."""
+    """Normalises ``action`` (honouring the action mask) and ``observation/proprio`` (all dims), dims with
+    ``min == max`` set to 0 (upstream's training rule; ``prismatic.policy.normalization``)."""
+    tnp = import_tensorflow().experimental.numpy
+    normalize_values = partial(normalize, normalization_type=normalization_type, zero_constant_dims=True, xp=tnp)
     observation = dict(trajectory["observation"])
-    observation["proprio"] = normalize(observation["proprio"], statistics["proprio"], normalization_type)
+    observation["proprio"] = normalize_values(observation["proprio"], statistics["proprio"])
     return {
         **trajectory,
         "observation": observation,
-        "action": normalize(trajectory["action"], statistics["action"], normalization_type),
+        "action": normalize_values(trajectory["action"], statistics["action"]),
     }
 
 
@@ -125,16 +107,29 @@ def _clip_unit(image: Any) -> Any:
     return import_tensorflow().clip_by_value(image, 0.0, 1.0)
 
 
-def random_resized_crop(image: Any, seed: Any, scale: tuple[float, float], ratio: tuple[float, float]) -> Any:
-    """Crops a random box of ``scale`` area fraction and ``ratio`` aspect, resized (bilinear) to the input size."""
+def random_resized_crop(
+    image: Any, seed: Any, scale: tuple[float, float], ratio: tuple[float, float], independent_draws: bool = False
+) -> Any:
+    """Crops a random box of ``scale`` area fraction and ``ratio`` aspect, resized (bilinear) to the input size.
+
+    By default as upstream's dlimp ``random_resized_crop``, which passes one seed to all four of its uniform draws
+    (area, aspect, height offset, width offset): one number u ~ U[0, 1) fixes the whole box, area
+    ``scale[0] + (scale[1] - scale[0]) u``, offsets ``u (1 - height)`` and ``u (1 - width)``, so every box lies on
+    the image diagonal (a kept upstream quirk; with LIBERO's scale (0.9, 0.9) the area is always 0.9).
+    ``independent_draws`` draws the four numbers independently instead.
+    """
     tf = import_tensorflow()
-    scale_seed, ratio_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
-    area = tf.random.stateless_uniform([], scale_seed, minval=scale[0], maxval=scale[1])
-    log_ratio = tf.random.stateless_uniform([], ratio_seed, minval=tf.math.log(ratio[0]), maxval=tf.math.log(ratio[1]))
-    height = tf.minimum(tf.sqrt(area / tf.exp(log_ratio)), 1.0)  # fractions of the image side
-    width = tf.minimum(tf.sqrt(area * tf.exp(log_ratio)), 1.0)
-    offset = tf.random.stateless_uniform([2], offset_seed) * tf.stack([1.0 - height, 1.0 - width])
-    box = tf.stack([offset[0], offset[1], offset[0] + height, offset[1] + width])[None]  # [1, 4] (y1, x1, y2, x2)
+    if independent_draws:
+        seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=4))
+    else:
+        seeds = [seed] * 4
+    scale_u, ratio_u, height_u, width_u = (tf.random.stateless_uniform([], s) for s in seeds)
+    area = scale[0] + (scale[1] - scale[0]) * scale_u
+    log_ratio = tf.math.log(ratio[0]) + (tf.math.log(ratio[1]) - tf.math.log(ratio[0])) * ratio_u
+    height = tf.clip_by_value(tf.sqrt(area / tf.exp(log_ratio)), 0.0, 1.0)  # fractions of the image side
+    width = tf.clip_by_value(tf.sqrt(area * tf.exp(log_ratio)), 0.0, 1.0)
+    top, left = height_u * (1.0 - height), width_u * (1.0 - width)
+    box = tf.stack([top, left, top + height, left + width])[None]  # [1, 4] (y1, x1, y2, x2)
     return tf.image.crop_and_resize(image[None], box, [0], tf.shape(image)[:2])[0]
 
 
@@ -150,7 +145,13 @@ def augment_image(image: Any, seed: Any, aug: ImageAugConfig) -> Any:
     )
     image = tf.image.convert_image_dtype(image, tf.float32)
     image = _clip_unit(
-        random_resized_crop(image, crop_seed, aug.random_resized_crop_scale, aug.random_resized_crop_ratio)
+        random_resized_crop(
+            image,
+            crop_seed,
+            aug.random_resized_crop_scale,
+            aug.random_resized_crop_ratio,
+            aug.crop_independent_draws,
+        )
     )
     image = _clip_unit(tf.image.stateless_random_brightness(image, aug.brightness_max_delta, brightness_seed))
     image = _clip_unit(tf.image.stateless_random_contrast(image, *aug.contrast_range, contrast_seed))
