@@ -99,7 +99,7 @@ def main() -> None:
         ],
         env,
     )
-    checkpoint = run_root / f"{RUN_ID}--latest_chkpt"
+    checkpoint = run_root / RUN_ID  # latest-only checkpoints live in the run folder itself, as upstream
     durations["merge"] = run(
         "4/5 merge the LoRA adapter into the base model (and check it)",
         [

@@ -9,6 +9,7 @@ and component files ``{component}--{step|latest}_checkpoint.pt`` (``action_head`
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,21 @@ import torch
 from torch import nn
 from transformers import AutoModelForVision2Seq, AutoProcessor
 
-from prismatic.models.action_heads import DiffusionActionHead, L1RegressionActionHead
 from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.processing_prismatic import PrismaticProcessor
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
-from prismatic.util.io import atomic_output
+from prismatic.policy.components import (  # the component-file functions, re-exported for existing callers
+    build_heads,
+    component_names,
+    load_component_state_dict,
+    load_components,
+    save_component_state_dict,  # noqa: F401
+)
+from prismatic.policy.config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
 from prismatic.vla.constants import PlatformConstants
 
-DDP_PREFIX = "module."
+logger = logging.getLogger(__name__)
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "model.safetensors"
 LORA_ADAPTER_DIR = "lora_adapter"
@@ -44,6 +51,7 @@ class LoadedVLA:
     noisy_action_projector: NoisyActionProjector | None
     norm_stats: dict[str, Any]
     config: OpenVLAConfig
+    policy_config: PolicyConfig  # what the checkpoint is (policy_config.json, or upstream's defaults), flags applied
 
 
 def _read_json(path: Path) -> Any:
@@ -74,32 +82,6 @@ def find_checkpoint_file(checkpoint_dir: str | Path, component: str, step: int |
             + (" (pass checkpoint_step to choose)." if len(candidates) > 1 else ".")
         )
     return candidates[0]
-
-
-def load_component_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A component's state dict from a ``torch.save`` file, with DDP's ``module.`` prefix stripped where present."""
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
-    return {key.removeprefix(DDP_PREFIX): value for key, value in state_dict.items()}
-
-
-def save_component_state_dict(module: nn.Module, path: str | Path, ddp_prefix: bool = True) -> None:
-    """Write ``module.state_dict()`` atomically, keys prefixed with ``module.`` as upstream's DDP-wrapped saves."""
-    path = Path(path)
-    prefix = DDP_PREFIX if ddp_prefix else ""
-    state_dict = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
-    with atomic_output(path) as temporary:
-        torch.save(state_dict, temporary)
-
-
-def _load_component(module: nn.Module, checkpoint_dir: Path, component: str, step: int | str | None) -> nn.Module:
-    path = find_checkpoint_file(checkpoint_dir, component, step)
-    try:
-        module.load_state_dict(load_component_state_dict(path))
-    except RuntimeError as error:
-        raise ValueError(f"{path.name} does not fit a {type(module).__name__}: {error}") from None
-    return module
 
 
 def merge_lora_into_state_dict(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
@@ -181,30 +163,46 @@ def load_vla(
     *,
     base_model_path: str | Path | None = None,
     platform: PlatformConstants | None = None,
-    use_l1_regression: bool = True,
-    use_diffusion: bool = False,
-    use_proprio: bool = True,
-    use_film: bool = False,
-    num_images_in_input: int = 2,
-    num_diffusion_steps_train: int = 50,
+    use_l1_regression: bool | None = None,
+    use_diffusion: bool | None = None,
+    use_proprio: bool | None = None,
+    use_film: bool | None = None,
+    num_images_in_input: int | None = None,
+    num_diffusion_steps_train: int | None = None,
     num_diffusion_steps_inference: int | None = None,
     checkpoint_step: int | str | None = None,
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
 ) -> LoadedVLA:
-    """Load the VLA, processor, heads and dataset statistics of a checkpoint folder for inference.
+    """Load the VLA, processor, components and dataset statistics of a checkpoint folder for inference.
 
-    The flags mirror upstream's evaluation config: which components to load (``use_l1_regression`` /
-    ``use_diffusion`` select the action head, ``use_proprio`` the proprio projector, ``use_film`` the FiLM vision
-    backbone). ``platform`` overrides the action-chunk geometry stored in the config (default LIBERO).
-    Raises naming the missing or malformed file.
+    What to load comes from the folder's ``policy_config.json`` (upstream's LIBERO defaults for a released folder
+    without one; see ``prismatic.policy.components`` for the components). The flags (upstream's evaluation names)
+    default to ``None`` = take it from the checkpoint; a given flag that contradicts the file is honoured with a
+    warning. ``platform`` likewise overrides the embodiment's action-chunk geometry. Raises naming the missing or
+    malformed file.
     """
     if use_l1_regression and use_diffusion:
         raise ValueError("use_l1_regression and use_diffusion are exclusive; choose one action head.")
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"Checkpoint folder {checkpoint_dir} does not exist.")
+    policy_config = apply_flag_overrides(
+        load_policy_config(checkpoint_dir, platform.name if platform is not None else "libero"),
+        use_l1_regression=use_l1_regression,
+        use_diffusion=use_diffusion,
+        use_proprio=use_proprio,
+        use_film=use_film,
+        num_images_in_input=num_images_in_input,
+        num_diffusion_steps_train=num_diffusion_steps_train,
+        num_diffusion_steps_inference=num_diffusion_steps_inference,
+    )
+    if platform is not None and platform != policy_config.embodiment.platform():
+        logger.warning(
+            "platform %s overrides the checkpoint's embodiment %s", platform, policy_config.embodiment.platform()
+        )
+        policy_config.embodiment = EmbodimentConfig.from_platform(platform)
     adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
     if _has_merged_weights(checkpoint_dir):
         model_dir, apply_adapter = checkpoint_dir, False
@@ -224,9 +222,8 @@ def load_vla(
         from peft import PeftModel
 
         vla = PeftModel.from_pretrained(vla, adapter_dir).merge_and_unload()
-    if platform is not None:
-        vla.config.set_platform(platform)
-    vla.set_num_images_in_input(num_images_in_input)
+    vla.config.set_platform(policy_config.embodiment.platform())
+    vla.set_num_images_in_input(policy_config.num_images_in_input)
 
     processor_dir = checkpoint_dir if (checkpoint_dir / PROCESSOR_FILES[0]).exists() else model_dir
     missing = [name for name in PROCESSOR_FILES if not (processor_dir / name).exists()]
@@ -237,48 +234,32 @@ def load_vla(
     norm_stats = load_dataset_statistics(checkpoint_dir) or vla.config.norm_stats or {}
     vla.norm_stats = norm_stats
 
-    llm_dim, chunk = vla.llm_dim, vla.config.platform
-    if use_film:
+    names = component_names(policy_config, inference_only=True)
+    paths = {name: find_checkpoint_file(checkpoint_dir, name, checkpoint_step) for name in names}
+    if policy_config.use_film:
         vla.enable_film()
-        path = find_checkpoint_file(checkpoint_dir, "vision_backbone", checkpoint_step)
-        state_dict = load_component_state_dict(path)
-        if any(".lora_A." in key for key in state_dict):
+        state_dict = load_component_state_dict(paths["vision_backbone"])
+        if any(".lora_A." in key for key in state_dict):  # saved from the peft-wrapped training model
             state_dict = merge_lora_into_state_dict(state_dict, _lora_scaling(adapter_dir))
         try:
             vla.vision_backbone.load_state_dict(state_dict)
         except RuntimeError as error:
-            raise ValueError(f"{path.name} does not fit the FiLM vision backbone: {error}") from None
-
-    action_head = None
-    if use_l1_regression:
-        action_head = L1RegressionActionHead(llm_dim, llm_dim, chunk.action_dim, chunk.num_actions_chunk)
-    elif use_diffusion:
-        action_head = DiffusionActionHead(
-            llm_dim,
-            llm_dim,
-            chunk.action_dim,
-            chunk.num_actions_chunk,
-            num_diffusion_steps_train=num_diffusion_steps_train,
-            num_diffusion_steps_inference=num_diffusion_steps_inference,
-        )
-    if action_head is not None:
-        _load_component(action_head, checkpoint_dir, "action_head", checkpoint_step)
-    proprio_projector = (
-        _load_component(
-            ProprioProjector(llm_dim, chunk.proprio_dim), checkpoint_dir, "proprio_projector", checkpoint_step
-        )
-        if use_proprio
-        else None
-    )
-    noisy_action_projector = (
-        _load_component(NoisyActionProjector(llm_dim), checkpoint_dir, "noisy_action_projector", checkpoint_step)
-        if use_diffusion
-        else None
-    )
+            raise ValueError(
+                f"{paths['vision_backbone'].name} does not fit the FiLM vision backbone: {error}"
+            ) from None
+        vla.vision_backbone.to(dtype)  # as upstream's evaluation: the FiLM layers (fp32 in training) in `dtype`
+    heads = build_heads(policy_config, vla.llm_dim)
+    load_components(heads, paths)
 
     vla = vla.to(device).eval()  # already in `dtype`; a blanket cast would also round fp32 buffers (RoPE)
-    components = [
-        module.to(device=device, dtype=dtype).eval() if module is not None else None
-        for module in (action_head, proprio_projector, noisy_action_projector)
-    ]
-    return LoadedVLA(vla, processor, *components, norm_stats=norm_stats, config=vla.config)
+    heads = {name: module.to(device=device, dtype=dtype).eval() for name, module in heads.items()}
+    return LoadedVLA(
+        vla,
+        processor,
+        heads.get("action_head"),
+        heads.get("proprio_projector"),
+        heads.get("noisy_action_projector"),
+        norm_stats=norm_stats,
+        config=vla.config,
+        policy_config=policy_config,
+    )

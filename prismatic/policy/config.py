@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import NormalizationType, PlatformConstants, constants_for
+
+logger = logging.getLogger(__name__)
 
 POLICY_CONFIG_NAME = "policy_config.json"
 POLICY_CONFIG_VERSION = 1
@@ -136,3 +139,69 @@ def read_policy_config(checkpoint_dir: str | Path) -> PolicyConfig | None:
         return PolicyConfig.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise ValueError(f"{path} is not a valid policy config: {error}") from None
+
+
+def load_policy_config(checkpoint_dir: str | Path, fallback_name: str = "libero") -> PolicyConfig:
+    """The checkpoint's ``policy_config.json``, or upstream's defaults for the platform of ``fallback_name`` (a
+    dataset or LIBERO suite name) when the folder has none (a released checkpoint)."""
+    config = read_policy_config(checkpoint_dir)
+    if config is None:
+        logger.info("%s has no %s: using upstream's defaults", checkpoint_dir, POLICY_CONFIG_NAME)
+        config = PolicyConfig.upstream_default(fallback_name)
+    return config
+
+
+def apply_flag_overrides(config: PolicyConfig, **flags: Any) -> PolicyConfig:
+    """``config`` with the explicitly given evaluation flags applied (``None`` = take it from the checkpoint).
+
+    Flags (upstream's evaluation names): ``use_l1_regression``, ``use_diffusion``, ``num_diffusion_steps_train``,
+    ``num_diffusion_steps_inference``, ``use_proprio``, ``use_film``, ``num_images_in_input``, ``center_crop``,
+    ``unnorm_key``. A flag that contradicts the checkpoint is honoured, with a warning naming both values.
+    """
+    given = {name: value for name, value in flags.items() if value is not None and value != ""}
+    unknown = sorted(set(given) - set(_FLAG_FIELDS) - {"use_l1_regression", "use_diffusion"})
+    if unknown:
+        raise ValueError(f"unknown policy flag(s) {unknown}")
+    config = dataclasses.replace(config, image=dataclasses.replace(config.image))
+    head = _action_head_from_flags(config.action_head, given.get("use_l1_regression"), given.get("use_diffusion"))
+    _override(config, "action_head", head, "--use_l1_regression/--use_diffusion")
+    for flag, (owner, field_name) in _FLAG_FIELDS.items():
+        if flag in given:
+            _override(getattr(config, owner) if owner else config, field_name, given[flag], f"--{flag}")
+    return config
+
+
+_FLAG_FIELDS = {  # evaluation flag -> (sub-config or "", field)
+    "num_diffusion_steps_train": ("", "num_diffusion_steps_train"),
+    "num_diffusion_steps_inference": ("", "num_diffusion_steps_inference"),
+    "use_proprio": ("", "use_proprio"),
+    "use_film": ("", "use_film"),
+    "num_images_in_input": ("", "num_images_in_input"),
+    "unnorm_key": ("", "unnorm_key"),
+    "center_crop": ("image", "center_crop"),
+}
+
+
+def _action_head_from_flags(current: str, use_l1_regression: bool | None, use_diffusion: bool | None) -> str:
+    if use_diffusion:
+        return "diffusion"
+    if use_l1_regression:
+        return "l1_regression"
+    turned_off = (use_diffusion is False and current == "diffusion") or (
+        use_l1_regression is False and current == "l1_regression"
+    )
+    return "discrete_tokens" if turned_off else current
+
+
+def _override(target: Any, field_name: str, value: Any, flag: str) -> None:
+    current = getattr(target, field_name)
+    if current != value:
+        logger.warning(
+            "%s asks for %s=%r but the checkpoint's policy config says %r: using %r",
+            flag,
+            field_name,
+            value,
+            current,
+            value,
+        )
+        setattr(target, field_name, value)

@@ -3,16 +3,19 @@
 A checkpoint folder holds (``{suffix}`` = ``{step}_checkpoint.pt`` or ``latest_checkpoint.pt``)::
 
     lora_adapter/                        peft adapter (adapter_config.json, adapter_model.safetensors)
-    action_head--{suffix}                trainable components, keys prefixed "module." as released
-    proprio_projector--{suffix}          (when use_proprio)
-    align_projector--{suffix}            (Spatial Forcing)
-    noisy_action_projector--{suffix}     (diffusion)
+    {component}--{suffix}                the components of prismatic.policy.components (action head, proprio
+                                         projector, noisy-action projector, FiLM vision backbone, align projector)
+    policy_config.json                   what the policy is (prismatic.policy.config), read back by load_vla
     dataset_statistics.json, tokenizer and preprocessor files
     config.json, model-*.safetensors     (the merged model, when merge_lora_during_training)
     training_state--{suffix}             ours: optimizer, scheduler, step, RNG states, data position
 
-Folders are assembled under a temporary name and renamed into place; a "latest" folder being replaced is first
-renamed to ``*.old``, so at every instant one complete checkpoint exists, even after ``kill -9``.
+Where, as upstream: ``{run_dir}--{step}_chkpt/``, or with ``--save_latest_checkpoint_only True`` the run folder
+itself (``{run_dir}/``, beside metrics.jsonl). A step folder is assembled under a temporary name and renamed into
+place. In the run folder, the new checkpoint is assembled in ``.checkpoint-staging/``, renamed to
+``.checkpoint-ready/`` once complete, then its entries are moved over the old ones (training state last); a move
+interrupted by ``kill -9`` is finished by :func:`finish_pending_install` before resuming, so a complete
+checkpoint is always recoverable.
 """
 
 from __future__ import annotations
@@ -26,22 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prismatic.policy.components import component_path
+
 TRAINING_STATE = "training_state"
-LATEST = "latest"
-
-
-def checkpoint_suffix(step: int | None) -> str:
-    """``"{step}_checkpoint.pt"``, or ``"latest_checkpoint.pt"`` for ``step=None``."""
-    return f"{LATEST if step is None else step}_checkpoint.pt"
+STAGING_DIR = ".checkpoint-staging"
+READY_DIR = ".checkpoint-ready"
 
 
 def checkpoint_dir(run_dir: Path, step: int | None) -> Path:
-    """Upstream's folder names: ``{run_dir}--{step}_chkpt``, or ``{run_dir}--latest_chkpt`` in latest-only mode."""
-    return run_dir.parent / f"{run_dir.name}--{LATEST if step is None else step}_chkpt"
-
-
-def component_path(folder: Path, component: str, step: int | None) -> Path:
-    return folder / f"{component}--{checkpoint_suffix(step)}"
+    """Upstream's places: ``{run_dir}--{step}_chkpt``, or the run folder itself in latest-only mode (``None``)."""
+    return run_dir if step is None else run_dir.parent / f"{run_dir.name}--{step}_chkpt"
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -79,16 +76,43 @@ def set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-class CheckpointWriter:
-    """Assembles one checkpoint folder under a temporary name; ``commit()`` moves it into place."""
+def finish_pending_install(run_dir: Path) -> None:
+    """Moves the entries of a complete ``.checkpoint-ready/`` into ``run_dir`` (idempotent; training state last)."""
+    ready = run_dir / READY_DIR
+    if not ready.is_dir():
+        return
+    for entry in sorted(ready.iterdir(), key=lambda path: path.name.startswith(TRAINING_STATE)):
+        target = run_dir / entry.name
+        if entry.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(entry, target)
+        else:
+            os.replace(entry, target)
+    ready.rmdir()
 
-    def __init__(self, final_dir: Path):
-        self.final_dir = final_dir
-        self.tmp_dir = final_dir.with_name(f"{final_dir.name}.tmp-{os.getpid()}")
+
+class CheckpointWriter:
+    """Assembles one checkpoint under a temporary name; ``commit()`` moves it into place.
+
+    ``in_place``: ``final_dir`` is the run folder, which also holds the run's logs (latest-only mode).
+    """
+
+    def __init__(self, final_dir: Path, in_place: bool = False):
+        self.final_dir, self.in_place = final_dir, in_place
+        if in_place:
+            self.tmp_dir = final_dir / STAGING_DIR
+        else:
+            self.tmp_dir = final_dir.with_name(f"{final_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir(parents=True)
 
     def commit(self) -> Path:
+        if self.in_place:
+            ready = self.final_dir / READY_DIR
+            shutil.rmtree(ready, ignore_errors=True)
+            os.rename(self.tmp_dir, ready)
+            finish_pending_install(self.final_dir)
+            return self.final_dir
         old_dir = self.final_dir.with_name(f"{self.final_dir.name}.old")
         shutil.rmtree(old_dir, ignore_errors=True)
         if self.final_dir.exists():
@@ -99,28 +123,26 @@ class CheckpointWriter:
 
 
 def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path, int | None]:
-    """The checkpoint folder to resume from and its file step (``None`` = latest-only files).
+    """The checkpoint folder to resume from and its file step (``None`` = latest-only files in the run folder).
 
-    ``resume_step`` selects ``{run_dir}--{step}_chkpt``; otherwise the latest-only folder if present, else the
-    highest step. A latest folder whose replacement was interrupted is recovered from its ``.old`` copy.
+    ``resume_step`` selects ``{run_dir}--{step}_chkpt``; otherwise the run folder's latest checkpoint if present,
+    else the highest step. Call :func:`finish_pending_install` first.
     """
     if resume_step is not None:
         folder = checkpoint_dir(run_dir, resume_step)
         if not folder.is_dir():
             raise FileNotFoundError(f"--resume_step {resume_step}: no checkpoint folder {folder}.")
         return folder, resume_step
-    latest = checkpoint_dir(run_dir, None)
-    for candidate in (latest, latest.with_name(f"{latest.name}.old")):
-        if (candidate / f"{TRAINING_STATE}--{checkpoint_suffix(None)}").is_file():
-            return candidate, None
+    if component_path(run_dir, TRAINING_STATE, None).is_file():
+        return run_dir, None
     steps = []
     for folder in run_dir.parent.glob(f"{run_dir.name}--*_chkpt"):
         step = folder.name.removeprefix(f"{run_dir.name}--").removesuffix("_chkpt")
-        if step.isdigit() and (folder / f"{TRAINING_STATE}--{checkpoint_suffix(int(step))}").is_file():
+        if step.isdigit() and component_path(folder, TRAINING_STATE, int(step)).is_file():
             steps.append(int(step))
     if not steps:
         raise FileNotFoundError(
-            f"--resume True: no complete checkpoint of run {run_dir.name!r} in {run_dir.parent} "
-            f"(expected {latest.name}/ or {run_dir.name}--<step>_chkpt/ holding a {TRAINING_STATE} file)."
+            f"--resume True: no complete checkpoint of run {run_dir.name!r}: expected "
+            f"{component_path(run_dir, TRAINING_STATE, None)} or {run_dir.name}--<step>_chkpt/ in {run_dir.parent}."
         )
     return checkpoint_dir(run_dir, max(steps)), max(steps)

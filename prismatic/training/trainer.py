@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from prismatic.models.load import load_component_state_dict, save_component_state_dict
+from prismatic.policy.components import build_heads, component_names, component_path, load_components, save_components
+from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.config_checks import validate_config
@@ -52,6 +53,18 @@ class Model:
     teacher: nn.Module | None  # VGGTTeacher (frozen)
     processor: object
     num_patches: int  # visual tokens of all cameras
+    policy_config: PolicyConfig  # what is saved as policy_config.json; selects the components below
+
+    def components(self) -> dict[str, nn.Module]:
+        """The policy's component modules (``prismatic.policy.components``; DDP unwrapped), by file name."""
+        available = {
+            "action_head": self.action_head,
+            "proprio_projector": self.proprio_projector,
+            "noisy_action_projector": self.noisy_action_projector,
+            "vision_backbone": ckpt.unwrap(self.vla).vision_backbone if self.policy_config.use_film else None,
+            "align_projector": self.aligner.projector if self.aligner is not None else None,
+        }
+        return {name: ckpt.unwrap(available[name]) for name in component_names(self.policy_config)}
 
     def trainable_modules(self) -> list[nn.Module]:
         extras = (self.action_head, self.proprio_projector, self.noisy_action_projector)
@@ -89,16 +102,34 @@ def _ddp(module: nn.Module, ctx: DistributedContext) -> nn.Module:
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
 
+def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> PolicyConfig:
+    """The ``policy_config.json`` of this run's checkpoints: heads, inputs, embodiment, eval preprocessing."""
+    head = "diffusion" if cfg.use_diffusion else "l1_regression" if cfg.use_l1_regression else "discrete_tokens"
+    spatial_forcing = None
+    if isinstance(cfg, AlignFinetuneConfig):
+        names = ("vla_layers_align", "vggt_layers_align", "use_vlm_norm", "use_vggt_pe", "gain_feat_1move")
+        names += ("pooling_func", "align_loss_type", "align_loss_coeff", "vggt_image_size")
+        spatial_forcing = {name: getattr(cfg, name) for name in names}
+    return PolicyConfig(
+        action_head=head,
+        num_diffusion_steps_train=cfg.num_diffusion_steps_train,
+        num_diffusion_steps_inference=cfg.num_diffusion_steps_train,
+        use_proprio=cfg.use_proprio,
+        use_film=cfg.use_film,
+        num_images_in_input=cfg.num_images_in_input,
+        unnorm_key=cfg.dataset_name,
+        embodiment=EmbodimentConfig.from_platform(platform),
+        # Training's random crops (image_aug) are matched at evaluation by the center crop of the same area.
+        image=ImagePreprocessingConfig(center_crop=cfg.image_aug),
+        spatial_forcing=spatial_forcing,
+        data={"dataset_name": cfg.dataset_name},
+        base_model={"vla_path": str(cfg.vla_path)},
+    )
+
+
 def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
     """Loads the base VLA (+ LoRA), creates the heads, the aligner and the frozen teacher, on this rank's device."""
     from transformers import AutoModelForVision2Seq, AutoProcessor
-
-    from prismatic.models import (
-        DiffusionActionHead,
-        L1RegressionActionHead,
-        NoisyActionProjector,
-        ProprioProjector,
-    )
 
     dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
     processor = AutoProcessor.from_pretrained(cfg.vla_path)
@@ -112,21 +143,15 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     vla = vla.to(ctx.device)
     if cfg.use_lora:
         vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout, fp32_adapters=cfg.lora_fp32)
-    if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers are trained in full, without adapters
+    if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers (fp32) are trained in full, without adapters
         ckpt.unwrap_peft(vla).enable_film()
-        vla.to(ctx.device)
 
-    action_head = None  # neither head: OpenVLA's discrete action tokens
-    if cfg.use_diffusion:
-        action_head = DiffusionActionHead(
-            llm_dim, llm_dim, platform.action_dim, platform.num_actions_chunk, cfg.num_diffusion_steps_train
-        )
-    elif cfg.use_l1_regression:
-        action_head = L1RegressionActionHead(llm_dim, llm_dim, platform.action_dim, platform.num_actions_chunk)
-    if action_head is not None:  # upstream keeps the head in bf16 on GPU, the projectors in fp32
-        action_head = _ddp(action_head.to(ctx.device, dtype), ctx)
-    proprio_projector = ProprioProjector(llm_dim, platform.proprio_dim).to(ctx.device) if cfg.use_proprio else None
-    noisy_action_projector = NoisyActionProjector(llm_dim).to(ctx.device) if cfg.use_diffusion else None
+    policy_config = training_policy_config(cfg, platform)
+    heads = build_heads(policy_config, llm_dim)
+    heads = {name: module.to(ctx.device) for name, module in heads.items()}
+    if "action_head" in heads:  # upstream keeps the action head in bf16 on GPU, the projectors in fp32
+        heads["action_head"] = heads["action_head"].to(dtype)
+    heads = {name: _ddp(module, ctx) for name, module in heads.items()}
 
     aligner = teacher = None
     if isinstance(cfg, AlignFinetuneConfig):
@@ -135,13 +160,14 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
 
     return Model(
         vla=_ddp(vla, ctx),
-        action_head=action_head,
-        proprio_projector=_ddp(proprio_projector, ctx) if proprio_projector is not None else None,
-        noisy_action_projector=_ddp(noisy_action_projector, ctx) if noisy_action_projector is not None else None,
+        action_head=heads.get("action_head"),
+        proprio_projector=heads.get("proprio_projector"),
+        noisy_action_projector=heads.get("noisy_action_projector"),
         aligner=aligner,
         teacher=teacher,
         processor=processor,
         num_patches=num_patches,
+        policy_config=policy_config,
     )
 
 
@@ -294,37 +320,45 @@ def train(cfg: FinetuneConfig) -> Path:
         shutdown_distributed()
 
 
-def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Path:
+def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Path | None:
+    """Upstream's step accounting: update k (0-based) is logged as step k, the checkpoint of step k (k > 0,
+    k % save_freq == 0) holds k + 1 updates, and training stops after update ``max_steps`` (max_steps + 1 updates;
+    ``--max_steps 150005 --save_freq 10000`` ends with the step-150000 checkpoint, holding 150,001 updates)."""
     seed_everything(cfg.seed + ctx.rank)
     run_dir = Path(cfg.run_root_dir) / run_id(cfg)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.finish_pending_install(run_dir)  # a latest-only save interrupted by kill -9
+    ctx.barrier()
     model = build_model(cfg, platform, ctx)
     trainable = [p for module in model.trainable_modules() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
     scheduler = build_scheduler(optimizer, cfg)
 
-    start_step, resume_rng = 0, None
+    start_update, resume_rng = 0, None
     if cfg.resume:
-        start_step, resume_rng = load_training_state(cfg, run_dir, model, optimizer, scheduler, ctx)
+        saved_step, resume_rng = load_training_state(cfg, run_dir, model, optimizer, scheduler, ctx)
+        start_update = saved_step + 1
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
-    loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_step * samples_per_step)
+    loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
     if ctx.is_main:
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
+    model.policy_config.data["episodes"] = _split_sizes(cfg, dataset, ctx.is_main)
     ctx.barrier()
     if resume_rng is not None:
         ckpt.set_rng_state(resume_rng)
 
     wandb_run = _init_wandb(cfg, run_dir) if (cfg.use_wandb and ctx.is_main) else None
-    logger = MetricsLogger(run_dir, ctx.is_main, cfg.wandb_log_freq, start_step, cfg.max_steps, wandb_run)
+    logger = MetricsLogger(run_dir, ctx.is_main, cfg.wandb_log_freq, start_update, cfg.max_steps + 1, wandb_run)
     for module in model.trainable_modules():
         module.train()
 
-    step, last_checkpoint = start_step, None
+    last_checkpoint = None
     batches = iter(loader)
-    while step < cfg.max_steps:
+    for step in range(start_update, cfg.max_steps + 1):  # step = index of the optimizer update (upstream's log_step)
         step_start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
+        learning_rate = optimizer.param_groups[0]["lr"]  # the rate of this update
         step_losses: dict[str, float] = {}
         for _ in range(cfg.grad_accumulation_steps):
             losses = compute_losses(cfg, model, next(batches), platform, ctx.device)
@@ -333,25 +367,38 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
                 step_losses[name] = step_losses.get(name, 0.0) + value.item() / cfg.grad_accumulation_steps
         optimizer.step()
         scheduler.step()
-        step += 1
 
         names = sorted(step_losses)  # one all-reduce for all metrics, on the device (nccl needs CUDA tensors)
         means = all_reduce_mean(torch.tensor([step_losses[n] for n in names], device=ctx.device)).tolist()
         metrics = dict(zip(names, means, strict=True))
         step_time = time.perf_counter() - step_start
         metrics.update(
-            lr=scheduler.get_last_lr()[0],
+            lr=learning_rate,
             step_time=step_time,
             samples_per_s=samples_per_step * ctx.world_size / step_time,
         )
         logger.update(step, metrics)
 
-        if cfg.use_val_set and step % cfg.val_freq == 0:
-            logger.write(step, run_validation(cfg, model, platform, ctx))
-        if step % cfg.save_freq == 0 or step == cfg.max_steps:
+        if step > 0 and step % cfg.save_freq == 0:
             last_checkpoint = save_checkpoint(cfg, run_dir, step, model, optimizer, scheduler, dataset, ctx)
+        if cfg.use_val_set and step > 0 and step % cfg.val_freq == 0:
+            logger.write(step, run_validation(cfg, model, platform, ctx))
     logger.close()
     return last_checkpoint
+
+
+def _split_sizes(cfg: FinetuneConfig, dataset, log: bool) -> dict[str, dict[str, int]]:
+    """Training and validation episodes per dataset (printed to the run log when ``log``)."""
+    from prismatic.vla.datasets.rlds import split_sizes
+
+    val_fraction = cfg.val_set_fraction if cfg.use_val_set else 0.0
+    sizes = {}
+    for source in dataset.sources:
+        num_train, num_val = split_sizes(source.builder, val_fraction)
+        sizes[source.spec.name] = {"train": num_train, "val": num_val}
+        if log:
+            print(f"{source.spec.name}: {num_train} training episodes, {num_val} validation episodes", flush=True)
+    return sizes
 
 
 @torch.no_grad()
@@ -385,20 +432,6 @@ def _init_wandb(cfg: FinetuneConfig, run_dir: Path):
     )
 
 
-def _component_modules(model: Model) -> dict[str, nn.Module]:
-    """Released component-file names -> modules (only those this run trains)."""
-    components = {}
-    if model.action_head is not None:
-        components["action_head"] = model.action_head
-    if model.proprio_projector is not None:
-        components["proprio_projector"] = model.proprio_projector
-    if model.noisy_action_projector is not None:
-        components["noisy_action_projector"] = model.noisy_action_projector
-    if model.aligner is not None:
-        components["align_projector"] = model.aligner.projector
-    return components
-
-
 def save_checkpoint(
     cfg: FinetuneConfig,
     run_dir: Path,
@@ -409,26 +442,25 @@ def save_checkpoint(
     dataset,
     ctx: DistributedContext,
 ) -> Path:
-    """Writes one checkpoint folder atomically (rank 0) after gathering every rank's RNG state."""
+    """Writes the checkpoint of step ``step`` (``step + 1`` updates) atomically (rank 0) after gathering every
+    rank's RNG state: ``{run_dir}--{step}_chkpt/``, or the run folder itself with ``save_latest_checkpoint_only``."""
     file_step = None if cfg.save_latest_checkpoint_only else step
     rng_states = gather_objects(ckpt.rng_state())
     final_dir = ckpt.checkpoint_dir(run_dir, file_step)
     if ctx.is_main:
-        writer = ckpt.CheckpointWriter(final_dir)
+        writer = ckpt.CheckpointWriter(final_dir, in_place=cfg.save_latest_checkpoint_only)
         folder = writer.tmp_dir
         vla = ckpt.unwrap(model.vla)
         model.processor.save_pretrained(folder)
         save_dataset_statistics(dataset.dataset_statistics, folder / "dataset_statistics.json")
+        write_policy_config(folder, model.policy_config)
         if cfg.use_lora:
             vla.save_pretrained(folder / "lora_adapter")
-        for name, module in _component_modules(model).items():
-            save_component_state_dict(ckpt.unwrap(module), ckpt.component_path(folder, name, file_step))
-        if cfg.use_film:
-            torch.save(vla.vision_backbone.state_dict(), ckpt.component_path(folder, "vision_backbone", file_step))
+        save_components(folder, model.components(), file_step)
         if not cfg.use_lora:
             vla.save_pretrained(folder)
         elif cfg.merge_lora_during_training:
-            merged = merge_lora(cfg.vla_path, folder / "lora_adapter", next(vla.parameters()).dtype)
+            merged = merge_lora(cfg.vla_path, folder / "lora_adapter", next(ckpt.unwrap_peft(vla).parameters()).dtype)
             merged.save_pretrained(folder)
             del merged
         torch.save(
@@ -437,10 +469,10 @@ def save_checkpoint(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng_states": rng_states,
-                "samples_per_rank": step * cfg.batch_size * cfg.grad_accumulation_steps,
+                "samples_per_rank": (step + 1) * cfg.batch_size * cfg.grad_accumulation_steps,
                 "world_size": ctx.world_size,
             },
-            ckpt.component_path(folder, ckpt.TRAINING_STATE, file_step),
+            component_path(folder, ckpt.TRAINING_STATE, file_step),
         )
         writer.commit()
     ctx.barrier()
@@ -455,13 +487,13 @@ def load_training_state(
     scheduler,
     ctx: DistributedContext,
 ) -> tuple[int, dict]:
-    """Restores weights, optimizer, scheduler from the checkpoint to resume; returns (step, this rank's RNG)."""
+    """Restores the adapter, every component (FiLM backbone included), optimizer and scheduler from the checkpoint
+    to resume; returns (its step, this rank's RNG state)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     folder, file_step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
-    state_path = ckpt.component_path(folder, ckpt.TRAINING_STATE, file_step)
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    state = torch.load(component_path(folder, ckpt.TRAINING_STATE, file_step), map_location="cpu", weights_only=True)
     if state["world_size"] != ctx.world_size:
         raise ValueError(
             f"--resume: {folder} was trained on {state['world_size']} processes, this run has {ctx.world_size}; "
@@ -471,9 +503,8 @@ def load_training_state(
     if cfg.use_lora:
         adapter = load_file(str(folder / "lora_adapter" / "adapter_model.safetensors"), device=str(ctx.device))
         set_peft_model_state_dict(vla, adapter)
-    for name, module in _component_modules(model).items():
-        state_dict = load_component_state_dict(ckpt.component_path(folder, name, file_step))
-        ckpt.unwrap(module).load_state_dict(state_dict, strict=True)
+    components = model.components()
+    load_components(components, {name: component_path(folder, name, file_step) for name in components})
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if ctx.is_main:

@@ -22,6 +22,7 @@ RELEASED_FILES = {
     "proprio_projector--{s}_checkpoint.pt",
     "align_projector--{s}_checkpoint.pt",
     "dataset_statistics.json",
+    "policy_config.json",
     "preprocessor_config.json",
     "special_tokens_map.json",
     "tokenizer.json",
@@ -61,7 +62,7 @@ def test_torchrun_two_processes_writes_the_released_layout_which_loads_back(tiny
 
     # Both ranks trained: the logged losses are finite and the checkpoint loads back for inference.
     metrics = read_metrics(tmp_path / "tiny-run")
-    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["step"] for m in metrics] == [0, 1, 2]  # upstream's steps: update k is step k
     assert all(np.isfinite(m["loss"]) and np.isfinite(m["align_loss"]) for m in metrics)
 
     from prismatic.models.load import load_vla
@@ -71,8 +72,8 @@ def test_torchrun_two_processes_writes_the_released_layout_which_loads_back(tiny
     assert "libero_spatial_no_noops" in loaded.norm_stats
 
 
-def _run_until_checkpoint_then_kill(flags, checkpoint_dir, timeout=300) -> None:
-    """Starts a training run and kill -9s it as soon as ``checkpoint_dir`` exists."""
+def _run_until_checkpoint_then_kill(flags, checkpoint_file, timeout=300) -> None:
+    """Starts a training run and kill -9s it as soon as ``checkpoint_file`` exists."""
     env = {**os.environ, "USE_TF": "0", "WANDB_MODE": "disabled", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, str(REPO_ROOT / "vla-scripts" / "finetune_align.py"), *flags],
@@ -82,7 +83,7 @@ def _run_until_checkpoint_then_kill(flags, checkpoint_dir, timeout=300) -> None:
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + timeout
-    while not checkpoint_dir.exists():
+    while not checkpoint_file.exists():
         if process.poll() is not None:
             raise AssertionError(f"training exited before its first checkpoint: {process.stderr.read()[-3000:]!r}")
         if time.monotonic() > deadline:
@@ -101,11 +102,12 @@ def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(tiny_checkpo
     assert result.returncode == 0, result.stderr[-4000:]
 
     flags = tiny_flags(tiny_checkpoints, synthetic_data, resumed_root, **common)
-    _run_until_checkpoint_then_kill(flags, resumed_root / "tiny-run--latest_chkpt")
+    # Latest-only checkpoints go into the run folder itself, as upstream.
+    _run_until_checkpoint_then_kill(flags, resumed_root / "tiny-run" / "training_state--latest_checkpoint.pt")
     result = run_script("finetune_align.py", [*flags, "--resume=True"])
     assert result.returncode == 0, result.stderr[-4000:]
 
     expected, resumed = read_metrics(uninterrupted_root / "tiny-run"), read_metrics(resumed_root / "tiny-run")
-    assert [m["step"] for m in resumed] == list(range(1, 7))
+    assert [m["step"] for m in resumed] == list(range(0, 7))
     for name in ("loss", "action_loss", "align_loss", "curr_action_l1_loss", "next_actions_l1_loss", "lr"):
         np.testing.assert_allclose([m[name] for m in resumed], [m[name] for m in expected], rtol=1e-5, err_msg=name)

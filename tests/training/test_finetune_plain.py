@@ -27,7 +27,7 @@ def test_plain_finetune_trains_and_saves_without_alignment(tiny_checkpoints, syn
     assert (folder / "action_head--2_checkpoint.pt").is_file()
     assert not list(folder.glob("align_projector--*"))
     metrics = read_metrics(tmp_path / "tiny-run")
-    assert [m["step"] for m in metrics] == [1, 2] and all("align_loss" not in m for m in metrics)
+    assert [m["step"] for m in metrics] == [0, 1, 2] and all("align_loss" not in m for m in metrics)
 
 
 def test_plain_finetune_rejects_spatial_forcing_flags(tiny_checkpoints, synthetic_data, tmp_path):
