@@ -2,9 +2,10 @@
 
 Upstream's bounds normalisation maps ``[low, high]`` to ``[-1, 1]``: ``clip(2 (x - low) / (high - low + 1e-8) - 1,
 -1, 1)`` on the dims the statistics' ``mask`` selects (all dims without a mask); BOUNDS_Q99 takes ``low, high =
-q01, q99``, BOUNDS ``min, max``. The training pipeline also sets dims with ``min == max`` to 0
-(``zero_constant_dims``); upstream's evaluation normalises proprio without that rule. Un-normalisation is
-``0.5 (a + 1) (high - low + 1e-8) + low`` on the masked dims.
+q01, q99``, BOUNDS ``min, max``. Upstream's two call sites differ, and both are kept: the training pipeline sets
+dims with ``min == max`` to 0 (``zero_constant_dims``) and passes unmasked dims through unclipped; evaluation's
+proprio normalisation has no zeroing and clips every dim, unmasked ones included (``clip_unmasked``).
+Un-normalisation is ``0.5 (a + 1) (high - low + 1e-8) + low`` on the masked dims.
 
 The functions take an array namespace ``xp`` (numpy by default, ``tf.experimental.numpy`` inside the tf.data
 pipeline), so TensorFlow and numpy run the same formula.
@@ -61,13 +62,17 @@ def normalize(
     normalization_type: NormalizationType | str,
     *,
     zero_constant_dims: bool = False,
+    clip_unmasked: bool = False,
     xp: Any = np,
 ) -> Any:
-    """Map ``values`` ``[..., dim]`` to [-1, 1] (see module docstring)."""
+    """Map ``values`` ``[..., dim]`` to [-1, 1] (see module docstring for the two upstream variants)."""
     bounds = NormalizationBounds.from_statistics(stats, normalization_type)
     low, high = (_constant(bound, values, xp) for bound in (bounds.low, bounds.high))
-    scaled = xp.clip(2.0 * (values - low) / (high - low + NORMALIZATION_EPS) - 1.0, -1.0, 1.0)
-    normalized = xp.where(bounds.mask, scaled, values)
+    scaled = 2.0 * (values - low) / (high - low + NORMALIZATION_EPS) - 1.0
+    if clip_unmasked:
+        normalized = xp.clip(xp.where(bounds.mask, scaled, values), -1.0, 1.0)
+    else:
+        normalized = xp.where(bounds.mask, xp.clip(scaled, -1.0, 1.0), values)
     if zero_constant_dims:
         normalized = xp.where(bounds.constant, xp.zeros_like(normalized), normalized)
     return normalized

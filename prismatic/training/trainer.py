@@ -344,6 +344,8 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
     if ctx.is_main:
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
     model.policy_config.data["episodes"] = _split_sizes(cfg, dataset, ctx.is_main)
+    if cfg.dataset_name not in dataset.dataset_statistics:  # a mixture: evaluation picks the suite's statistics
+        model.policy_config.unnorm_key = ""
     ctx.barrier()
     if resume_rng is not None:
         ckpt.set_rng_state(resume_rng)

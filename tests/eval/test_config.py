@@ -17,10 +17,13 @@ from experiments.robot.libero.config import (
 )
 
 
-def test_defaults_are_upstreams() -> None:
+def test_defaults_are_upstreams_and_policy_flags_come_from_the_checkpoint() -> None:
     cfg = GenerateConfig()
-    assert (cfg.model_family, cfg.use_l1_regression, cfg.use_diffusion, cfg.use_film) == ("openvla", True, False, False)
-    assert (cfg.num_images_in_input, cfg.use_proprio, cfg.center_crop, cfg.num_open_loop_steps) == (2, True, True, 8)
+    # None = take it from policy_config.json (upstream's defaults for a released checkpoint without one).
+    policy_flags = ("use_l1_regression", "use_diffusion", "use_film", "num_images_in_input", "use_proprio")
+    policy_flags += ("center_crop", "num_diffusion_steps_train", "num_diffusion_steps_inference")
+    assert all(getattr(cfg, flag) is None for flag in policy_flags)
+    assert (cfg.model_family, cfg.num_open_loop_steps) == ("openvla", 8)
     assert (cfg.lora_rank, cfg.unnorm_key, cfg.task_suite_name, cfg.num_steps_wait) == (32, "", "libero_spatial", 10)
     assert (cfg.num_trials_per_task, cfg.initial_states_path, cfg.env_img_res, cfg.seed) == (50, "DEFAULT", 256, 7)
     assert (cfg.local_log_dir, cfg.use_wandb) == ("./experiments/logs", False)
@@ -40,7 +43,7 @@ def test_command_line_flags_parse() -> None:
         ({"model_family": "pi0"}, "--model_family"),
         ({"pretrained_checkpoint": "runs/x--image_aug", "center_crop": False}, "--center_crop"),
         ({"load_in_8bit": True, "load_in_4bit": True}, "--load_in_8bit"),
-        ({"use_diffusion": True}, "--use_l1_regression"),
+        ({"use_l1_regression": True, "use_diffusion": True}, "--use_l1_regression"),
         ({"initial_states_path": "/nonexistent/states.json"}, "--initial_states_path"),
         ({"num_workers": 0}, "--num_workers"),
         ({"num_trials_per_task": 0}, "--num_trials_per_task"),
@@ -64,5 +67,5 @@ def test_resume_accepts_bookkeeping_changes_and_rejects_result_changes(tmp_path:
     saved = config_as_dict(GenerateConfig(run_id="r"))
     check_resumable(saved, GenerateConfig(run_id="r", num_workers=4, num_trials_per_task=3, save_videos=True))
     changed = dataclasses.replace(GenerateConfig(run_id="r"), center_crop=False, num_open_loop_steps=4)
-    with pytest.raises(ValueError, match=r"--center_crop: run has True, now False(.|\n)*--num_open_loop_steps"):
+    with pytest.raises(ValueError, match=r"--center_crop: run has None, now False(.|\n)*--num_open_loop_steps"):
         check_resumable(saved, changed)

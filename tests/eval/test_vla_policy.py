@@ -11,7 +11,9 @@ from PIL import Image
 
 from experiments.robot.image_utils import center_crop_image, resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
-from experiments.robot.vla_policy import VLAPolicy, normalize_proprio, resolve_unnorm_key
+from experiments.robot.vla_policy import VLAPolicy, resolve_unnorm_key
+from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
+from prismatic.policy.normalization import normalize
 from prismatic.vla.prompt import build_prompt
 
 INSTRUCTION = "Pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -32,12 +34,15 @@ def observation(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> dict[st
 
 
 def test_proprio_normalisation_maps_q01_q99_to_unit_range_and_clips() -> None:
+    """Evaluation's proprio normalisation (``prismatic.policy.normalization``, as upstream's eval)."""
     stats = {"q01": [0.0, -1.0, 2.0], "q99": [1.0, 1.0, 2.0], "min": [-5.0] * 3, "max": [5.0] * 3}
-    normalized = normalize_proprio(np.array([0.25, 3.0, 2.0]), stats, "bounds_q99")
+    normalized = normalize(np.array([0.25, 3.0, 2.0]), stats, "bounds_q99", clip_unmasked=True)
     np.testing.assert_allclose(normalized, [-0.5, 1.0, -1.0], atol=1e-6)  # constant dims are not zeroed at eval
-    bounds = normalize_proprio(np.array([0.0, 2.5, -5.0]), stats, "bounds")
+    bounds = normalize(np.array([0.0, 2.5, -5.0]), stats, "bounds", clip_unmasked=True)
     np.testing.assert_allclose(bounds, [0.0, 0.5, -1.0], atol=1e-6)
-    masked = normalize_proprio(np.array([0.25, 0.5, 7.0]), {**stats, "mask": [True, True, False]}, "bounds_q99")
+    masked = normalize(
+        np.array([0.25, 0.5, 7.0]), {**stats, "mask": [True, True, False]}, "bounds_q99", clip_unmasked=True
+    )
     np.testing.assert_allclose(masked, [-0.5, 0.5, 1.0], atol=1e-6)  # unmasked dims pass through, then clip
 
 
@@ -107,3 +112,48 @@ def test_malformed_image_names_its_observation_key(policy: VLAPolicy, observatio
     malformed = {**observation, "wrist_image": observation["wrist_image"].astype(np.float32)}
     with pytest.raises(ValueError, match=r"observation\['wrist_image'\]: expected a uint8 numpy array"):
         policy.predict_chunk(malformed, INSTRUCTION)
+
+
+def test_released_checkpoint_without_policy_config_gets_upstreams_defaults(policy: VLAPolicy) -> None:
+    expected = PolicyConfig.upstream_default("libero_spatial")
+    expected.unnorm_key = "libero_spatial_no_noops"  # resolved from --task_suite_name, as upstream
+    assert policy.config == expected
+    assert policy.config.num_images_in_input == 2 and policy.config.image.center_crop and policy.config.use_proprio
+
+
+@pytest.fixture()
+def configured_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """The tiny checkpoint with a policy_config.json: one camera, no center crop, its own statistics key."""
+    import shutil
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = PolicyConfig(
+        num_images_in_input=1,
+        unnorm_key="libero_spatial_no_noops",
+        embodiment=EmbodimentConfig(),
+        image=ImagePreprocessingConfig(center_crop=False),
+    )
+    write_policy_config(folder, config)
+    return folder
+
+
+def test_policy_config_replaces_training_flags(configured_checkpoint: Path, observation: dict) -> None:
+    policy = VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(configured_checkpoint)))
+    assert policy.config.num_images_in_input == 1 and not policy.config.image.center_crop
+    assert policy.unnorm_key == "libero_spatial_no_noops"
+    single = {key: value for key, value in observation.items() if key != "wrist_image"}
+    assert policy.predict_chunk(single, INSTRUCTION).shape == (8, 7)
+
+
+def test_explicit_flag_contradicting_the_policy_config_is_honoured_with_a_warning(
+    configured_checkpoint: Path, observation: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = GenerateConfig(pretrained_checkpoint=str(configured_checkpoint), num_images_in_input=2, center_crop=True)
+    with caplog.at_level("WARNING"):
+        policy = VLAPolicy.from_config(cfg)
+    assert policy.config.num_images_in_input == 2 and policy.config.image.center_crop
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any("--num_images_in_input" in message and "says 1" in message for message in warnings), warnings
+    assert any("--center_crop" in message for message in warnings), warnings
+    assert policy.predict_chunk(observation, INSTRUCTION).shape == (8, 7)

@@ -23,20 +23,21 @@ DEFAULT_INITIAL_STATES = "DEFAULT"
 @dataclass
 class GenerateConfig:
     # fmt: off
-    # Model (upstream)
+    # Model (upstream). None = take it from the checkpoint's policy_config.json (upstream's defaults for a released
+    # checkpoint without one); a given flag that contradicts the file is honoured with a warning.
     model_family: str = "openvla"                 # Model family; only "openvla"
     pretrained_checkpoint: str = ""               # Checkpoint folder (merged model + heads + dataset_statistics.json)
-    use_l1_regression: bool = True                # Continuous action head trained with L1 regression
-    use_diffusion: bool = False                   # Continuous action head trained with diffusion (DDIM)
-    num_diffusion_steps_train: int = 50           # (diffusion) steps used in training
-    num_diffusion_steps_inference: int = 50       # (diffusion) steps used at inference
-    use_film: bool = False                        # FiLM language conditioning of the vision backbone
-    num_images_in_input: int = 2                  # Images per query: third-person (+ wrist)
-    use_proprio: bool = True                      # Feed the 8-D proprio state
-    center_crop: bool = True                      # Center crop (0.9 area); must be True if trained with image_aug
+    use_l1_regression: bool | None = None         # Continuous action head trained with L1 regression
+    use_diffusion: bool | None = None             # Continuous action head trained with diffusion (DDIM)
+    num_diffusion_steps_train: int | None = None  # (diffusion) steps used in training
+    num_diffusion_steps_inference: int | None = None  # (diffusion) steps used at inference
+    use_film: bool | None = None                  # FiLM language conditioning of the vision backbone
+    num_images_in_input: int | None = None        # Images per query: third-person (+ wrist)
+    use_proprio: bool | None = None               # Feed the proprio state
+    center_crop: bool | None = None               # Center crop (0.9 area); must be True if trained with image_aug
     num_open_loop_steps: int = 8                  # Actions executed per policy query (the chunk is 8 for LIBERO)
     lora_rank: int = 32                           # LoRA rank (upstream flag; lora_adapter/adapter_config.json rules)
-    unnorm_key: str = ""                          # Action un-normalization key; "" = task suite (or "<suite>_no_noops")
+    unnorm_key: str = ""                          # Action un-normalization key; "" = checkpoint's, else task suite
     load_in_8bit: bool = False                    # 8-bit quantization
     load_in_4bit: bool = False                    # 4-bit quantization
 
@@ -89,7 +90,7 @@ def validate_config(cfg: GenerateConfig) -> None:
         raise ValueError(
             f"--task_suite_name {cfg.task_suite_name!r} is unknown; expected one of {list(TASK_MAX_STEPS)}"
         )
-    if "image_aug" in str(cfg.pretrained_checkpoint) and not cfg.center_crop:
+    if "image_aug" in str(cfg.pretrained_checkpoint) and cfg.center_crop is False:
         raise ValueError(
             "--center_crop must be True: the checkpoint name says it was trained with image_aug (random crops)"
         )

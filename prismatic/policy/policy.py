@@ -1,0 +1,172 @@
+"""The policy object every consumer uses: load a checkpoint folder -> preprocess an observation -> predict an action
+chunk -> un-normalise it.
+
+Per query, as upstream's ``get_vla_action``: the third-person image and (with ``num_images_in_input`` > 1) every
+wrist image, each center-cropped when the checkpoint's image preprocessing says so, go through the processor and are
+stacked on channels; the proprio state is normalised with the checkpoint's statistics; ``predict_action`` returns the
+un-normalised chunk. What the policy is (heads, inputs, embodiment, preprocessing) comes from the checkpoint's
+``policy_config.json`` (:class:`prismatic.policy.config.PolicyConfig`); explicit flags override it with a warning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from experiments.robot.image_utils import (
+    center_crop_image,
+    check_image_format,
+    resize_image_for_policy,
+)
+from prismatic.models.load import LoadedVLA, load_vla
+from prismatic.policy.config import PolicyConfig, apply_flag_overrides
+from prismatic.policy.normalization import normalize
+from prismatic.vla.prompt import build_prompt
+
+# "full_image" and "wrist_image" (any key containing "wrist"): uint8 (H, W, 3) frames after the simulator's
+# rotation; "state": the raw (unnormalised) proprio vector.
+Observation = dict[str, np.ndarray]
+
+
+def resolve_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str) -> str:
+    """``unnorm_key`` if given, else the suite name, falling back to ``{name}_no_noops`` as upstream."""
+    key = unnorm_key or task_suite_name
+    if key not in norm_stats and f"{key}_no_noops" in norm_stats:
+        key = f"{key}_no_noops"
+    if key not in norm_stats:
+        flag = "--unnorm_key" if unnorm_key else "--task_suite_name"
+        raise ValueError(
+            f"{flag} {unnorm_key or task_suite_name!r}: no action statistics {key!r} in the checkpoint's "
+            f"dataset_statistics.json; available: {sorted(norm_stats)}"
+        )
+    return key
+
+
+def policy_device() -> tuple[torch.device, torch.dtype]:
+    """GPU in bfloat16 as upstream when there is one, else CPU in float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda:0"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+class VLAPolicy:
+    """A loaded checkpoint answering :meth:`predict_chunk` deterministically (no sampling)."""
+
+    def __init__(self, loaded: LoadedVLA, unnorm_key: str, *, device: torch.device, dtype: torch.dtype):
+        self.loaded = loaded
+        self.config: PolicyConfig = loaded.policy_config
+        self.unnorm_key = unnorm_key
+        self.platform = self.config.embodiment.platform()
+        self.device, self.dtype = device, dtype
+        self.proprio_stats = None
+        if loaded.proprio_projector is not None:
+            self.proprio_stats = loaded.norm_stats[unnorm_key].get("proprio")
+            if self.proprio_stats is None:
+                raise ValueError(f"dataset_statistics.json: {unnorm_key!r} has no 'proprio' statistics (--use_proprio)")
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint_dir: str | Path,
+        *,
+        task_suite_name: str = "",
+        unnorm_key: str | None = None,
+        center_crop: bool | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **flags: Any,
+    ) -> VLAPolicy:
+        """Load a checkpoint folder as a policy.
+
+        ``flags``: ``load_vla``'s overrides (``use_l1_regression``, ``use_diffusion``, ``use_proprio``, ``use_film``,
+        ``num_images_in_input``, ``num_diffusion_steps_*``; ``None`` = from the checkpoint). ``unnorm_key`` (else
+        the policy config's, else ``task_suite_name`` with upstream's ``_no_noops`` fallback) selects the
+        statistics; ``center_crop`` overrides the checkpoint's image preprocessing.
+        """
+        if not checkpoint_dir:
+            raise ValueError("--pretrained_checkpoint is required (a checkpoint folder)")
+        default_device, default_dtype = policy_device()
+        device, dtype = device or default_device, dtype or default_dtype
+        loaded = load_vla(checkpoint_dir, dtype=dtype, device=device, **flags)
+        loaded.policy_config = apply_flag_overrides(
+            loaded.policy_config, unnorm_key=unnorm_key, center_crop=center_crop
+        )
+        key = resolve_unnorm_key(loaded.norm_stats, loaded.policy_config.unnorm_key, task_suite_name)
+        loaded.policy_config.unnorm_key = key
+        return cls(loaded, key, device=device, dtype=dtype)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> VLAPolicy:
+        """Load ``cfg.pretrained_checkpoint`` with ``run_libero_eval.py``'s flags (a ``GenerateConfig``): policy flags
+        that are ``None`` come from the checkpoint, given ones override it (with a warning)."""
+        if cfg.load_in_8bit or cfg.load_in_4bit:
+            raise ValueError("--load_in_8bit/--load_in_4bit: quantized loading is not supported; use bfloat16")
+        return cls.from_checkpoint(
+            cfg.pretrained_checkpoint,
+            task_suite_name=cfg.task_suite_name,
+            unnorm_key=cfg.unnorm_key,
+            center_crop=cfg.center_crop,
+            use_l1_regression=cfg.use_l1_regression,
+            use_diffusion=cfg.use_diffusion,
+            use_proprio=cfg.use_proprio,
+            use_film=cfg.use_film,
+            num_images_in_input=cfg.num_images_in_input,
+            num_diffusion_steps_train=cfg.num_diffusion_steps_train,
+            num_diffusion_steps_inference=cfg.num_diffusion_steps_inference,
+        )
+
+    def _policy_images(self, observation: Observation) -> list[Image.Image]:
+        """The third-person image, then the wrist images (upstream: every key containing "wrist"), as model input."""
+        keys = ["full_image"]
+        if self.config.num_images_in_input > 1:
+            keys += [key for key in observation if "wrist" in key]
+        if len(keys) != self.config.num_images_in_input:
+            raise ValueError(
+                f"--num_images_in_input {self.config.num_images_in_input}, but the observation has {len(keys)} "
+                f"image(s) (keys {sorted(observation)})"
+            )
+        size, prepared = self.config.image.image_size, []
+        for key in keys:
+            image = observation[key]
+            check_image_format(image, f"observation[{key!r}]")
+            if image.shape[:2] != (size, size):
+                image = resize_image_for_policy(image, size)
+            if self.config.image.center_crop:
+                image = center_crop_image(image, self.config.image.crop_area)
+            prepared.append(Image.fromarray(image))
+        return prepared
+
+    @torch.inference_mode()
+    def predict_chunk(self, observation: Observation, instruction: str) -> np.ndarray:
+        """Un-normalised actions ``[chunk, action_dim]`` for one observation."""
+        prompt = build_prompt(instruction)
+        inputs = [
+            self.loaded.processor(prompt, image).to(self.device, dtype=self.dtype)
+            for image in self._policy_images(observation)
+        ]
+        pixel_values = torch.cat([item["pixel_values"] for item in inputs], dim=1)  # [1, 6 * num_images, 224, 224]
+        proprio = None
+        if self.proprio_stats is not None:
+            proprio = normalize(
+                np.asarray(observation["state"], dtype=np.float64),
+                self.proprio_stats,
+                self.platform.action_proprio_normalization_type,
+                clip_unmasked=True,  # upstream's evaluation rule
+            )
+        actions, _ = self.loaded.vla.predict_action(
+            input_ids=inputs[0]["input_ids"],
+            attention_mask=inputs[0]["attention_mask"],
+            pixel_values=pixel_values,
+            unnorm_key=self.unnorm_key,
+            proprio=proprio,
+            proprio_projector=self.loaded.proprio_projector,
+            action_head=self.loaded.action_head,
+            noisy_action_projector=self.loaded.noisy_action_projector,
+            use_film=self.config.use_film,
+            do_sample=False,
+        )
+        return np.asarray(actions, dtype=np.float64)  # [chunk, action_dim]
