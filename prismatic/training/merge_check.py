@@ -56,11 +56,12 @@ from prismatic.models.load import (
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
     find_checkpoint_file,
-    load_component_state_dict,
     load_dataset_statistics,
 )
 from prismatic.models.processing_prismatic import PrismaticProcessor
 from prismatic.models.projectors import ProprioProjector
+from prismatic.policy.components import build_heads, component_names, load_components
+from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.training.lora import merge_lora
 from prismatic.vla.constants import PlatformConstants, constants_for
 from prismatic.vla.prompt import build_prompt
@@ -255,49 +256,48 @@ def build_probe_input(processor: PrismaticProcessor, proprio_dim: int | None) ->
     return ProbeInput(inputs[0]["input_ids"], inputs[0]["attention_mask"], pixel_values, proprio, PROBE_NUM_IMAGES)
 
 
-def _load_component(
-    module: torch.nn.Module, checkpoint_dir: Path, component: str, platform: PlatformConstants
-) -> torch.nn.Module | None:
-    """``module`` with the weights of the folder's ``{component}--*checkpoint*`` file, or None without such a file."""
-    if not any(path.name.startswith(f"{component}--") for path in checkpoint_dir.iterdir()):
-        return None
-    path = find_checkpoint_file(checkpoint_dir, component)
-    state_dict = load_component_state_dict(path)
-    if set(state_dict) != set(module.state_dict()):
-        raise ValueError(
-            f"{path} does not hold a {type(module).__name__} (keys {sorted(state_dict)[:3]}...); the probe supports "
-            "the L1 regression head. Pass --skip_verify True to merge without the check."
-        )
-    try:
-        module.load_state_dict(state_dict)
-    except RuntimeError as error:
-        raise ValueError(
-            f"{path} does not fit a {type(module).__name__} for platform {platform.name!r} (action_dim "
-            f"{platform.action_dim}, proprio_dim {platform.proprio_dim}); pass --platform <the dataset the "
-            f"checkpoint was trained on>. {error}"
-        ) from None
-    return module
+PROBED_COMPONENTS = ("action_head", "proprio_projector")  # the probe predicts with an L1 head and proprio
 
 
 def load_probe_heads(checkpoint_dir: Path, config: OpenVLAConfig, platform_name: str | None) -> ProbeHeads:
-    """The folder's L1 action head and proprio projector (where present) and the statistics ``predict_action``
-    un-normalises with (``dataset_statistics.json``, else the config's ``norm_stats``)."""
-    platform = constants_for(platform_name) if platform_name else config.platform
-    llm_dim = config.text_config.hidden_size
+    """The folder's L1 action head and proprio projector and the statistics ``predict_action`` un-normalises with
+    (``dataset_statistics.json``, else the config's ``norm_stats``).
+
+    Which components the folder has comes from its ``policy_config.json`` through the component table (a missing
+    file is an error); a released folder without the file is probed with whichever of the two it holds. A
+    diffusion or token policy is judged on the hidden states.
+    """
+    policy_config = read_policy_config(checkpoint_dir)
+    if platform_name:
+        platform = constants_for(platform_name)
+    else:
+        platform = policy_config.embodiment.platform() if policy_config is not None else config.platform
+    if policy_config is None:
+        policy_config = PolicyConfig(embodiment=EmbodimentConfig.from_platform(platform))
+        present = {name for name in PROBED_COMPONENTS if any(checkpoint_dir.glob(f"{name}--*checkpoint*"))}
+    else:
+        policy_config.embodiment = EmbodimentConfig.from_platform(platform)
+        present = set(component_names(policy_config, inference_only=True))
     norm_stats = load_dataset_statistics(checkpoint_dir) or config.norm_stats
     if not norm_stats:
         raise FileNotFoundError(
             f"The probe runs predict_action, which needs dataset statistics: {checkpoint_dir} has no "
             "dataset_statistics.json and the base config.json no norm_stats. Add the file or pass --skip_verify True."
         )
-    action_head = L1RegressionActionHead(llm_dim, llm_dim, platform.action_dim, platform.num_actions_chunk)
-    proprio_projector = ProprioProjector(llm_dim, platform.proprio_dim)
-    return ProbeHeads(
-        _load_component(action_head, checkpoint_dir, "action_head", platform),
-        _load_component(proprio_projector, checkpoint_dir, "proprio_projector", platform),
-        norm_stats,
-        platform,
-    )
+    heads = build_heads(policy_config, config.text_config.hidden_size)
+    probed = {name for name in PROBED_COMPONENTS if name in present}
+    if policy_config.action_head != "l1_regression":
+        probed.discard("action_head")
+    heads = {name: module for name, module in heads.items() if name in probed}
+    try:
+        load_components(heads, {name: find_checkpoint_file(checkpoint_dir, name) for name in heads})
+    except ValueError as error:
+        raise ValueError(
+            f"{error}. The probe needs the L1 regression head of platform {platform.name!r} (action_dim "
+            f"{platform.action_dim}, proprio_dim {platform.proprio_dim}): pass --platform <the dataset the checkpoint "
+            "was trained on>, or --skip_verify True to merge without the check."
+        ) from None
+    return ProbeHeads(heads.get("action_head"), heads.get("proprio_projector"), norm_stats, platform)
 
 
 @dataclass
