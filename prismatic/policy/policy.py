@@ -119,6 +119,21 @@ class VLAPolicy:
             num_diffusion_steps_inference=cfg.num_diffusion_steps_inference,
         )
 
+    def resolved_flags(self) -> dict[str, Any]:
+        """The evaluation flags (upstream's names) this policy runs with, for logs and resume checks."""
+        config = self.config
+        return {
+            "use_l1_regression": config.action_head == "l1_regression",
+            "use_diffusion": config.action_head == "diffusion",
+            "num_diffusion_steps_train": config.num_diffusion_steps_train,
+            "num_diffusion_steps_inference": config.num_diffusion_steps_inference,
+            "use_film": config.use_film,
+            "num_images_in_input": config.num_images_in_input,
+            "use_proprio": config.use_proprio,
+            "center_crop": config.image.center_crop,
+            "unnorm_key": self.unnorm_key,
+        }
+
     def _policy_images(self, observation: Observation) -> list[Image.Image]:
         """The third-person image, then the wrist images (upstream: every key containing "wrist"), as model input."""
         keys = ["full_image"]

@@ -142,6 +142,8 @@ def test_policy_config_replaces_training_flags(configured_checkpoint: Path, obse
     policy = VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(configured_checkpoint)))
     assert policy.config.num_images_in_input == 1 and not policy.config.image.center_crop
     assert policy.unnorm_key == "libero_spatial_no_noops"
+    resolved = policy.resolved_flags()  # what the evaluation log and its resume check record
+    assert (resolved["num_images_in_input"], resolved["center_crop"], resolved["use_l1_regression"]) == (1, False, True)
     single = {key: value for key, value in observation.items() if key != "wrist_image"}
     assert policy.predict_chunk(single, INSTRUCTION).shape == (8, 7)
 

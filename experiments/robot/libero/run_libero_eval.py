@@ -30,7 +30,8 @@ def main(cfg: GenerateConfig) -> float:
     from experiments.robot.vla_policy import VLAPolicy
 
     policy = VLAPolicy.from_config(cfg)
-    return eval_libero(dataclasses.replace(cfg, unnorm_key=policy.unnorm_key), policy)
+    # The log and the resume check record the settings the policy runs with (from its policy_config.json).
+    return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy)
 
 
 if __name__ == "__main__":
