@@ -29,7 +29,9 @@ def finished_run(
     """Run "done" of libero_spatial task 0 with both of its 2 episodes already in the JSONL (1 success)."""
     for name in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "USE_TF"):  # configure_rendering() sets them for this process
         monkeypatch.setenv(name, {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl", "USE_TF": "0"}[name])
-    cfg = GenerateConfig(task_ids=[0], num_trials_per_task=2, local_log_dir=str(tmp_path / "logs"), run_id="done")
+    cfg = GenerateConfig(  # center_crop as run_libero_eval passes it: resolved from the checkpoint
+        task_ids=[0], num_trials_per_task=2, local_log_dir=str(tmp_path / "logs"), run_id="done", center_crop=True
+    )
     paths = RunPaths.for_run(tmp_path / "logs", "done")
     paths.config.parent.mkdir(parents=True)
     paths.config.write_text(json.dumps(config_as_dict(cfg)))
