@@ -1,0 +1,253 @@
+"""The policy server on the tiny checkpoint: openpi's real client, batching, malformed requests, API keys, the CLI.
+
+openpi-client (PyPI) pins numpy < 2, so it runs in its own venv (``prismatic/testing/openpi_client_env.py``, created
+on first use under ``.cache/``) as a subprocess. Servers run in a background thread on a port chosen by the OS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.sync.client import connect
+
+from experiments.robot.image_utils import resize_image_for_policy
+from experiments.robot.libero.config import GenerateConfig
+from experiments.robot.libero.libero_utils import process_action
+from experiments.robot.serving.client import PolicyClient, PolicyServerError
+from experiments.robot.serving.config import ServeConfig, build_server
+from experiments.robot.serving.server import server_in_thread
+from experiments.robot.serving.wire import packb, unpackb
+from experiments.robot.vla_policy import VLAPolicy
+from prismatic.testing.openpi_client_env import ensure_openpi_client_env
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).resolve().parent / "openpi_client_probe.py"
+INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_checkpoint: Path) -> VLAPolicy:
+    return VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(tiny_checkpoint)))
+
+
+@pytest.fixture(scope="module")
+def request_payload(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> dict:
+    """openpi's LIBERO request: a 224 x 224 third-person frame (as its client sends) and a raw 256 x 256 wrist frame."""
+    return {
+        "observation/image": resize_image_for_policy(agentview_frame[::-1, ::-1]),
+        "observation/wrist_image": np.ascontiguousarray(wrist_frame[::-1, ::-1]),
+        "observation/state": np.array([-0.2, 0.01, 1.19, 3.14, 0.01, -0.08, 0.039, -0.039]),
+        "prompt": INSTRUCTION,
+    }
+
+
+def in_process_actions(policy: VLAPolicy, payload: dict, instruction: str = INSTRUCTION) -> np.ndarray:
+    """What the evaluation computes for the same observation, gripper post-processing included."""
+    observation = {
+        "full_image": payload["observation/image"],
+        "wrist_image": payload["observation/wrist_image"],
+        "state": payload["observation/state"],
+    }
+    return process_action(policy.predict_chunk(observation, instruction), "openvla")
+
+
+def serve(policy: VLAPolicy, checkpoint: Path, **flags: object):
+    return server_in_thread(build_server(ServeConfig(pretrained_checkpoint=str(checkpoint), port=0, **flags), policy))
+
+
+def test_batched_prediction_equals_one_by_one(policy: VLAPolicy, request_payload: dict, monkeypatch) -> None:
+    base = {
+        "full_image": request_payload["observation/image"],
+        "wrist_image": request_payload["observation/wrist_image"],
+    }
+    queries = [
+        ({**base, "state": request_payload["observation/state"]}, INSTRUCTION),
+        ({**base, "state": np.zeros(8)}, INSTRUCTION),
+        ({**base, "state": np.zeros(8)}, "open the drawer"),  # another prompt length: its own forward pass
+    ]
+    expected = [policy.predict_chunk(observation, instruction) for observation, instruction in queries]
+    forward_batch_sizes = []
+    predict_action = policy.loaded.vla.predict_action
+
+    def counting_predict_action(**kwargs):
+        forward_batch_sizes.append(kwargs["input_ids"].shape[0])
+        return predict_action(**kwargs)
+
+    monkeypatch.setattr(policy.loaded.vla, "predict_action", counting_predict_action)
+    batched = policy.predict_chunks(queries)
+    assert sorted(forward_batch_sizes) == [1, 2]
+    for chunk, reference in zip(batched, expected, strict=True):
+        assert chunk.shape == (8, 7)
+        np.testing.assert_allclose(chunk, reference, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(batched[0], batched[1])  # the state reaches each query of the batch
+
+
+def test_openpi_client_reads_metadata_and_gets_in_process_actions(
+    policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict, tmp_path: Path
+) -> None:
+    python = ensure_openpi_client_env()
+    request_path = tmp_path / "request.npz"
+    np.savez(request_path, **{key.replace("/", "__"): value for key, value in request_payload.items()})
+    out_path = tmp_path / "seen.json"
+    with serve(policy, tiny_checkpoint, api_key=API_KEY) as port:
+        completed = subprocess.run(
+            [str(python), str(PROBE), str(port), str(request_path), str(out_path), API_KEY],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    seen = json.loads(out_path.read_text())
+    assert seen["numpy"].startswith("1.")  # really openpi-client's own environment
+    metadata = seen["metadata"]
+    assert metadata["camera_keys"] == ["observation/image", "observation/wrist_image"]
+    assert (metadata["state_key"], metadata["prompt_key"]) == ("observation/state", "prompt")
+    assert (metadata["action_dim"], metadata["num_actions_chunk"], metadata["proprio_dim"]) == (7, 8, 8)
+    assert (metadata["image_size"], metadata["unnorm_key"]) == (224, "libero_spatial_no_noops")
+    assert metadata["checkpoint"] == tiny_checkpoint.name and metadata["gripper"] == "libero"
+    expected = in_process_actions(policy, request_payload)
+    assert seen["actions_dtype"] == "float64"
+    np.testing.assert_array_equal(np.array(seen["actions"]), expected)
+    assert set(np.array(seen["actions"])[:, -1]) <= {-1.0, 1.0}  # LIBERO's gripper command
+    assert seen["server_timing"]["batch_size"] == 1 and seen["server_timing"]["infer_ms"] > 0
+    assert "Error in inference server" in seen["error"] and "missing key(s) ['observation/image']" in seen["error"]
+    np.testing.assert_array_equal(np.array(seen["actions_again"]), expected)
+
+
+def test_two_concurrent_clients_share_one_forward_pass(
+    policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict
+) -> None:
+    payloads = [request_payload, {**request_payload, "observation/state": np.zeros(8)}]
+    expected = [in_process_actions(policy, payload) for payload in payloads]
+    replies: list[dict | None] = [None, None]
+    # The first request waits up to 10 minutes for a second one: the batch closes when the other client's arrives.
+    with serve(policy, tiny_checkpoint, max_batch_size=2, batch_wait_ms=600_000) as port:
+        clients = [PolicyClient(f"ws://127.0.0.1:{port}") for _ in payloads]
+
+        def ask(index: int) -> None:
+            replies[index] = clients[index].infer(payloads[index])
+
+        threads = [threading.Thread(target=ask, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        for client in clients:
+            client.close()
+    for reply, reference in zip(replies, expected, strict=True):
+        assert reply is not None and reply["server_timing"]["batch_size"] == 2
+        np.testing.assert_allclose(reply["actions"], reference, rtol=1e-5, atol=1e-5)
+
+
+def raw_array(array: np.ndarray, **overrides: object) -> dict:
+    """openpi's encoding of ``array`` with some fields replaced (``dtype=``, ``shape=``)."""
+    fields = {"data": array.tobytes(), "dtype": array.dtype.str, "shape": list(array.shape), **overrides}
+    return {b"__ndarray__": True, **{key.encode(): value for key, value in fields.items()}}
+
+
+def malformed_requests(good: dict) -> dict[str, tuple[bytes | str, str]]:
+    """Name -> (frame, text the error must contain)."""
+    image = good["observation/image"]
+
+    def with_(**changes: object) -> bytes:
+        return packb({**good, **{key.replace("__", "/"): value for key, value in changes.items()}})
+
+    without_wrist = {key: value for key, value in good.items() if key != "observation/wrist_image"}
+    return {
+        "missing key": (packb(without_wrist), "missing key(s) ['observation/wrist_image']"),
+        "float image": (with_(observation__image=image.astype(np.float32)), "'observation/image': expected a uint8"),
+        "grey image": (with_(observation__image=image[..., 0].copy()), "found ndarray (224, 224) uint8"),
+        "channels first": (with_(observation__image=image.transpose(2, 0, 1).copy()), "found ndarray (3, 224, 224)"),
+        "image as list": (with_(observation__image=[1, 2, 3]), "found list"),
+        "short state": (with_(observation__state=np.zeros(7)), "'observation/state': expected a finite numeric array"),
+        "nan state": (with_(observation__state=np.full(8, np.nan)), "of shape (8,)"),
+        "empty prompt": (with_(prompt=""), "'prompt': expected a non-empty instruction"),
+        "object dtype": (with_(observation__wrist_image=raw_array(image, dtype="|O")), "dtype object is not allowed"),
+        "truncated data": (
+            with_(observation__wrist_image=raw_array(image[:100], shape=[224, 224, 3])),
+            "array data does not hold a uint8 array of shape (224, 224, 3)",
+        ),
+        "not msgpack": (b"\xc1\xc1\xc1", "not a msgpack message"),
+        "not a map": (packb([1, 2, 3]), "expected a map of observation keys, got list"),
+        "text frame": ("hello", "expected a binary msgpack frame"),
+        "huge image": (
+            with_(observation__image=np.zeros((700, 700, 3), np.uint8)),
+            "exceeds the server's limit of 1.0",
+        ),
+    }
+
+
+def test_each_malformed_request_gets_its_error_and_the_connection_stays_usable(
+    policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict
+) -> None:
+    expected = in_process_actions(policy, request_payload)
+    cases = malformed_requests(request_payload)
+    with serve(policy, tiny_checkpoint, max_message_mb=1.0) as port, connect(f"ws://127.0.0.1:{port}") as websocket:
+        assert unpackb(websocket.recv())["action_dim"] == 7
+        for name, (frame, message) in cases.items():
+            websocket.send(frame)
+            reply = websocket.recv()
+            assert isinstance(reply, str) and reply.startswith("error: "), name
+            assert message in reply, (name, reply)
+            websocket.send(packb(request_payload))
+            np.testing.assert_array_equal(unpackb(websocket.recv())["actions"], expected, err_msg=name)
+
+
+def test_a_message_beyond_twice_the_limit_closes_only_its_connection(
+    policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict
+) -> None:
+    oversized = packb({**request_payload, "observation/image": np.zeros((1000, 1000, 3), np.uint8)})  # 2.9 MiB
+    with serve(policy, tiny_checkpoint, max_message_mb=1.0) as port:
+        with connect(f"ws://127.0.0.1:{port}", max_size=None) as websocket:
+            websocket.recv()
+            websocket.send(oversized)
+            with pytest.raises(ConnectionClosedError) as closed:
+                websocket.recv()
+            assert closed.value.rcvd.code == 1009  # message too big
+        client = PolicyClient(f"ws://127.0.0.1:{port}")
+        np.testing.assert_array_equal(
+            client.infer(request_payload)["actions"], in_process_actions(policy, request_payload)
+        )
+        client.close()
+
+
+def test_api_key_is_checked_on_connect(policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict) -> None:
+    with serve(policy, tiny_checkpoint, api_key=API_KEY) as port:
+        uri = f"ws://127.0.0.1:{port}"
+        for wrong in (None, "wrong-key-0123456789"):
+            with pytest.raises(InvalidStatus) as rejected:
+                PolicyClient(uri, api_key=wrong or "")
+            assert rejected.value.response.status_code == 401
+        client = PolicyClient(uri, api_key=API_KEY)
+        assert client.infer(request_payload)["actions"].shape == (8, 7)
+        client.close()
+        with pytest.raises(PolicyServerError, match="missing key"):
+            client = PolicyClient(uri, api_key=API_KEY)
+            client.infer({"prompt": INSTRUCTION})
+        client.close()
+
+
+def test_exposed_bind_without_key_refuses_to_start_in_one_line(tiny_checkpoint: Path) -> None:
+    command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
+    env = {**os.environ, "USE_TF": "0"}
+    completed = subprocess.run(
+        [*command, "--host", "0.0.0.0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert completed.stderr.strip().splitlines() == [
+        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY (clients send "
+        "'Authorization: Api-Key KEY'), or bind 127.0.0.1"
+    ]
+    short_key = subprocess.run(
+        [*command, "--host", "0.0.0.0", "--api_key", "abc"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert short_key.returncode == 2 and short_key.stderr.strip() == "error: --api_key: expected at least 8 characters"

@@ -1,0 +1,87 @@
+"""``run_libero_eval.py --policy_server``: the same per-episode results as the in-process evaluation.
+
+``serve_policy.py`` runs as a subprocess on a port chosen by the OS (it prints the address once it is bound); the
+evaluation through it gets no checkpoint at all, so every action chunk must come from the server. Two episodes of
+libero_spatial task 0, 10 policy steps each (two chunks), 64 x 64 cameras, in fresh processes with ``USE_TF=0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.sim
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVER_STARTUP_TIMEOUT_S = 300
+QUICK_FLAGS = (
+    "--task_suite_name", "libero_spatial", "--task_ids", "[0]", "--num_trials_per_task", "2",
+    "--max_steps", "10", "--num_steps_wait", "2", "--env_img_res", "64",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sim_serving")
+    return {**os.environ, "USE_TF": "0", "WANDB_MODE": "disabled", "LIBERO_CONFIG_PATH": str(root / "libero_config")}
+
+
+@pytest.fixture(scope="module")
+def server_uri(tiny_checkpoint: Path, env: dict[str, str]) -> Iterator[str]:
+    """A ``serve_policy.py`` process; yields its address once it has printed it (it is bound by then)."""
+    command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
+    process = subprocess.Popen(
+        [*command, "--port", "0"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_S
+        address = None
+        while address is None and time.monotonic() < deadline:
+            if not selector.select(timeout=deadline - time.monotonic()):
+                break
+            line = process.stdout.readline()
+            if not line:  # the server exited
+                break
+            address = re.search(r"on (ws://127\.0\.0\.1:\d+) ", line)
+        assert address is not None, f"serve_policy.py did not start:\n{process.stderr.read()[-4000:]}"
+        yield address.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def run_eval(log_dir: Path, env: dict[str, str], *flags: str) -> list[dict]:
+    command = [sys.executable, "experiments/robot/libero/run_libero_eval.py", *QUICK_FLAGS]
+    command += ["--local_log_dir", str(log_dir), "--run_id", "run", *flags]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
+    records = [json.loads(line) for line in (log_dir / "run.jsonl").read_text().splitlines()]
+    return sorted(records, key=lambda record: (record["task_id"], record["episode"]))
+
+
+def test_evaluation_through_the_server_equals_the_in_process_one(
+    tmp_path: Path, tiny_checkpoint: Path, env: dict[str, str], server_uri: str
+) -> None:
+    in_process = run_eval(tmp_path / "in_process", env, "--pretrained_checkpoint", str(tiny_checkpoint))
+    served = run_eval(tmp_path / "served", env, "--policy_server", server_uri)
+    assert [(record["task_id"], record["episode"]) for record in served] == [(0, 0), (0, 1)]
+    for ours, reference in zip(served, in_process, strict=True):
+        for field in ("success", "steps", "error", "task"):
+            assert ours[field] == reference[field], field
+        np.testing.assert_array_equal(ours["final_state"], reference["final_state"])
+    assert served[0]["steps"] == 10 and served[0]["final_state"] != served[1]["final_state"]
+    log = (tmp_path / "served" / "run.txt").read_text()
+    assert f"\n  policy_server: {server_uri}\n" in log and "\n  pretrained_checkpoint: \n" in log
+    assert "\n  unnorm_key: libero_spatial_no_noops\n" in log  # read from the server's metadata
