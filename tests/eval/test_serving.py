@@ -11,8 +11,10 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
+import draccus
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -22,11 +24,12 @@ from experiments.robot.image_utils import resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.libero.libero_utils import process_action
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
-from experiments.robot.serving.config import ServeConfig, build_server
-from experiments.robot.serving.server import server_in_thread
+from experiments.robot.serving.config import ServeConfig, build_server, checkpoint_policy_config, observation_spec
+from experiments.robot.serving.server import ObservationError, server_in_thread
 from experiments.robot.serving.wire import packb, unpackb
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.testing.openpi_client_env import ensure_openpi_client_env
+from prismatic.util.cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "openpi_client_probe.py"
@@ -251,3 +254,35 @@ def test_exposed_bind_without_key_refuses_to_start_in_one_line(tiny_checkpoint: 
         [*command, "--host", "0.0.0.0", "--api_key", "abc"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
     assert short_key.returncode == 2 and short_key.stderr.strip() == "error: --api_key: expected at least 8 characters"
+
+
+def test_help_lists_every_serving_flag(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        draccus.parse(config_class=ServeConfig, args=["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert [name for name in ServeConfig.__dataclass_fields__ if f"--{name}" not in help_text] == []
+
+
+def test_key_mapping_serves_another_robots_request(tiny_checkpoint: Path, request_payload: dict) -> None:
+    cfg = ServeConfig(
+        pretrained_checkpoint=str(tiny_checkpoint),
+        camera_keys=["cam/front", "cam/hand"],
+        state_key="joints",
+        prompt_key="task",
+    )
+    spec = observation_spec(cfg, checkpoint_policy_config(cfg))
+    request = {
+        "cam/front": request_payload["observation/image"],
+        "cam/hand": request_payload["observation/wrist_image"],
+        "joints": np.arange(8, dtype=np.float32),
+        "task": INSTRUCTION,
+        "extra/ignored": np.zeros(3),
+    }
+    observation, prompt = spec.parse(request)
+    assert list(observation) == ["full_image", "wrist_image", "state"] and prompt == INSTRUCTION
+    assert observation["full_image"] is request["cam/front"] and observation["state"].dtype == np.float64
+    with pytest.raises(ObservationError, match=r"missing key\(s\) \['joints'\]; expected \['cam/front', 'cam/hand'"):
+        spec.parse({key: value for key, value in request.items() if key != "joints"})
+    with pytest.raises(UserError, match=r"--camera_keys \['cam/front'\]: the checkpoint reads 2 image"):
+        observation_spec(replace(cfg, camera_keys=["cam/front"]), checkpoint_policy_config(cfg))
