@@ -3,7 +3,8 @@
     python vla-scripts/serve_policy.py --pretrained_checkpoint ckpts/spatial-forcing-7b-finetuned-libero-spatial
     python vla-scripts/serve_policy.py --pretrained_checkpoint DIR --host 0.0.0.0 --api_key "$KEY"
 
-Binds 127.0.0.1:8000 by default; any other address needs ``--api_key``. Flags: ``ServeConfig``; protocol and
+Binds 127.0.0.1:8000 by default; any other address needs ``--api_key``. ``--http_port 8777`` adds OpenVLA-OFT's
+``POST /act`` (json-numpy). Flags: ``ServeConfig``; protocol and
 batching: ``experiments/robot/serving/server.py``.
 """
 
@@ -28,6 +29,8 @@ def main(cfg: ServeConfig) -> None:
 
     def announce(port: int) -> None:
         print(f"Serving {cfg.pretrained_checkpoint} on ws://{cfg.host}:{port} (openpi protocol)", flush=True)
+        if server.http_port is not None:
+            print(f"OpenVLA-OFT endpoint: POST http://{cfg.host}:{server.http_port}/act (json-numpy)", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve(announce, asyncio.Event()))

@@ -11,10 +11,13 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import draccus
+import json_numpy
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
@@ -286,3 +289,63 @@ def test_key_mapping_serves_another_robots_request(tiny_checkpoint: Path, reques
         spec.parse({key: value for key, value in request.items() if key != "joints"})
     with pytest.raises(UserError, match=r"--camera_keys \['cam/front'\]: the checkpoint reads 2 image"):
         observation_spec(replace(cfg, camera_keys=["cam/front"]), checkpoint_policy_config(cfg))
+
+
+def test_openvla_oft_http_endpoint_answers_json_numpy_requests(
+    policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict
+) -> None:
+    """OFT's deploy.py client: ``requests.post(url, json=obs)`` with json_numpy patched, or the "encoded" form."""
+    observation = {
+        "full_image": request_payload["observation/image"],
+        "wrist_image": request_payload["observation/wrist_image"],
+        "state": request_payload["observation/state"],
+        "instruction": INSTRUCTION,
+    }
+    expected = policy.predict_chunk(observation, INSTRUCTION)  # OFT replies before gripper post-processing
+
+    without_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def post(port: int, body: str, key: str | None = API_KEY) -> tuple[int, object]:
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Api-Key {key}"} if key else {})}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/act", body.encode(), headers, method="POST")
+        try:
+            with without_proxy.open(request, timeout=300) as response:
+                return response.status, json_numpy.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    server = build_server(
+        ServeConfig(
+            pretrained_checkpoint=str(tiny_checkpoint), port=0, http_port=0, api_key=API_KEY, max_message_mb=3.0
+        ),
+        policy,
+    )
+    with server_in_thread(server):
+        port = server.http_port
+        status, actions = post(port, json_numpy.dumps(observation))
+        assert status == 200 and len(actions) == 8 and actions[0].shape == (7,)
+        np.testing.assert_array_equal(np.stack(actions), expected)
+        status, encoded = post(port, json.dumps({"encoded": json_numpy.dumps(observation)}))
+        assert status == 200 and isinstance(encoded, str)
+        np.testing.assert_array_equal(np.stack(json_numpy.loads(encoded)), expected)
+
+        without_state = json_numpy.dumps({k: v for k, v in observation.items() if k != "state"})
+        assert post(port, without_state) == (
+            400,
+            {
+                "error": "bad observation: missing key(s) ['state']; expected "
+                "['full_image', 'wrist_image', 'state', 'instruction']"
+            },
+        )
+        status, error = post(port, json_numpy.dumps({**observation, "full_image": np.zeros((224, 224), np.uint8)}))
+        assert status == 400 and "'full_image': expected a uint8 numpy array of shape (H, W, 3)" in error["error"]
+        assert post(port, json_numpy.dumps(observation), key="wrong-key-0123")[0] == 401
+        assert post(port, json_numpy.dumps(observation), key=None)[0] == 401
+        huge = json_numpy.dumps({**observation, "full_image": np.zeros((1000, 1000, 3), np.uint8)})  # 4.1 MiB
+        assert post(port, huge) == (
+            413,
+            {"error": "body of 4.1 MiB exceeds the server's limit of 3.0 MiB (--max_message_mb)"},
+        )
+        status, actions = post(port, json_numpy.dumps(observation))
+        assert status == 200
+        np.testing.assert_array_equal(np.stack(actions), expected)

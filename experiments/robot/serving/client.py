@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from experiments.robot.policy import Observation
-from experiments.robot.serving.server import policy_camera_key
+from experiments.robot.serving.observation import policy_camera_key
 from experiments.robot.serving.wire import packb, unpackb
 
 API_KEY_ENV = "POLICY_SERVER_API_KEY"  # read from the environment, so the key never lands in logs or configs

@@ -9,7 +9,8 @@ from typing import Any
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
 from experiments.robot.libero.config import GenerateConfig
-from experiments.robot.serving.server import ObservationSpec, PolicyServer, ServerSettings, to_robot_units
+from experiments.robot.serving.observation import ObservationSpec, to_robot_units
+from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.policy.config import PolicyConfig, read_policy_config
 from prismatic.util.cli import UserError
@@ -27,6 +28,7 @@ class ServeConfig:
     max_batch_size: int = 8                       # Requests answered by one forward pass at most (1: no batching)
     batch_wait_ms: float = 5.0                    # How long the first request of a batch waits for others
     max_message_mb: float = 32.0                  # Larger observations get an error reply
+    http_port: int | None = None                  # Also serve OpenVLA-OFT's POST /act (json-numpy) on this port
     # Without policy_config.json in the checkpoint: the suite or dataset whose statistics and platform apply
     task_suite_name: str = "libero_spatial"
     unnorm_key: str = ""                          # Statistics key; "" = policy_config.json's, else the suite's
@@ -57,8 +59,10 @@ def validate_serve_config(cfg: ServeConfig) -> None:
         )
     if cfg.api_key is not None and len(cfg.api_key) < 8:
         raise UserError("--api_key: expected at least 8 characters")
-    if not 0 <= cfg.port <= 65535:
-        raise UserError(f"--port {cfg.port}: expected 0..65535")
+    for flag in ("port", "http_port"):
+        port = getattr(cfg, flag)
+        if port is not None and not 0 <= port <= 65535:
+            raise UserError(f"--{flag} {port}: expected 0..65535")
     if cfg.max_batch_size < 1:
         raise UserError(f"--max_batch_size {cfg.max_batch_size}: expected at least 1")
     if cfg.batch_wait_ms < 0:
@@ -147,6 +151,7 @@ def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicySer
         max_batch_size=cfg.max_batch_size,
         batch_wait_ms=cfg.batch_wait_ms,
         max_message_bytes=int(cfg.max_message_mb * 2**20),
+        http_port=cfg.http_port,
     )
     return PolicyServer(
         policy,
@@ -154,4 +159,5 @@ def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicySer
         server_metadata(cfg, policy_config, spec, policy),
         settings,
         postprocess=lambda chunk: to_robot_units(chunk, policy_config),
+        http_spec=ObservationSpec.openvla_oft(policy_config),
     )

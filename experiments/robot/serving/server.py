@@ -28,97 +28,19 @@ import numpy as np
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from experiments.robot.image_utils import check_image_format
-from experiments.robot.libero.libero_utils import process_action
 from experiments.robot.policy import Observation
+from experiments.robot.serving.http_act import UNAUTHORIZED_MESSAGE, start_act_server
+from experiments.robot.serving.observation import ObservationError, ObservationSpec
 from experiments.robot.serving.wire import WireError, packb, unpackb
-from prismatic.policy.config import PolicyConfig
 
 HEALTH_PATH = "/healthz"
-MAX_PROMPT_CHARS = 2000
 # Messages up to this multiple of the size limit are read and answered with an error; larger ones close the
 # connection (code 1009) before being buffered.
 TRANSPORT_SIZE_FACTOR = 2
 
 
-class ObservationError(ValueError):
-    """An observation that the policy cannot take; the message names the key and what was expected."""
-
-
 class BatchPolicy(Protocol):
     def predict_chunks(self, queries: Sequence[tuple[Observation, str]]) -> list[np.ndarray]: ...
-
-
-def policy_camera_key(index: int) -> str:
-    """The :class:`VLAPolicy` observation key of camera ``index`` (primary first, then wrist cameras)."""
-    return "full_image" if index == 0 else "wrist_image" if index == 1 else f"wrist_image_{index}"
-
-
-@dataclass(frozen=True)
-class ObservationSpec:
-    """Which request keys hold the cameras (primary first), the unnormalised state and the instruction."""
-
-    camera_keys: tuple[str, ...]
-    state_key: str | None  # None: the policy reads no proprio
-    prompt_key: str
-    proprio_dim: int
-
-    @classmethod
-    def openpi_default(cls, policy_config: PolicyConfig) -> ObservationSpec:
-        """openpi's LIBERO keys: ``observation/<camera name>``, ``observation/state`` and ``prompt``."""
-        cameras = policy_config.embodiment.camera_names[: policy_config.num_images_in_input]
-        return cls(
-            camera_keys=tuple(f"observation/{name}" for name in cameras),
-            state_key="observation/state" if policy_config.use_proprio else None,
-            prompt_key="prompt",
-            proprio_dim=policy_config.embodiment.proprio_dim,
-        )
-
-    def parse(self, request: Any) -> tuple[Observation, str]:
-        """The policy observation and instruction of one request; raises :class:`ObservationError`."""
-        if not isinstance(request, dict):
-            raise ObservationError(f"expected a map of observation keys, got {type(request).__name__}")
-        missing = [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key and key not in request]
-        if missing:
-            raise ObservationError(f"missing key(s) {missing}; expected {self.expected_keys()}")
-        observation: Observation = {}
-        for index, key in enumerate(self.camera_keys):
-            try:
-                check_image_format(request[key], repr(key))
-            except ValueError as error:
-                raise ObservationError(str(error)) from None
-            observation[policy_camera_key(index)] = request[key]
-        if self.state_key is not None:
-            state = request[self.state_key]
-            if (
-                not isinstance(state, np.ndarray)
-                or state.dtype.kind not in "iuf"
-                or state.shape != (self.proprio_dim,)
-                or not np.isfinite(state).all()
-            ):
-                found = f"{type(state).__name__} {getattr(state, 'shape', '')} {getattr(state, 'dtype', '')}"
-                raise ObservationError(
-                    f"{self.state_key!r}: expected a finite numeric array of shape ({self.proprio_dim},) in the "
-                    f"robot's units, found {found}"
-                )
-            observation["state"] = state.astype(np.float64)
-        prompt = request[self.prompt_key]
-        if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
-            raise ObservationError(
-                f"{self.prompt_key!r}: expected a non-empty instruction string of at most {MAX_PROMPT_CHARS} "
-                f"characters, found {type(prompt).__name__} of length {len(prompt) if isinstance(prompt, str) else 0}"
-            )
-        return observation, prompt
-
-    def expected_keys(self) -> list[str]:
-        return [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key]
-
-
-def to_robot_units(chunk: np.ndarray, policy_config: PolicyConfig) -> np.ndarray:
-    """The predicted chunk as the robot executes it (the checkpoint's gripper convention applied)."""
-    if policy_config.embodiment.gripper == "libero":
-        return process_action(chunk, "openvla")
-    return chunk
 
 
 @dataclass(frozen=True)
@@ -129,6 +51,13 @@ class ServerSettings:
     max_batch_size: int = 8
     batch_wait_ms: float = 5.0
     max_message_bytes: int = 32 * 2**20
+    http_port: int | None = None  # also serve OpenVLA-OFT's POST /act here (0: a free port chosen by the OS)
+
+    @property
+    def transport_limit_bytes(self) -> int:
+        """Messages up to this size are read (and answered with an error above the limit); larger ones are refused
+        unread, which closes the connection."""
+        return TRANSPORT_SIZE_FACTOR * self.max_message_bytes
 
 
 @dataclass
@@ -148,19 +77,28 @@ class PolicyServer:
         metadata: dict[str, Any],
         settings: ServerSettings,
         postprocess: Callable[[np.ndarray], np.ndarray] = lambda chunk: chunk,
+        http_spec: ObservationSpec | None = None,
     ):
         self.policy, self.spec, self.metadata, self.settings = policy, spec, metadata, settings
         self.postprocess = postprocess
+        self.http_spec = http_spec  # request keys of the HTTP endpoint (settings.http_port)
         self._queue: asyncio.Queue[_Request] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.http_port: int | None = None  # the bound port of the HTTP endpoint, once serving
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+
+    def authorized(self, authorization_header: str | None) -> bool:
+        """Whether a request with this ``Authorization`` header may use the policy."""
+        if self.settings.api_key is None:
+            return True
+        expected = f"Api-Key {self.settings.api_key}".encode()
+        return hmac.compare_digest((authorization_header or "").encode(), expected)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == HEALTH_PATH:
             return connection.respond(HTTPStatus.OK, "OK\n")
-        if self.settings.api_key is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Api-Key {self.settings.api_key}".encode()):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key' header\n")
+        if not self.authorized(request.headers.get("Authorization")):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, UNAUTHORIZED_MESSAGE + "\n")
         return None
 
     async def _answer(self, message: str | bytes) -> str | bytes:
@@ -176,14 +114,23 @@ class PolicyServer:
             query = self.spec.parse(unpackb(message))
         except (WireError, ObservationError) as error:
             return f"error: bad observation: {error}"
+        try:
+            chunk, timing = await self.infer(query)
+        except Exception as error:  # noqa: BLE001 - reported to the client; the server keeps serving
+            return f"error: the policy failed: {type(error).__name__}: {error}"
+        return packb({"actions": self.postprocess(chunk), "server_timing": timing})
+
+    async def infer(self, query: tuple[Observation, str]) -> tuple[np.ndarray, dict[str, float]]:
+        """The model's un-normalised chunk for one query (batched with others) and its timing."""
         assert self._queue is not None
         request = _Request(query, time.perf_counter(), asyncio.get_running_loop().create_future())
         await self._queue.put(request)
-        try:
-            chunk, timing = await request.future
-        except Exception as error:  # noqa: BLE001 - reported to the client; the server keeps serving
-            return f"error: the policy failed: {type(error).__name__}: {error}"
-        return packb({"actions": chunk, "server_timing": timing})
+        return await request.future
+
+    def infer_threadsafe(self, query: tuple[Observation, str]) -> tuple[np.ndarray, dict[str, float]]:
+        """:meth:`infer` from another thread (the HTTP endpoint's)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self.infer(query), self._loop).result()
 
     async def _handle(self, websocket: ServerConnection) -> None:
         try:
@@ -221,34 +168,41 @@ class PolicyServer:
                 chunks = await loop.run_in_executor(
                     self._executor, self.policy.predict_chunks, [request.query for request in batch]
                 )
-                replies = [self.postprocess(chunk) for chunk in chunks]
             except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
             infer_ms = (time.perf_counter() - started) * 1000
-            for request, actions in zip(batch, replies, strict=True):
+            for request, chunk in zip(batch, chunks, strict=True):
                 if not request.future.done():
                     timing = {"infer_ms": infer_ms, "queue_ms": (started - request.received) * 1000}
-                    request.future.set_result((actions, {**timing, "batch_size": len(batch)}))
+                    request.future.set_result((chunk, {**timing, "batch_size": len(batch)}))
 
     async def serve(self, on_ready: Callable[[int], None], stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; ``on_ready`` gets the bound port once clients can connect."""
         self._queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
         batcher = asyncio.create_task(self._batch_loop())
+        http_server = None
         try:
+            if self.settings.http_port is not None:
+                http_server = start_act_server(self, self.settings.host, self.settings.http_port)
+                self.http_port = http_server.server_address[1]
             async with serve(
                 self._handle,
                 self.settings.host,
                 self.settings.port,
                 compression=None,
-                max_size=TRANSPORT_SIZE_FACTOR * self.settings.max_message_bytes,
+                max_size=self.settings.transport_limit_bytes,
                 process_request=self._process_request,
             ) as server:
                 on_ready(next(iter(server.sockets)).getsockname()[1])
                 await stop.wait()
         finally:
+            if http_server is not None:
+                http_server.shutdown()
+                http_server.server_close()
             batcher.cancel()
             self._executor.shutdown(wait=False, cancel_futures=True)
 
