@@ -16,7 +16,7 @@ import os
 import draccus
 
 from experiments.robot.serving.config import ServeConfig, build_server, validate_serve_config
-from prismatic.util.cli import run_cli
+from prismatic.util.cli import UserError, run_cli
 
 
 # No `from __future__ import annotations` here: draccus.wrap reads the real annotation of `cfg`.
@@ -32,8 +32,12 @@ def main(cfg: ServeConfig) -> None:
         if server.http_port is not None:
             print(f"OpenVLA-OFT endpoint: POST http://{cfg.host}:{server.http_port}/act (json-numpy)", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(announce, asyncio.Event()))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server.serve(announce, asyncio.Event()))
+    except OSError as error:  # the address is taken or not local
+        ports = f"--port {cfg.port}" + (f" / --http_port {cfg.http_port}" if cfg.http_port is not None else "")
+        raise UserError(f"--host {cfg.host} {ports}: cannot bind: {error}") from None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -228,6 +229,8 @@ def test_a_message_beyond_twice_the_limit_closes_only_its_connection(
 
 def test_api_key_is_checked_on_connect(policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict) -> None:
     with serve(policy, tiny_checkpoint, api_key=API_KEY) as port:
+        health = urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"http://127.0.0.1:{port}/healthz")
+        assert (health.status, health.read()) == (200, b"OK\n")  # no key needed to see that it is up
         uri = f"ws://127.0.0.1:{port}"
         for wrong in (None, "wrong-key-0123456789"):
             with pytest.raises(InvalidStatus) as rejected:
@@ -349,3 +352,24 @@ def test_openvla_oft_http_endpoint_answers_json_numpy_requests(
         status, actions = post(port, json_numpy.dumps(observation))
         assert status == 200
         np.testing.assert_array_equal(np.stack(actions), expected)
+
+
+def test_taken_port_is_a_one_line_error(tiny_checkpoint: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [
+                *(sys.executable, "vla-scripts/serve_policy.py"),
+                *("--pretrained_checkpoint", str(tiny_checkpoint), "--port", str(port)),
+            ],
+            cwd=REPO_ROOT,
+            env={**os.environ, "USE_TF": "0"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert completed.returncode == 2
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: --host 127.0.0.1 --port {port}: cannot bind: ")

@@ -37,29 +37,36 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server_uri(tiny_checkpoint: Path, env: dict[str, str]) -> Iterator[str]:
-    """A ``serve_policy.py`` process; yields its address once it has printed it (it is bound by then)."""
+def server(
+    tiny_checkpoint: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """A ``serve_policy.py`` process on a port chosen by the OS (loading while the in-process evaluation runs);
+    its log goes to a file, so a full pipe can never stall it."""
     command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
-    process = subprocess.Popen(
-        [*command, "--port", "0"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_S
-        address = None
-        while address is None and time.monotonic() < deadline:
-            if not selector.select(timeout=deadline - time.monotonic()):
-                break
-            line = process.stdout.readline()
-            if not line:  # the server exited
-                break
-            address = re.search(r"on (ws://127\.0\.0\.1:\d+) ", line)
-        assert address is not None, f"serve_policy.py did not start:\n{process.stderr.read()[-4000:]}"
-        yield address.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    log_path = tmp_path_factory.mktemp("server") / "stderr.txt"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*command, "--port", "0"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+    yield process, log_path
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def wait_for_address(process: subprocess.Popen, log_path: Path) -> str:
+    """The address the server prints once it is bound (it exits or stays silent: fail)."""
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and selector.select(timeout=deadline - time.monotonic()):
+        line = process.stdout.readline()
+        if not line:
+            break
+        address = re.search(r"on (ws://127\.0\.0\.1:\d+) ", line)
+        if address is not None:
+            return address.group(1)
+    process.terminate()
+    pytest.fail(f"serve_policy.py did not start:\n{log_path.read_text()[-4000:]}")
 
 
 def run_eval(log_dir: Path, env: dict[str, str], *flags: str) -> list[dict]:
@@ -72,9 +79,10 @@ def run_eval(log_dir: Path, env: dict[str, str], *flags: str) -> list[dict]:
 
 
 def test_evaluation_through_the_server_equals_the_in_process_one(
-    tmp_path: Path, tiny_checkpoint: Path, env: dict[str, str], server_uri: str
+    tmp_path: Path, tiny_checkpoint: Path, env: dict[str, str], server: tuple[subprocess.Popen, Path]
 ) -> None:
     in_process = run_eval(tmp_path / "in_process", env, "--pretrained_checkpoint", str(tiny_checkpoint))
+    server_uri = wait_for_address(*server)
     served = run_eval(tmp_path / "served", env, "--policy_server", server_uri)
     assert [(record["task_id"], record["episode"]) for record in served] == [(0, 0), (0, 1)]
     for ours, reference in zip(served, in_process, strict=True):
