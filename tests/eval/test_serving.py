@@ -155,6 +155,47 @@ def test_two_concurrent_clients_share_one_forward_pass(
         np.testing.assert_allclose(reply["actions"], reference, rtol=1e-5, atol=1e-5)
 
 
+class FailsOnPrompt:
+    """The real policy, except that any batch holding the prompt ``poison`` raises (as a broken input would)."""
+
+    def __init__(self, policy: VLAPolicy, poison: str):
+        self.policy, self.poison, self.calls = policy, poison, []
+        self.unnorm_key = policy.unnorm_key
+
+    def predict_chunks(self, queries):
+        self.calls.append(len(queries))
+        if any(instruction == self.poison for _, instruction in queries):
+            raise ValueError(f"cannot handle {self.poison!r}")
+        return self.policy.predict_chunks(queries)
+
+
+def test_a_query_that_breaks_the_model_fails_alone_not_its_batch(
+    policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict
+) -> None:
+    flaky = FailsOnPrompt(policy, poison="explode")
+    cfg = ServeConfig(pretrained_checkpoint=str(tiny_checkpoint), port=0, max_batch_size=2, batch_wait_ms=600_000)
+    replies: list[object] = [None, None]
+    with server_in_thread(build_server(cfg, flaky)) as port:
+        clients = [PolicyClient(f"ws://127.0.0.1:{port}") for _ in range(2)]
+
+        def ask(index: int) -> None:
+            try:
+                replies[index] = clients[index].infer({**request_payload, "prompt": [INSTRUCTION, "explode"][index]})
+            except PolicyServerError as error:
+                replies[index] = error
+
+        threads = [threading.Thread(target=ask, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+        for client in clients:
+            client.close()
+    assert flaky.calls == [2, 1, 1]  # the batch, then each query alone
+    np.testing.assert_array_equal(replies[0]["actions"], in_process_actions(policy, request_payload))
+    assert str(replies[1]) == "error: the policy failed: ValueError: cannot handle 'explode'"
+
+
 def raw_array(array: np.ndarray, **overrides: object) -> dict:
     """openpi's encoding of ``array`` with some fields replaced (``dtype=``, ``shape=``)."""
     fields = {"data": array.tobytes(), "dtype": array.dtype.str, "shape": list(array.shape), **overrides}
@@ -175,6 +216,7 @@ def malformed_requests(good: dict) -> dict[str, tuple[bytes | str, str]]:
         "grey image": (with_(observation__image=image[..., 0].copy()), "found ndarray (224, 224) uint8"),
         "channels first": (with_(observation__image=image.transpose(2, 0, 1).copy()), "found ndarray (3, 224, 224)"),
         "image as list": (with_(observation__image=[1, 2, 3]), "found list"),
+        "tiny image": (with_(observation__image=np.zeros((0, 224, 3), np.uint8)), "expected an image of at least 16"),
         "short state": (with_(observation__state=np.zeros(7)), "'observation/state': expected a finite numeric array"),
         "nan state": (with_(observation__state=np.full(8, np.nan)), "of shape (8,)"),
         "empty prompt": (with_(prompt=""), "'prompt': expected a non-empty instruction"),

@@ -13,6 +13,7 @@ from experiments.robot.policy import Observation
 from prismatic.policy.config import PolicyConfig
 
 MAX_PROMPT_CHARS = 2000
+MIN_IMAGE_SIDE = 16
 
 
 class ObservationError(ValueError):
@@ -67,6 +68,11 @@ class ObservationSpec:
                 check_image_format(request[key], repr(key))
             except ValueError as error:
                 raise ObservationError(str(error)) from None
+            if min(request[key].shape[:2]) < MIN_IMAGE_SIDE:
+                raise ObservationError(
+                    f"{key!r}: expected an image of at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} "
+                    f"pixels, found {request[key].shape}"
+                )
             observation[policy_camera_key(index)] = request[key]
         if self.state_key is not None:
             state = request[self.state_key]

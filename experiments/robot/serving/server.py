@@ -159,25 +159,31 @@ class PolicyServer:
                 break
         return batch
 
-    async def _batch_loop(self) -> None:
+    async def _predict(self, queries: list[tuple[Observation, str]]) -> list[np.ndarray | Exception]:
+        """Chunks of ``queries`` from one ``predict_chunks`` call; when it fails, each query is retried alone, so
+        only the one that breaks the model gets its error."""
         loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self.policy.predict_chunks, queries)
+        except Exception as error:  # noqa: BLE001 - handed to the request(s) it belongs to
+            if len(queries) == 1:
+                return [error]
+        return [result for query in queries for result in await self._predict([query])]
+
+    async def _batch_loop(self) -> None:
         while True:
             batch = await self._take_batch()
             started = time.perf_counter()
-            try:
-                chunks = await loop.run_in_executor(
-                    self._executor, self.policy.predict_chunks, [request.query for request in batch]
-                )
-            except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
-                continue
+            results = await self._predict([request.query for request in batch])
             infer_ms = (time.perf_counter() - started) * 1000
-            for request, chunk in zip(batch, chunks, strict=True):
-                if not request.future.done():
+            for request, result in zip(batch, results, strict=True):
+                if request.future.done():
+                    continue
+                if isinstance(result, Exception):
+                    request.future.set_exception(result)
+                else:
                     timing = {"infer_ms": infer_ms, "queue_ms": (started - request.received) * 1000}
-                    request.future.set_result((chunk, {**timing, "batch_size": len(batch)}))
+                    request.future.set_result((result, {**timing, "batch_size": len(batch)}))
 
     async def serve(self, on_ready: Callable[[int], None], stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; ``on_ready`` gets the bound port once clients can connect."""
