@@ -10,6 +10,8 @@ un-normalised chunk. What the policy is (heads, inputs, embodiment, preprocessin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pathlib import Path
 from typing import Any
 
@@ -155,33 +157,59 @@ class VLAPolicy:
             prepared.append(Image.fromarray(image))
         return prepared
 
-    @torch.inference_mode()
     def predict_chunk(self, observation: Observation, instruction: str) -> np.ndarray:
         """Un-normalised actions ``[chunk, action_dim]`` for one observation."""
-        prompt = build_prompt(instruction)
-        inputs = [
-            self.loaded.processor(prompt, image).to(self.device, dtype=self.dtype)
-            for image in self._policy_images(observation)
-        ]
-        pixel_values = torch.cat([item["pixel_values"] for item in inputs], dim=1)  # [1, 6 * num_images, 224, 224]
-        proprio = None
-        if self.proprio_stats is not None:
-            proprio = normalize(
-                np.asarray(observation["state"], dtype=np.float64),
-                self.proprio_stats,
-                self.platform.action_proprio_normalization_type,
-                clip_unmasked=True,  # upstream's evaluation rule
+        return self.predict_chunks([(observation, instruction)])[0]
+
+    @torch.inference_mode()
+    def predict_chunks(self, queries: Sequence[tuple[Observation, str]]) -> list[np.ndarray]:
+        """Un-normalised chunks ``[chunk, action_dim]`` for several (observation, instruction) queries.
+
+        Each query is preprocessed as a single one; queries whose prompts tokenise to the same length share one
+        forward pass (``predict_action`` takes unpadded prompts only), so a batch of one is :meth:`predict_chunk`.
+        """
+        groups: dict[int, list[int]] = {}
+        inputs = []
+        for index, (observation, instruction) in enumerate(queries):
+            prompt = build_prompt(instruction)
+            per_image = [
+                self.loaded.processor(prompt, image).to(self.device, dtype=self.dtype)
+                for image in self._policy_images(observation)
+            ]
+            inputs.append(per_image)
+            groups.setdefault(per_image[0]["input_ids"].shape[1], []).append(index)
+        chunks: list[np.ndarray] = [np.empty(0)] * len(queries)
+        for indices in groups.values():
+            # [B, 6 * num_images, 224, 224]: each query's images stacked on channels, queries on the batch axis
+            pixel_values = torch.cat(
+                [torch.cat([item["pixel_values"] for item in inputs[index]], dim=1) for index in indices]
             )
-        actions, _ = self.loaded.vla.predict_action(
-            input_ids=inputs[0]["input_ids"],
-            attention_mask=inputs[0]["attention_mask"],
-            pixel_values=pixel_values,
-            unnorm_key=self.unnorm_key,
-            proprio=proprio,
-            proprio_projector=self.loaded.proprio_projector,
-            action_head=self.loaded.action_head,
-            noisy_action_projector=self.loaded.noisy_action_projector,
-            use_film=self.config.use_film,
-            do_sample=False,
-        )
-        return np.asarray(actions, dtype=np.float64)  # [chunk, action_dim]
+            proprio = None
+            if self.proprio_stats is not None:
+                proprio = np.stack(
+                    [
+                        normalize(
+                            np.asarray(queries[index][0]["state"], dtype=np.float64),
+                            self.proprio_stats,
+                            self.platform.action_proprio_normalization_type,
+                            clip_unmasked=True,  # upstream's evaluation rule
+                        )
+                        for index in indices
+                    ]
+                )  # [B, proprio_dim]
+            actions, _ = self.loaded.vla.predict_action(
+                input_ids=torch.cat([inputs[index][0]["input_ids"] for index in indices]),
+                attention_mask=torch.cat([inputs[index][0]["attention_mask"] for index in indices]),
+                pixel_values=pixel_values,
+                unnorm_key=self.unnorm_key,
+                proprio=proprio,
+                proprio_projector=self.loaded.proprio_projector,
+                action_head=self.loaded.action_head,
+                noisy_action_projector=self.loaded.noisy_action_projector,
+                use_film=self.config.use_film,
+                do_sample=False,
+            )
+            actions = np.asarray(actions, dtype=np.float64).reshape(len(indices), *np.shape(actions)[-2:])
+            for position, index in enumerate(indices):
+                chunks[index] = actions[position]  # [chunk, action_dim]
+        return chunks

@@ -62,6 +62,7 @@ class GenerateConfig:
     max_steps: int | None = None                  # Cap on the suite's max episode steps, for quick checks
     save_videos: bool = False                     # Write one MP4 per episode (third-person camera, 30 fps)
     run_id: str | None = None                     # Reuse an earlier run id to resume it (finished episodes are skipped)
+    policy_server: str | None = None              # ws://host:port of serve_policy.py: workers query it (no local model)
     # fmt: on
 
 
@@ -78,6 +79,7 @@ RESUMABLE_FLAGS = frozenset(
         "num_workers",
         "save_videos",
         "run_id",
+        "policy_server",
     }
 )
 

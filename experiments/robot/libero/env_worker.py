@@ -10,6 +10,9 @@ Protocol (tuples over one duplex ``multiprocessing`` connection per worker):
                        ("unit_done", task_id)
                        ("failed", traceback text)
 
+With ``--policy_server`` a worker sends no "act" messages: it asks the policy server itself (one websocket
+connection per worker), so the server can batch the workers' requests.
+
 Workers never import TensorFlow and render with ``MUJOCO_GL`` = egl or osmesa (inherited from the runner).
 """
 
@@ -27,6 +30,7 @@ from typing import Any
 
 import imageio
 import numpy as np
+from websockets.exceptions import ConnectionClosed
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
 from experiments.robot.libero.libero_utils import (
@@ -40,6 +44,7 @@ from experiments.robot.libero.libero_utils import (
 from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
 from experiments.robot.policy import Observation
 from experiments.robot.results import EpisodeResult
+from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from prismatic.util.io import atomic_output
 
 VIDEO_FPS = 30
@@ -57,6 +62,7 @@ class EpisodeSettings:
     action_dim: int
     env_img_res: int
     video_dir: str | None  # None: no videos
+    policy_server: str | None = None  # ws://host:port: chunks come from a policy server, in the robot's units
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,9 @@ def run_episode(
                 # The first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k) would keep the
                 # last k when k < chunk; identical for the default k = chunk).
                 action_queue.extend(request_chunk(observation)[: settings.num_open_loop_steps])
-            action = process_action(action_queue.popleft(), settings.model_family)
+            action = action_queue.popleft()
+            if settings.policy_server is None:  # a policy server replies in the robot's units already
+                action = process_action(action, settings.model_family)
             obs, _, done, _ = env.step(action.tolist())
             steps += 1
             if done:
@@ -161,18 +169,30 @@ class _TaskEnv:
         self.env.close()
 
 
-def _run_unit(unit: WorkUnit, task_env: _TaskEnv | None, settings: EpisodeSettings, connection: Connection) -> _TaskEnv:
+def _run_unit(
+    unit: WorkUnit,
+    task_env: _TaskEnv | None,
+    settings: EpisodeSettings,
+    connection: Connection,
+    server: PolicyClient | None,
+) -> _TaskEnv:
     if task_env is None or task_env.task_id != unit.task_id or task_env.resets_done > unit.episodes[0].reset_index:
         if task_env is not None:
             task_env.close()
         task_env = _TaskEnv(unit, settings.env_img_res)
 
     def request_chunk(observation: Observation) -> np.ndarray:
-        connection.send(("act", observation, unit.task))
-        try:
-            reply = connection.recv()
-        except EOFError as error:
-            raise RunnerGone("the evaluation runner closed the connection") from error
+        if server is not None:
+            try:
+                reply = server.predict_chunk(observation, unit.task)
+            except (PolicyServerError, ConnectionClosed) as error:
+                raise PolicyError(f"policy server {settings.policy_server}: {error}") from error
+        else:
+            connection.send(("act", observation, unit.task))
+            try:
+                reply = connection.recv()
+            except EOFError as error:
+                raise RunnerGone("the evaluation runner closed the connection") from error
         chunk = np.asarray(reply, dtype=np.float64)
         if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != settings.action_dim:
             raise PolicyError(
@@ -211,10 +231,13 @@ def _run_unit(unit: WorkUnit, task_env: _TaskEnv | None, settings: EpisodeSettin
 def worker_main(connection: Connection, settings: EpisodeSettings) -> None:
     """Entry point of a worker process: serve work units until told to stop (``None``) or the runner is gone."""
     task_env = None
+    server = None
     try:
         configure_rendering()
         prepare_libero()
         assert_tensorflow_absent()
+        if settings.policy_server is not None:
+            server = PolicyClient(settings.policy_server)
         while True:
             try:
                 unit = connection.recv()
@@ -222,7 +245,7 @@ def worker_main(connection: Connection, settings: EpisodeSettings) -> None:
                 return
             if unit is None:
                 return
-            task_env = _run_unit(unit, task_env, settings, connection)
+            task_env = _run_unit(unit, task_env, settings, connection, server)
     except RunnerGone:
         return
     except Exception:  # noqa: BLE001 - reported to the runner, which stops the evaluation
@@ -231,3 +254,5 @@ def worker_main(connection: Connection, settings: EpisodeSettings) -> None:
     finally:
         if task_env is not None:
             task_env.close()
+        if server is not None:
+            server.close()

@@ -222,8 +222,9 @@ class SimWorkerPool:
             "a negative code is the killing signal (-11: a segfault, e.g. TensorFlow imported next to Mesa rendering)"
         )
 
-    def run(self, units: list[WorkUnit], policy: Policy, on_episode: Callable[[EpisodeResult], None]) -> None:
-        """Run every unit, answering action requests with ``policy`` and passing each finished episode on."""
+    def run(self, units: list[WorkUnit], policy: Policy | None, on_episode: Callable[[EpisodeResult], None]) -> None:
+        """Run every unit, answering action requests with ``policy`` (None: the workers ask a policy server) and
+        passing each finished episode on."""
         queue = deque(units)
         active: dict[Connection, int] = {}
         for index, connection in enumerate(self._connections):
@@ -238,7 +239,7 @@ class SimWorkerPool:
                 except EOFError:
                     raise self._worker_died(index) from None
                 kind = message[0]
-                if kind == "act":
+                if kind == "act" and policy is not None:
                     connection.send(policy.predict_chunk(message[1], message[2]))
                 elif kind == "episode":
                     on_episode(message[1])
@@ -358,8 +359,9 @@ def _report(
     return success_rate
 
 
-def eval_libero(cfg: GenerateConfig, policy: Policy) -> float:
-    """Evaluate ``policy`` on the LIBERO suite of ``cfg``; returns the total success rate of the planned episodes.
+def eval_libero(cfg: GenerateConfig, policy: Policy | None) -> float:
+    """Evaluate ``policy`` (None with ``--policy_server``: the workers query the server) on the LIBERO suite of
+    ``cfg``; returns the total success rate of the planned episodes.
 
     ``cfg.unnorm_key`` should already be the key the policy uses (it is logged and saved with the run).
     """
@@ -408,6 +410,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy) -> float:
             action_dim=platform.action_dim,
             env_img_res=cfg.env_img_res,
             video_dir=str(paths.videos) if cfg.save_videos else None,
+            policy_server=cfg.policy_server,
         )
 
         def record(result: EpisodeResult) -> None:

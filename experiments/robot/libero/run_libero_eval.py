@@ -4,7 +4,9 @@
         --pretrained_checkpoint ckpts/spatial-forcing-7b-finetuned-libero-spatial --task_suite_name libero_spatial
 
 Upstream's flags and defaults (see ``GenerateConfig``), plus ``--num_workers``, ``--task_ids``, ``--max_steps``,
-``--save_videos`` and ``--run_id`` (pass an earlier run's id to resume it). Outputs: see ``evaluation.py``.
+``--save_videos``, ``--run_id`` (pass an earlier run's id to resume it) and ``--policy_server ws://host:port`` (the
+simulator workers query a running ``vla-scripts/serve_policy.py``; its key, if any, from $POLICY_SERVER_API_KEY).
+Outputs: see ``evaluation.py``.
 """
 
 import dataclasses
@@ -16,6 +18,8 @@ import draccus
 from experiments.robot.libero.config import GenerateConfig, validate_config
 from experiments.robot.libero.evaluation import eval_libero
 from experiments.robot.robot_utils import set_seed_everywhere
+from experiments.robot.serving.client import policy_server_metadata
+from prismatic.vla.constants import constants_for
 
 
 # No `from __future__ import annotations` here: draccus.wrap reads the real annotation of `cfg`.
@@ -26,6 +30,9 @@ def main(cfg: GenerateConfig) -> float:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s")
     validate_config(cfg)
     set_seed_everywhere(cfg.seed)
+    if cfg.policy_server:
+        metadata = policy_server_metadata(cfg.policy_server, constants_for(cfg.task_suite_name).action_dim)
+        return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None)
     # Imported here, not at the top: spawned simulator workers re-import this script and need no model code.
     from experiments.robot.vla_policy import VLAPolicy
 

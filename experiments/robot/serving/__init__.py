@@ -1,0 +1,1 @@
+"""Serving a policy over openpi's websocket protocol (server, LIBERO client, wire format)."""

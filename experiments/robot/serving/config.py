@@ -1,0 +1,151 @@
+"""``ServeConfig``: the flags of ``serve_policy.py``, and the server they build from a checkpoint folder."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.serving.observation import ObservationSpec, to_robot_units
+from experiments.robot.serving.server import PolicyServer, ServerSettings
+from experiments.robot.vla_policy import VLAPolicy
+from prismatic.policy.config import PolicyConfig, read_policy_config
+from prismatic.util.cli import UserError
+
+PROTOCOL = "openpi-websocket"
+
+
+@dataclass
+class ServeConfig:
+    # fmt: off
+    pretrained_checkpoint: str = ""               # Checkpoint folder (as for run_libero_eval.py)
+    host: str = "127.0.0.1"                       # Address to bind; any non-loopback address needs --api_key
+    port: int = 8000                              # Port (openpi's default); 0 lets the OS choose
+    api_key: str | None = None                    # Clients must send "Authorization: Api-Key <key>"
+    max_batch_size: int = 8                       # Requests answered by one forward pass at most (1: no batching)
+    batch_wait_ms: float = 5.0                    # How long the first request of a batch waits for others
+    max_message_mb: float = 32.0                  # Larger observations get an error reply
+    http_port: int | None = None                  # Also serve OpenVLA-OFT's POST /act (json-numpy) on this port
+    # Without policy_config.json in the checkpoint: the suite or dataset whose statistics and platform apply
+    task_suite_name: str = "libero_spatial"
+    unnorm_key: str = ""                          # Statistics key; "" = policy_config.json's, else the suite's
+    # Request keys (default: openpi's LIBERO keys, observation/<camera name>, observation/state, prompt)
+    camera_keys: list[str] | None = None          # Primary camera first, then wrist cameras
+    state_key: str = "observation/state"          # Unnormalised proprio state
+    prompt_key: str = "prompt"                    # Language instruction
+    # fmt: on
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to any interface
+
+
+def validate_serve_config(cfg: ServeConfig) -> None:
+    """Raise :class:`UserError` naming the flag before anything is loaded or bound."""
+    if not cfg.pretrained_checkpoint or not Path(cfg.pretrained_checkpoint).is_dir():
+        raise UserError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint!r}: expected a checkpoint folder")
+    if not is_loopback(cfg.host) and not cfg.api_key:
+        raise UserError(
+            f"--host {cfg.host} exposes the server beyond this machine: pass --api_key KEY (clients send "
+            "'Authorization: Api-Key KEY'), or bind 127.0.0.1"
+        )
+    if cfg.api_key is not None and len(cfg.api_key) < 8:
+        raise UserError("--api_key: expected at least 8 characters")
+    for flag in ("port", "http_port"):
+        port = getattr(cfg, flag)
+        if port is not None and not 0 <= port <= 65535:
+            raise UserError(f"--{flag} {port}: expected 0..65535")
+    if cfg.max_batch_size < 1:
+        raise UserError(f"--max_batch_size {cfg.max_batch_size}: expected at least 1")
+    if cfg.batch_wait_ms < 0:
+        raise UserError(f"--batch_wait_ms {cfg.batch_wait_ms}: expected a non-negative number")
+    if cfg.max_message_mb <= 0:
+        raise UserError(f"--max_message_mb {cfg.max_message_mb}: expected a positive number")
+
+
+def checkpoint_policy_config(cfg: ServeConfig) -> PolicyConfig:
+    """The checkpoint's ``policy_config.json``, or upstream's LIBERO defaults for ``--task_suite_name``."""
+    try:
+        policy_config = read_policy_config(cfg.pretrained_checkpoint)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return policy_config or PolicyConfig.upstream_default(cfg.task_suite_name)
+
+
+def observation_spec(cfg: ServeConfig, policy_config: PolicyConfig) -> ObservationSpec:
+    default = ObservationSpec.openpi_default(policy_config)
+    camera_keys = tuple(cfg.camera_keys) if cfg.camera_keys is not None else default.camera_keys
+    if len(camera_keys) != policy_config.num_images_in_input:
+        raise UserError(
+            f"--camera_keys {list(camera_keys)}: the checkpoint reads {policy_config.num_images_in_input} image(s)"
+        )
+    state_key = cfg.state_key if policy_config.use_proprio else None
+    return ObservationSpec(camera_keys, state_key, cfg.prompt_key, policy_config.embodiment.proprio_dim)
+
+
+def load_policy(cfg: ServeConfig) -> VLAPolicy:
+    """The evaluation's policy object, with the choices the checkpoint's ``policy_config.json`` describes."""
+    try:
+        return VLAPolicy.from_checkpoint(
+            cfg.pretrained_checkpoint, task_suite_name=cfg.task_suite_name, unnorm_key=cfg.unnorm_key or None
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint}: {error}") from None
+
+
+def server_metadata(
+    cfg: ServeConfig, policy_config: PolicyConfig, spec: ObservationSpec, policy: VLAPolicy
+) -> dict[str, Any]:
+    """What a client learns on connecting: the request keys and the geometry of the replies."""
+    embodiment = policy_config.embodiment
+    return {
+        "protocol": PROTOCOL,
+        "model_family": policy_config.model_family,
+        "checkpoint": Path(cfg.pretrained_checkpoint).name,
+        "action_head": policy_config.action_head,
+        "action_dim": embodiment.action_dim,
+        "num_actions_chunk": embodiment.num_actions_chunk,
+        "proprio_dim": embodiment.proprio_dim if policy_config.use_proprio else 0,
+        "camera_keys": list(spec.camera_keys),
+        "state_key": spec.state_key,
+        "prompt_key": spec.prompt_key,
+        "image_size": OPENVLA_IMAGE_SIZE,
+        "center_crop": policy_config.image.center_crop,
+        "unnorm_key": policy.unnorm_key,
+        "normalization_type": embodiment.normalization_type,
+        "gripper": embodiment.gripper,
+        "max_batch_size": cfg.max_batch_size,
+        "max_message_bytes": int(cfg.max_message_mb * 2**20),
+    }
+
+
+def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicyServer:
+    """The server of ``cfg`` (``policy``: an already loaded policy of the same checkpoint, e.g. in tests)."""
+    validate_serve_config(cfg)
+    policy_config = checkpoint_policy_config(cfg)
+    spec = observation_spec(cfg, policy_config)
+    policy = policy if policy is not None else load_policy(cfg)
+    settings = ServerSettings(
+        host=cfg.host,
+        port=cfg.port,
+        api_key=cfg.api_key,
+        max_batch_size=cfg.max_batch_size,
+        batch_wait_ms=cfg.batch_wait_ms,
+        max_message_bytes=int(cfg.max_message_mb * 2**20),
+        http_port=cfg.http_port,
+    )
+    return PolicyServer(
+        policy,
+        spec,
+        server_metadata(cfg, policy_config, spec, policy),
+        settings,
+        postprocess=lambda chunk: to_robot_units(chunk, policy_config),
+        http_spec=ObservationSpec.openvla_oft(policy_config),
+    )
