@@ -63,6 +63,11 @@ class FinetuneConfig:
     use_wandb: bool = True                           # Log to wandb (offline unless WANDB_API_KEY is set)
     attn_implementation: str = "sdpa"                # sdpa | eager (flash_attention_2 cannot honour the mask)
     val_batches: int = 16                            # Upper bound on batches per validation round
+    # Ours, LeRobot datasets only (<data_root_dir>/<dataset_name>/meta/info.json): the feature mapping
+    lerobot_camera_keys: str = ""                    # Comma-separated image features, primary first ("": all)
+    lerobot_state_key: str = "observation.state"     # Feature fed as proprio
+    lerobot_action_key: str = "action"               # Feature predicted as actions
+    num_actions_chunk: int = 8                       # Actions per predicted chunk
     # fmt: on
 
     @property

@@ -183,6 +183,8 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     """
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
+    from prismatic.vla.datasets.lerobot import is_lerobot_dataset
+    from prismatic.vla.datasets.lerobot_dataset import LeRobotDataset, lerobot_config
 
     tokenizer = model.processor.tokenizer
     batch_transform = RLDSBatchTransform(
@@ -192,23 +194,29 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
         use_wrist_image=cfg.num_images_in_input > 1,
         use_proprio=cfg.use_proprio,
     )
-    dataset = RLDSDataset(
-        RLDSConfig(
-            data_root_dir=cfg.data_root_dir,
-            data_mix=cfg.dataset_name,
-            resize_resolution=tuple(model.processor.image_processor.input_sizes[0][1:]),
-            shuffle_buffer_size=cfg.shuffle_buffer_size,
-            train=train,
-            image_aug=cfg.image_aug and train,
-            num_images_in_input=cfg.num_images_in_input,
-            use_proprio=cfg.use_proprio,
-            seed=cfg.seed,
-            skip_samples=skip_samples,
-            rank=ctx.rank if train else 0,
-            world_size=ctx.world_size if train else 1,
-        ),
-        batch_transform,
-    )
+    resize_resolution = tuple(model.processor.image_processor.input_sizes[0][1:])
+    rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
+    if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
+        config = lerobot_config(cfg, resize_resolution, train, skip_samples, rank, world_size)
+        dataset = LeRobotDataset(config, batch_transform)
+    else:
+        dataset = RLDSDataset(
+            RLDSConfig(
+                data_root_dir=cfg.data_root_dir,
+                data_mix=cfg.dataset_name,
+                resize_resolution=resize_resolution,
+                shuffle_buffer_size=cfg.shuffle_buffer_size,
+                train=train,
+                image_aug=cfg.image_aug and train,
+                num_images_in_input=cfg.num_images_in_input,
+                use_proprio=cfg.use_proprio,
+                seed=cfg.seed,
+                skip_samples=skip_samples,
+                rank=rank,
+                world_size=world_size,
+            ),
+            batch_transform,
+        )
     collator = PaddedCollatorForActionPrediction(
         tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
     )

@@ -9,13 +9,15 @@ standardised, un-normalised data, in float64: population std and linearly interp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from prismatic.util.io import write_json_atomic
+from prismatic.vla.constants import NormalizationType
 
 STAT_KEYS = ("mean", "std", "max", "min", "q01", "q99")
 NORMALIZATION_EPS = 1e-8  # upstream's denominator guard: (q99 - q01 + 1e-8)
@@ -47,10 +49,53 @@ def _array_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+NUMPY_OPS = SimpleNamespace(clip=np.clip, where=np.where)
+
+
+def normalize(
+    values: Any, stats: Mapping[str, Any], normalization_type: NormalizationType, ops: Any = NUMPY_OPS
+) -> Any:
+    """Maps the [low, high] range of each masked dim to [-1, 1] (clipped); dims with min == max become 0.
+
+    BOUNDS_Q99 uses (q01, q99), BOUNDS uses (min, max); dims outside ``stats["mask"]`` pass through. One
+    implementation for both pipelines: ``ops`` supplies ``clip(x, low, high)`` and ``where(cond, a, b)``
+    (numpy by default; the tf.data pipeline passes TensorFlow's).
+    """
+    low_key, high_key = {
+        NormalizationType.BOUNDS_Q99: ("q01", "q99"),
+        NormalizationType.BOUNDS: ("min", "max"),
+    }.get(normalization_type, (None, None))
+    if low_key is None:
+        raise NotImplementedError(f"Normalization type {normalization_type!r} is not supported by the data pipeline.")
+    low = np.asarray(stats[low_key], np.float32)
+    high = np.asarray(stats[high_key], np.float32)
+    mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
+    constant = np.asarray(stats["min"]) == np.asarray(stats["max"])
+    scaled = ops.clip(2.0 * (values - low) / (high - low + np.float32(NORMALIZATION_EPS)) - 1.0, -1.0, 1.0)
+    return ops.where(constant, np.float32(0.0), ops.where(mask, scaled, values))
+
+
+def cached_statistics(candidates: list[Path], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Statistics read from the first existing cache file in ``candidates``, else computed and written to the first
+    writable one (atomically). Shared by the RLDS and LeRobot readers."""
+    for path in candidates:
+        if path.is_file():
+            with open(path) as handle:
+                return statistics_from_json(json.load(handle))
+    statistics = compute()
+    for path in candidates:
+        try:
+            write_json_atomic(path, statistics_to_json(statistics))
+            return statistics
+        except OSError:
+            continue
+    raise OSError(f"Cannot write the dataset statistics cache to any of {[str(path) for path in candidates]}.")
+
+
 def unnormalize_bounds_q99(normalized: np.ndarray, stats: Mapping[str, np.ndarray]) -> np.ndarray:
     """Inverse of BOUNDS_Q99 on the masked dims (``0.5 (a + 1)(q99 - q01 + eps) + q01``); other dims pass through.
 
-    The forward direction runs inside the tf.data pipeline (``transforms.normalize_bounds_q99``).
+    The forward direction is ``normalize``.
     """
     low, high = np.asarray(stats["q01"]), np.asarray(stats["q99"])
     mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)

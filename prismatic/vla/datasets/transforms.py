@@ -8,13 +8,12 @@ observation window (only the current observation is kept).
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.config import ImageAugConfig
-from prismatic.vla.datasets.statistics import NORMALIZATION_EPS
+from prismatic.vla.datasets.statistics import normalize
 from prismatic.vla.datasets.tf_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -55,36 +54,18 @@ def restructure_trajectory(episode: Trajectory, spec: RLDSDatasetSpec, camera_vi
     }
 
 
-def normalize(values: Any, stats: dict[str, Any], normalization_type: NormalizationType) -> Any:
-    """Maps the [low, high] range of each masked dim to [-1, 1] (clipped); dims with min == max become 0.
-
-    BOUNDS_Q99 uses (q01, q99), BOUNDS uses (min, max); dims outside ``stats["mask"]`` pass through.
-    """
-    tf = import_tensorflow()
-    low_key, high_key = {
-        NormalizationType.BOUNDS_Q99: ("q01", "q99"),
-        NormalizationType.BOUNDS: ("min", "max"),
-    }.get(normalization_type, (None, None))
-    if low_key is None:
-        raise NotImplementedError(f"Normalization type {normalization_type!r} is not supported by the RLDS pipeline.")
-    low = tf.constant(stats[low_key], tf.float32)
-    high = tf.constant(stats[high_key], tf.float32)
-    mask = tf.constant(stats.get("mask", [True] * len(stats[low_key])), tf.bool)
-    scaled = tf.clip_by_value(2.0 * (values - low) / (high - low + NORMALIZATION_EPS) - 1.0, -1.0, 1.0)
-    normalized = tf.where(mask, scaled, values)
-    return tf.where(tf.constant(np.asarray(stats["min"]) == np.asarray(stats["max"])), 0.0, normalized)
-
-
 def normalize_trajectory(
     trajectory: Trajectory, statistics: dict[str, Any], normalization_type: NormalizationType
 ) -> Trajectory:
     """Normalises ``action`` (honouring the action mask) and ``observation/proprio`` (all dims)."""
+    tf = import_tensorflow()
+    ops = SimpleNamespace(clip=tf.clip_by_value, where=tf.where)
     observation = dict(trajectory["observation"])
-    observation["proprio"] = normalize(observation["proprio"], statistics["proprio"], normalization_type)
+    observation["proprio"] = normalize(observation["proprio"], statistics["proprio"], normalization_type, ops)
     return {
         **trajectory,
         "observation": observation,
-        "action": normalize(trajectory["action"], statistics["action"], normalization_type),
+        "action": normalize(trajectory["action"], statistics["action"], normalization_type, ops),
     }
 
 
