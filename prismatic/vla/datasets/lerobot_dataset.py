@@ -30,12 +30,9 @@ from prismatic.vla.constants import NormalizationType, PlatformConstants
 from prismatic.vla.datasets.augmentation import apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig
 from prismatic.vla.datasets.lerobot import (
-    INFO_FILE,
     LeRobotMapping,
     get_lerobot_statistics,
     open_lerobot,
-    read_info,
-    resolve_mapping,
     split_episodes,
 )
 from prismatic.vla.datasets.pipeline import derive_seed
@@ -205,22 +202,19 @@ def mapping_from_flags(cfg: Any) -> LeRobotMapping:
 
 
 def lerobot_platform(cfg: Any) -> PlatformConstants:
-    """Checks the training flags against the dataset's ``meta/info.json`` (mapping, number of cameras, chunk length)
-    and returns the platform constants of the data: dims from the dataset, chunk length from ``--num_actions_chunk``."""
-    root = Path(cfg.data_root_dir) / cfg.dataset_name
-    info = read_info(root)
-    mapping = resolve_mapping(mapping_from_flags(cfg), info.get("features", {}), root / INFO_FILE)
-    if not 1 <= cfg.num_images_in_input <= len(mapping.camera_keys):
+    """Opens the dataset of the training flags (every check of ``open_lerobot``: mapping, columns, shapes, files),
+    checks the number of cameras and the chunk length, and returns the platform constants of the data: dims from the
+    dataset, chunk length from ``--num_actions_chunk``. Writes nothing."""
+    source = open_lerobot(cfg.data_root_dir, cfg.dataset_name, mapping_from_flags(cfg))
+    cameras = source.mapping.camera_keys
+    if not 1 <= cfg.num_images_in_input <= len(cameras):
         raise UserError(
             f"--num_images_in_input {cfg.num_images_in_input} does not match LeRobot dataset {cfg.dataset_name!r}, "
-            f"mapped to cameras {list(mapping.camera_keys)}: expected 1..{len(mapping.camera_keys)}."
+            f"mapped to cameras {list(cameras)}: expected 1..{len(cameras)}."
         )
     if cfg.num_actions_chunk < 1:
         raise UserError(f"--num_actions_chunk must be >= 1, got {cfg.num_actions_chunk}.")
-    features = info["features"]
-    action_dim = int(features[mapping.action_key]["shape"][0])
-    proprio_dim = int(features[mapping.state_key]["shape"][0])
-    return PlatformConstants(PLATFORM_NAME, cfg.num_actions_chunk, action_dim, proprio_dim, NORMALIZATION)
+    return PlatformConstants(PLATFORM_NAME, cfg.num_actions_chunk, source.action_dim, source.proprio_dim, NORMALIZATION)
 
 
 def lerobot_config(
