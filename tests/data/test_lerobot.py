@@ -191,3 +191,27 @@ def test_reading_lerobot_data_never_imports_tensorflow(data_root):
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_inspect_dataset_describes_a_lerobot_dataset(data_root, tmp_path, capsys):
+    import draccus
+
+    from prismatic.vla.datasets import load_dataset_statistics
+
+    from .test_inspect_dataset import load_script
+
+    script = load_script()
+    stats_out, preview_out = tmp_path / "dataset_statistics.json", tmp_path / "preview.png"
+    args = ["--data_root_dir", str(data_root), "--dataset_name", "aloha_like_v30", "--num_images_in_input", "3"]
+    args += ["--num_actions_chunk", "4", "--stats_out", str(stats_out), "--batch_size", "2"]
+    args += ["--num_preview_frames", "2", "--preview_out", str(preview_out)]
+    script.inspect_dataset(draccus.parse(script.InspectConfig, args=args))
+
+    columns = _parquet_columns(data_root / "aloha_like_v30")
+    saved = load_dataset_statistics(stats_out)["aloha_like_v30"]
+    np.testing.assert_allclose(saved["action"]["q01"], np.quantile(columns["action"].astype(np.float64), 0.01, axis=0))
+    printed = capsys.readouterr().out
+    assert "aloha_like_v30: 4 episodes, 55 transitions" in printed
+    assert "pixel_values    (2, 18, 224, 224) torch.float32" in printed
+    assert "actions         (2, 4, 14) torch.float32" in printed
+    assert preview_out.is_file()
