@@ -45,11 +45,11 @@ def sample_params(aug: ImageAugConfig, seed: int, sample_index: int, camera_inde
 
 def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
     """``tf.image.rgb_to_hsv`` of float [0, 1] RGB: hue in [0, 1)."""
-    value = image.max(axis=-1)
-    chroma = value - image.min(axis=-1)
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    value = np.maximum(np.maximum(red, green), blue)
+    chroma = value - np.minimum(np.minimum(red, green), blue)
     saturation = np.where(value > 0, chroma / np.where(value > 0, value, 1), 0)
     safe_chroma = np.where(chroma > 0, chroma, 1)
-    red, green, blue = np.moveaxis(image, -1, 0)
     hue = np.where(
         value == red,
         (green - blue) / safe_chroma,
@@ -61,13 +61,10 @@ def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     """``tf.image.hsv_to_rgb``."""
-    hue, saturation, value = np.moveaxis(hsv, -1, 0)
-    sector = hue * 6
-    red = np.clip(np.abs(sector - 3) - 1, 0, 1)
-    green = np.clip(2 - np.abs(sector - 2), 0, 1)
-    blue = np.clip(2 - np.abs(sector - 4), 0, 1)
-    rgb = np.stack([red, green, blue], axis=-1)
-    return (((rgb - 1) * saturation[..., None] + 1) * value[..., None]).astype(np.float32)
+    hue, saturation, value = hsv[..., 0:1], hsv[..., 1:2], hsv[..., 2:3]
+    sector = hue * np.float32(6) - np.array([3, 2, 4], np.float32)  # [H, W, 3]
+    rgb = np.clip(np.abs(sector) * np.array([1, -1, -1], np.float32) + np.array([-1, 2, 2], np.float32), 0, 1)
+    return (((rgb - 1) * saturation + 1) * value).astype(np.float32)
 
 
 def apply_augmentation(image: np.ndarray, params: AugmentationParams) -> np.ndarray:
@@ -77,10 +74,10 @@ def apply_augmentation(image: np.ndarray, params: AugmentationParams) -> np.ndar
     pixels = np.clip(pixels + np.float32(params.brightness_delta), 0, 1)
     mean = pixels.mean(axis=(0, 1), keepdims=True)
     pixels = np.clip((pixels - mean) * np.float32(params.contrast_factor) + mean, 0, 1)
+    # Saturation then hue, in one HSV round trip (TF converts back to RGB in between; HSV -> RGB -> HSV is the
+    # identity up to float rounding, so the result agrees to one uint8 level; the parity test checks it).
     hsv = rgb_to_hsv(pixels)
     hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(params.saturation_factor), 0, 1)
-    pixels = np.clip(hsv_to_rgb(hsv), 0, 1)
-    hsv = rgb_to_hsv(pixels)
     hsv[..., 0] = (hsv[..., 0] + np.float32(params.hue_delta)) % 1.0
     pixels = np.clip(hsv_to_rgb(hsv), 0, 1)
     return np.clip(pixels * np.float32(255.5), 0, 255).astype(np.uint8)
