@@ -215,3 +215,32 @@ def test_inspect_dataset_describes_a_lerobot_dataset(data_root, tmp_path, capsys
     assert "pixel_values    (2, 18, 224, 224) torch.float32" in printed
     assert "actions         (2, 4, 14) torch.float32" in printed
     assert preview_out.is_file()
+
+
+def test_mapping_and_embodiment_round_trip_through_the_policy_config(data_root, tmp_path):
+    from prismatic.policy.config import PolicyConfig, read_policy_config, write_policy_config
+
+    cameras = ("observation.images.cam_high", "observation.images.cam_right_wrist")
+    dataset = _dataset(data_root, "aloha_like_v21", mapping=LeRobotMapping(camera_keys=cameras), num_actions_chunk=6)
+    config = PolicyConfig(
+        num_images_in_input=2, unnorm_key="aloha_like_v21", embodiment=dataset.embodiment(), data=dataset.policy_data()
+    )
+    write_policy_config(tmp_path, config)
+    reloaded = read_policy_config(tmp_path)
+    assert reloaded.embodiment.platform() == dataset.platform
+    assert (reloaded.embodiment.action_dim, reloaded.embodiment.num_actions_chunk) == (14, 6)
+    assert reloaded.embodiment.camera_names == list(cameras) and reloaded.embodiment.gripper == "none"
+    assert reloaded.data["camera_keys"] == list(cameras) and reloaded.data["codebase_version"] == "v2.1"
+    assert reloaded.data["state_key"] == "observation.state" and reloaded.data["action_key"] == "action"
+
+
+def test_an_rlds_dataset_describes_its_embodiment_the_same_way(synthetic_dataset):
+    from prismatic.vla.constants import LIBERO
+    from prismatic.vla.datasets import RLDSConfig, RLDSDataset
+
+    dataset = RLDSDataset(
+        RLDSConfig(data_root_dir=synthetic_dataset.data_root_dir, data_mix="libero_spatial_no_noops"), lambda f: f
+    )
+    embodiment = dataset.embodiment()
+    assert embodiment.platform() == LIBERO and embodiment.camera_names == ["image", "wrist_image"]
+    assert embodiment.gripper == "libero" and dataset.policy_data()["format"] == "rlds"

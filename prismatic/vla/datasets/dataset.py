@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from prismatic.policy.config import EmbodimentConfig
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.config import RLDSConfig
 from prismatic.vla.datasets.pipeline import build_dataset, load_sources
@@ -51,6 +52,15 @@ class RLDSDataset(IterableDataset):
     def platform(self) -> PlatformConstants:
         """Chunk length, action/proprio dims and normalisation of the data (one platform per mixture)."""
         return self.sources[0].spec.platform
+
+    def embodiment(self) -> EmbodimentConfig:
+        """The embodiment saved with the checkpoint (``PolicyConfig.embodiment``); cameras are the RLDS image keys."""
+        cameras = [self.sources[0].spec.image_obs_keys[view] for view in self.config.camera_views]
+        return EmbodimentConfig.from_platform(self.platform, camera_names=cameras)
+
+    def policy_data(self) -> dict[str, Any]:
+        """The data record saved with the checkpoint (``PolicyConfig.data``)."""
+        return {"format": "rlds", "dataset_name": self.config.data_mix, "data_root_dir": str(self.config.data_root_dir)}
 
     @property
     def builder_dirs(self) -> list[Path]:

@@ -125,6 +125,7 @@ class LeRobotDataset(IterableDataset):
             **self.source.mapping.to_dict(),
             "camera_keys": list(self.cameras),
             "dataset_name": self.config.dataset_name,
+            "data_root_dir": str(self.config.data_root_dir),
             "codebase_version": self.source.version,
             "fps": self.source.fps,
         }
