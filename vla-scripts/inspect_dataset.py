@@ -1,4 +1,4 @@
-"""Look at an RLDS dataset before training on it.
+"""Look at an RLDS or LeRobot dataset before training on it.
 
 Prints the number of episodes and transitions, the action/proprio statistics (and writes them, keyed by dataset
 name, in ``dataset_statistics.json`` format with ``--stats_out``), the keys, shapes and dtypes of collated
@@ -7,6 +7,10 @@ with their instruction and normalised action chunk.
 
     python vla-scripts/inspect_dataset.py --data_root_dir data/libero --dataset_name libero_spatial_no_noops \
         --stats_out dataset_statistics.json --num_batches 2
+
+A LeRobot folder (``<data_root_dir>/<dataset_name>/meta/info.json``, format v2.1 or v3.0) is read with the feature
+mapping flags of training (``--lerobot_camera_keys``, ``--lerobot_state_key``, ``--lerobot_action_key``,
+``--num_actions_chunk``).
 
 Without ``--vla_path`` batches are built with the offline tiny tokenizer and openvla-7b's image preprocessing
 (same keys, shapes and dtypes as with the real processor; prompt token ids differ). With ``--vla_path`` (a
@@ -26,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from prismatic.util.cli import run_cli  # noqa: E402
 from prismatic.vla.action_tokenizer import ActionTokenizer  # noqa: E402
 from prismatic.vla.datasets import (  # noqa: E402
     PaddedCollatorForActionPrediction,
@@ -34,6 +39,8 @@ from prismatic.vla.datasets import (  # noqa: E402
     RLDSDataset,
     save_dataset_statistics,
 )
+from prismatic.vla.datasets.lerobot import is_lerobot_dataset  # noqa: E402
+from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags  # noqa: E402
 from prismatic.vla.datasets.pipeline import build_dataset  # noqa: E402
 from prismatic.vla.datasets.visualize import save_frame_grid  # noqa: E402
 
@@ -51,6 +58,11 @@ class InspectConfig:
     preview_out: Path | None = None  # default: ./inspect_<dataset_name>.png
     vla_path: Path | None = None  # checkpoint folder with tokenizer + preprocessor_config.json
     seed: int = 7
+    # LeRobot datasets only: the feature mapping, as in training
+    lerobot_camera_keys: str = ""  # comma-separated image features, primary first ("": all)
+    lerobot_state_key: str = "observation.state"
+    lerobot_action_key: str = "action"
+    num_actions_chunk: int = 8
 
 
 def load_processing(vla_path: Path | None) -> tuple[Any, Any]:
@@ -85,14 +97,26 @@ def inspect_dataset(cfg: InspectConfig) -> dict[str, Any]:
         use_wrist_image=cfg.num_images_in_input > 1,
         use_proprio=True,
     )
-    data_config = RLDSConfig(
-        data_root_dir=cfg.data_root_dir,
-        data_mix=cfg.dataset_name,
-        shuffle_buffer_size=cfg.shuffle_buffer_size,
-        num_images_in_input=cfg.num_images_in_input,
-        seed=cfg.seed,
-    )
-    dataset = RLDSDataset(data_config, batch_transform)
+    lerobot = is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name)
+    if lerobot:
+        data_config = LeRobotConfig(
+            data_root_dir=cfg.data_root_dir,
+            dataset_name=cfg.dataset_name,
+            mapping=mapping_from_flags(cfg),
+            num_actions_chunk=cfg.num_actions_chunk,
+            num_images_in_input=cfg.num_images_in_input,
+            seed=cfg.seed,
+        )
+        dataset = LeRobotDataset(data_config, batch_transform)
+    else:
+        data_config = RLDSConfig(
+            data_root_dir=cfg.data_root_dir,
+            data_mix=cfg.dataset_name,
+            shuffle_buffer_size=cfg.shuffle_buffer_size,
+            num_images_in_input=cfg.num_images_in_input,
+            seed=cfg.seed,
+        )
+        dataset = RLDSDataset(data_config, batch_transform)
 
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     for name, statistics in dataset.dataset_statistics.items():
@@ -119,8 +143,11 @@ def inspect_dataset(cfg: InspectConfig) -> dict[str, Any]:
     num_frames = cfg.num_preview_frames
     plain = _take(dataset.iter_frames(), num_frames)
     augmented_config = replace(data_config, image_aug=True)
-    augmented_stream = build_dataset(augmented_config, dataset.sources, dataset.rank, dataset.world_size)
-    augmented = _take(augmented_stream.as_numpy_iterator(), num_frames)
+    if lerobot:
+        augmented = _take(LeRobotDataset(augmented_config, batch_transform).iter_frames(), num_frames)
+    else:
+        augmented_stream = build_dataset(augmented_config, dataset.sources, dataset.rank, dataset.world_size)
+        augmented = _take(augmented_stream.as_numpy_iterator(), num_frames)
     preview_out = cfg.preview_out or Path(f"inspect_{cfg.dataset_name}.png")
     print(f"Preview of {num_frames} frames saved to {save_frame_grid(plain, augmented, preview_out)}")
     return {"dataset_statistics": dataset.dataset_statistics, "batch": first_batch}
@@ -136,4 +163,4 @@ def main(cfg: InspectConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,7 +11,6 @@ un-normalised chunk. What the policy is (heads, inputs, embodiment, preprocessin
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from pathlib import Path
 from typing import Any
 

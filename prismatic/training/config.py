@@ -66,6 +66,11 @@ class FinetuneConfig:
     val_set_fraction: float = 0.05                   # --use_val_set: share of episodes held out (the last ones)
     crop_independent_draws: bool = False             # Crop box from 4 independent draws (upstream: one; README)
     lora_fp32: bool = False                          # LoRA adapters in fp32 (upstream: the base model's dtype)
+    # Ours, LeRobot datasets only (<data_root_dir>/<dataset_name>/meta/info.json): the feature mapping
+    lerobot_camera_keys: str = ""                    # Comma-separated image features, primary first ("": all)
+    lerobot_state_key: str = "observation.state"     # Feature fed as proprio
+    lerobot_action_key: str = "action"               # Feature predicted as actions
+    num_actions_chunk: int = 8                       # Actions per predicted chunk
     # fmt: on
 
     @property

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.vla.constants import PlatformConstants
+from prismatic.vla.datasets.lerobot import is_lerobot_dataset
+from prismatic.vla.datasets.lerobot_dataset import lerobot_platform
 
 
 def _positive(cfg: FinetuneConfig, *names: str) -> None:
@@ -54,8 +56,12 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
         raise ValueError(f"--lora_rank must be >= 1 with --use_lora True, got {cfg.lora_rank}.")
     check_attn_implementation(cfg.attn_implementation)
 
-    specs = resolve_data_mix(cfg.dataset_name)
-    platform = specs[0][0].platform
+    if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
+        platform = lerobot_platform(cfg)
+        specs = []
+    else:
+        specs = resolve_data_mix(cfg.dataset_name)
+        platform = specs[0][0].platform
     for spec, _ in specs:
         num_cameras = len(spec.image_obs_keys)
         if not 1 <= cfg.num_images_in_input <= num_cameras:

@@ -210,6 +210,8 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
     from prismatic.vla.datasets.config import ImageAugConfig
+    from prismatic.vla.datasets.lerobot import is_lerobot_dataset
+    from prismatic.vla.datasets.lerobot_dataset import LeRobotDataset, lerobot_config
 
     tokenizer = model.processor.tokenizer
     batch_transform = RLDSBatchTransform(
@@ -219,25 +221,31 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
         use_wrist_image=cfg.num_images_in_input > 1,
         use_proprio=cfg.use_proprio,
     )
-    dataset = RLDSDataset(
-        RLDSConfig(
-            data_root_dir=cfg.data_root_dir,
-            data_mix=cfg.dataset_name,
-            resize_resolution=tuple(model.processor.image_processor.input_sizes[0][1:]),
-            shuffle_buffer_size=cfg.shuffle_buffer_size,
-            train=train,
-            image_aug=cfg.image_aug and train,
-            image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
-            val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
-            num_images_in_input=cfg.num_images_in_input,
-            use_proprio=cfg.use_proprio,
-            seed=cfg.seed,
-            skip_samples=skip_samples,
-            rank=ctx.rank if train else 0,
-            world_size=ctx.world_size if train else 1,
-        ),
-        batch_transform,
-    )
+    resize_resolution = tuple(model.processor.image_processor.input_sizes[0][1:])
+    rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
+    if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
+        config = lerobot_config(cfg, resize_resolution, train, skip_samples, rank, world_size)
+        dataset = LeRobotDataset(config, batch_transform)
+    else:
+        dataset = RLDSDataset(
+            RLDSConfig(
+                data_root_dir=cfg.data_root_dir,
+                data_mix=cfg.dataset_name,
+                resize_resolution=resize_resolution,
+                shuffle_buffer_size=cfg.shuffle_buffer_size,
+                train=train,
+                image_aug=cfg.image_aug and train,
+                image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
+                val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
+                num_images_in_input=cfg.num_images_in_input,
+                use_proprio=cfg.use_proprio,
+                seed=cfg.seed,
+                skip_samples=skip_samples,
+                rank=rank,
+                world_size=world_size,
+            ),
+            batch_transform,
+        )
     collator = PaddedCollatorForActionPrediction(
         tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
     )
@@ -343,7 +351,13 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
     if ctx.is_main:
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
-    model.policy_config.data["episodes"] = _split_sizes(cfg, dataset, ctx.is_main)
+    # The checkpoint describes the data it was trained on: embodiment (dims, cameras, gripper) and source.
+    episode_counts = dataset.episode_counts()
+    model.policy_config.embodiment = dataset.embodiment()
+    model.policy_config.data = {**dataset.policy_data(), "episodes": episode_counts}
+    if ctx.is_main:
+        for name, counts in episode_counts.items():
+            print(f"{name}: {counts['train']} training episodes, {counts['val']} validation episodes", flush=True)
     if cfg.dataset_name not in dataset.dataset_statistics:  # a mixture: evaluation picks the suite's statistics
         model.policy_config.unnorm_key = ""
     ctx.barrier()
@@ -387,20 +401,6 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
             logger.write(step, run_validation(cfg, model, platform, ctx))
     logger.close()
     return last_checkpoint
-
-
-def _split_sizes(cfg: FinetuneConfig, dataset, log: bool) -> dict[str, dict[str, int]]:
-    """Training and validation episodes per dataset (printed to the run log when ``log``)."""
-    from prismatic.vla.datasets.rlds import split_sizes
-
-    val_fraction = cfg.val_set_fraction if cfg.use_val_set else 0.0
-    sizes = {}
-    for source in dataset.sources:
-        num_train, num_val = split_sizes(source.builder, val_fraction)
-        sizes[source.spec.name] = {"train": num_train, "val": num_val}
-        if log:
-            print(f"{source.spec.name}: {num_train} training episodes, {num_val} validation episodes", flush=True)
-    return sizes
 
 
 @torch.no_grad()

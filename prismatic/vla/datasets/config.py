@@ -80,3 +80,10 @@ class RLDSConfig:
     @property
     def camera_views(self) -> tuple[str, ...]:
         return ("primary", "wrist")[: self.num_images_in_input]
+
+
+def holdout_episodes(num_episodes: int, val_fraction: float) -> int:
+    """Episodes held out for validation: ``round(val_fraction * num_episodes)``, at least 1 and at most N - 1."""
+    if val_fraction <= 0:
+        return 0
+    return min(max(1, round(val_fraction * num_episodes)), num_episodes - 1)

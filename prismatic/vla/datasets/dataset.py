@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from prismatic.vla.constants import PlatformConstants
+from prismatic.policy.config import EmbodimentConfig
+from prismatic.vla.constants import LIBERO, PlatformConstants
 from prismatic.vla.datasets.config import RLDSConfig
 from prismatic.vla.datasets.pipeline import build_dataset, load_sources
-from prismatic.vla.datasets.rlds import naming_corrupt_data
+from prismatic.vla.datasets.rlds import naming_corrupt_data, split_sizes
 
 
 def resolve_rank(config: RLDSConfig) -> tuple[int, int]:
@@ -51,6 +52,24 @@ class RLDSDataset(IterableDataset):
     def platform(self) -> PlatformConstants:
         """Chunk length, action/proprio dims and normalisation of the data (one platform per mixture)."""
         return self.sources[0].spec.platform
+
+    def embodiment(self) -> EmbodimentConfig:
+        """The embodiment saved with the checkpoint (``PolicyConfig.embodiment``); cameras are the RLDS image keys."""
+        cameras = [self.sources[0].spec.image_obs_keys[view] for view in self.config.camera_views]
+        gripper = "libero" if self.platform.name == LIBERO.name else "none"
+        return EmbodimentConfig.from_platform(self.platform, camera_names=cameras, gripper=gripper)
+
+    def episode_counts(self) -> dict[str, dict[str, int]]:
+        """Training and validation episodes per dataset under the config's ``val_fraction``."""
+        counts = {}
+        for source in self.sources:
+            num_train, num_val = split_sizes(source.builder, self.config.val_fraction)
+            counts[source.spec.name] = {"train": num_train, "val": num_val}
+        return counts
+
+    def policy_data(self) -> dict[str, Any]:
+        """The data record saved with the checkpoint (``PolicyConfig.data``)."""
+        return {"format": "rlds", "dataset_name": self.config.data_mix, "data_root_dir": str(self.config.data_root_dir)}
 
     @property
     def builder_dirs(self) -> list[Path]:

@@ -18,13 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from prismatic.util.io import write_json_atomic
+from prismatic.vla.datasets.config import holdout_episodes
 from prismatic.vla.datasets.registry import RLDSDatasetSpec
-from prismatic.vla.datasets.statistics import (
-    compute_statistics,
-    statistics_from_json,
-    statistics_to_json,
-)
+from prismatic.vla.datasets.statistics import cached_statistics, compute_statistics
 from prismatic.vla.datasets.tf_runtime import import_tensorflow, import_tensorflow_datasets, without_autograph
 from prismatic.vla.datasets.transforms import restructure_trajectory
 
@@ -111,13 +107,6 @@ def naming_corrupt_data(builder_dirs: list[Path]) -> Iterator[None]:
         raise RuntimeError(f"Corrupt RLDS data while reading {dirs}: {error.message}") from error
 
 
-def holdout_episodes(num_episodes: int, val_fraction: float) -> int:
-    """Episodes held out for validation: ``round(val_fraction * num_episodes)``, at least 1 and at most N - 1."""
-    if val_fraction <= 0:
-        return 0
-    return min(max(1, round(val_fraction * num_episodes)), num_episodes - 1)
-
-
 def split_sizes(builder: Any, val_fraction: float) -> tuple[int, int]:
     """(training episodes, validation episodes) of a dataset under ``val_fraction`` (see ``split_for``)."""
     splits = builder.info.splits
@@ -195,14 +184,7 @@ def get_dataset_statistics(
     cache_name = f"dataset_statistics_{_statistics_cache_key(builder)}.json"
     candidates = [builder_dir / cache_name]
     candidates.append((cache_dir or Path.home() / ".cache" / "spatial_forcing") / spec.name / cache_name)
-    for path in candidates:
-        if path.is_file():
-            with open(path) as handle:
-                statistics = statistics_from_json(json.load(handle))
-            break
-    else:
-        statistics = _compute_builder_statistics(builder, spec, num_parallel_calls)
-        _write_statistics_cache(statistics, candidates)
+    statistics = cached_statistics(candidates, lambda: _compute_builder_statistics(builder, spec, num_parallel_calls))
     statistics["action"]["mask"] = np.asarray(spec.action_normalization_mask, dtype=bool)
     return statistics
 
@@ -231,14 +213,3 @@ def _compute_builder_statistics(builder: Any, spec: RLDSDatasetSpec, num_paralle
             actions.append(trajectory["action"])
             proprios.append(trajectory["observation"]["proprio"])
     return compute_statistics(actions, proprios)
-
-
-def _write_statistics_cache(statistics: dict[str, Any], candidates: list[Path]) -> None:
-    """Writes the cache to the first writable candidate location."""
-    for path in candidates:
-        try:
-            write_json_atomic(path, statistics_to_json(statistics))
-            return
-        except OSError:
-            continue
-    raise OSError(f"Cannot write the dataset statistics cache to any of {[str(path) for path in candidates]}.")

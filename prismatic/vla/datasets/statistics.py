@@ -10,7 +10,7 @@ standardised, un-normalised data, in float64: population std and linearly interp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,23 @@ def _array_statistics(values: np.ndarray) -> dict[str, np.ndarray]:
         "q01": np.quantile(values, 0.01, axis=0, method="linear"),
         "q99": np.quantile(values, 0.99, axis=0, method="linear"),
     }
+
+
+def cached_statistics(candidates: list[Path], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Statistics read from the first existing cache file in ``candidates``, else computed and written to the first
+    writable one (atomically). Shared by the RLDS and LeRobot readers."""
+    for path in candidates:
+        if path.is_file():
+            with open(path) as handle:
+                return statistics_from_json(json.load(handle))
+    statistics = compute()
+    for path in candidates:
+        try:
+            write_json_atomic(path, statistics_to_json(statistics))
+            return statistics
+        except OSError:
+            continue
+    raise OSError(f"Cannot write the dataset statistics cache to any of {[str(path) for path in candidates]}.")
 
 
 def statistics_to_json(statistics: Mapping[str, Any]) -> dict[str, Any]:

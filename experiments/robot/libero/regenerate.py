@@ -1,0 +1,188 @@
+"""Regenerating LIBERO's HDF5 demonstrations in the simulator, as upstream made ``modified_libero_rlds``.
+
+Each demo is replayed from its recorded initial state (``data/demo_N/states[0]``): no-op actions are skipped (the
+rule of ``libero_hdf5.noop_mask``), both cameras are re-rendered at ``image_size`` before every kept step, and the
+demo is kept only if the task is done after its last action. Replays run in worker processes (``spawn``; they render
+and never import TensorFlow); each finished demo is saved as ``<work_dir>/<file>--<demo>.npz``, so an interrupted run
+resumes where it stopped. The main process then writes the kept demos as RLDS through ``write_libero_rlds`` (the only
+step that loads TensorFlow, after the workers are gone).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from experiments.robot.image_utils import rotate_180
+from experiments.robot.libero.libero_utils import get_libero_env, robot_state
+from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
+from prismatic.util.cli import UserError
+from prismatic.util.io import atomic_output
+from prismatic.vla.datasets.libero_hdf5 import language_instruction_of, noop_mask
+from prismatic.vla.datasets.writer import LiberoEpisode, write_libero_rlds
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    hdf5_path: str
+    demo_name: str
+    result_path: str  # the .npz this demo's replay is saved to
+
+
+@dataclass
+class RegenerationSummary:
+    num_demos: int
+    num_kept: int
+    failed_demos: list[str]
+    num_noops_dropped: int
+    builder_dir: Path | None
+
+
+def list_jobs(hdf5_paths: list[Path], work_dir: Path) -> list[DemoJob]:
+    """One job per ``data/demo_N`` of every file, checking each file's layout first (nothing is written)."""
+    jobs = []
+    for path in hdf5_paths:
+        try:
+            with h5py.File(path, "r") as hdf5_file:
+                language_instruction_of(hdf5_file, path)
+                if "bddl_file_name" not in hdf5_file["data"].attrs:
+                    raise UserError(f"{path}: missing attribute data.attrs['bddl_file_name'] (the task's BDDL file).")
+                demos = sorted(hdf5_file["data"].keys(), key=lambda name: int(name.rsplit("_", 1)[-1]))
+                for demo in demos:
+                    for key in ("actions", "states"):
+                        if key not in hdf5_file["data"][demo]:
+                            raise UserError(f"{path}: demo 'data/{demo}' lacks dataset '{key}'.")
+                    jobs.append(DemoJob(str(path), demo, str(work_dir / f"{path.stem}--{demo}.npz")))
+        except (OSError, KeyError) as error:
+            raise UserError(f"{path}: not a LIBERO HDF5 demonstration file ({error}).") from None
+    return jobs
+
+
+def resolve_bddl_file(recorded: str) -> str:
+    """The recorded BDDL path if it exists, else the installed LIBERO file with the same suite folder and name."""
+    if Path(recorded).is_file():
+        return recorded
+    from libero.libero import get_libero_path  # needs prepare_libero()
+
+    recorded_path = Path(recorded)
+    candidate = Path(get_libero_path("bddl_files")) / recorded_path.parent.name / recorded_path.name
+    if not candidate.is_file():
+        raise UserError(
+            f"BDDL file {recorded!r} (data.attrs['bddl_file_name']) is not installed; expected {candidate}."
+        )
+    return str(candidate)
+
+
+def replay_demo(job: DemoJob, image_size: int) -> str:
+    """Replays one demo and saves its re-rendered episode to ``job.result_path``; returns the demo's name."""
+    with h5py.File(job.hdf5_path, "r") as hdf5_file:
+        instruction = language_instruction_of(hdf5_file, Path(job.hdf5_path))
+        bddl_file = resolve_bddl_file(hdf5_file["data"].attrs["bddl_file_name"])
+        demo = hdf5_file["data"][job.demo_name]
+        actions = np.asarray(demo["actions"], np.float32)
+        initial_state = np.asarray(demo["states"][0])
+    env = get_libero_env(bddl_file, image_size)
+    try:
+        env.reset()
+        obs = env.set_init_state(initial_state)
+        keep = ~noop_mask(actions)
+        frames: dict[str, list[np.ndarray]] = {"images": [], "wrist_images": [], "states": [], "joint_states": []}
+        done = False
+        for action in actions[keep]:
+            frames["images"].append(rotate_180(obs["agentview_image"]))
+            frames["wrist_images"].append(rotate_180(obs["robot0_eye_in_hand_image"]))
+            frames["states"].append(robot_state(obs).astype(np.float32))
+            frames["joint_states"].append(np.asarray(obs["robot0_joint_pos"], np.float32))
+            obs, _, done, _ = env.step(action.tolist())
+    finally:
+        env.close()
+    with atomic_output(job.result_path) as temporary, open(temporary, "wb") as handle:
+        np.savez(
+            handle,
+            **{name: np.stack(values) for name, values in frames.items()},
+            actions=actions[keep],
+            success=np.array(bool(done)),
+            num_noops=np.array(int((~keep).sum())),
+            instruction=np.array(instruction),
+            file_path=np.array(f"{job.hdf5_path}/data/{job.demo_name}"),
+        )
+    return job.demo_name
+
+
+def _init_worker() -> None:
+    prepare_libero()
+    assert_tensorflow_absent()
+
+
+def _replay(arguments: tuple[DemoJob, int]) -> str:
+    return replay_demo(*arguments)
+
+
+def run_replays(jobs: list[DemoJob], image_size: int, num_workers: int) -> None:
+    """Replays the jobs without a saved result, in ``num_workers`` spawned rendering processes."""
+    pending = [job for job in jobs if not Path(job.result_path).is_file()]
+    if not pending:
+        return
+    configure_rendering()  # MUJOCO_GL / PYOPENGL_PLATFORM / USE_TF=0, inherited by the workers
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(num_workers, len(pending)), initializer=_init_worker) as pool:
+        results = pool.imap_unordered(_replay, [(job, image_size) for job in pending])
+        for _ in tqdm(results, total=len(pending), initial=len(jobs) - len(pending), desc="replaying demos"):
+            pass
+
+
+def replay_outcome(job: DemoJob) -> tuple[bool, int]:
+    """(task done after the last action, no-ops dropped) of a saved replay; reads no images."""
+    with np.load(job.result_path) as saved:
+        return bool(saved["success"]), int(saved["num_noops"])
+
+
+def load_episode(job: DemoJob) -> LiberoEpisode:
+    with np.load(job.result_path) as saved:
+        return LiberoEpisode(
+            images=saved["images"],
+            wrist_images=saved["wrist_images"],
+            states=saved["states"],
+            joint_states=saved["joint_states"],
+            actions=saved["actions"],
+            language_instruction=str(saved["instruction"]),
+            file_path=str(saved["file_path"]),
+        )
+
+
+def regenerate_libero(
+    hdf5_paths: list[Path],
+    data_root_dir: Path,
+    dataset_name: str,
+    work_dir: Path,
+    image_size: int = 256,
+    num_workers: int = 1,
+    keep_failed: bool = False,
+    overwrite: bool = False,
+) -> RegenerationSummary:
+    """Replays every demo of ``hdf5_paths`` (resuming from ``work_dir``) and writes the kept ones as RLDS."""
+    builder_dir = Path(data_root_dir) / dataset_name / "1.0.0"
+    if builder_dir.exists() and not overwrite:
+        raise UserError(f"{builder_dir} already exists; pass --overwrite True to replace it.")
+    jobs = list_jobs(hdf5_paths, Path(work_dir))
+    if not jobs:
+        raise UserError(f"No demonstrations in {[str(path) for path in hdf5_paths]}; expected data/demo_N groups.")
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    run_replays(jobs, image_size, num_workers)
+
+    outcomes = [replay_outcome(job) for job in jobs]
+    kept = [job for job, (success, _) in zip(jobs, outcomes, strict=True) if success or keep_failed]
+    failed = [
+        f"{job.hdf5_path}/data/{job.demo_name}" for job, (success, _) in zip(jobs, outcomes, strict=True) if not success
+    ]
+    summary = RegenerationSummary(len(jobs), len(kept), failed, sum(n for _, n in outcomes), None)
+    if kept:  # episodes are loaded one at a time while the writer consumes them
+        summary.builder_dir = write_libero_rlds(
+            (load_episode(job) for job in kept), data_root_dir, dataset_name, image_size=image_size, overwrite=overwrite
+        )
+    return summary

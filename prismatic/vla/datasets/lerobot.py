@@ -1,0 +1,325 @@
+"""Reading LeRobotDataset folders (format v2.1 and v3.0) directly: metadata, parquet columns, video locations.
+
+A dataset is ``<data_root_dir>/<dataset_name>/`` holding ``meta/info.json``; its ``codebase_version`` picks the
+layout (no TensorFlow, no ``lerobot`` needed):
+
+- v2.1: ``data/chunk-XXX/episode_XXXXXX.parquet`` per episode, ``meta/episodes.jsonl``, ``meta/tasks.jsonl``,
+  ``videos/chunk-XXX/<camera>/episode_XXXXXX.mp4`` per episode and camera (each video starts at t = 0);
+- v3.0: ``data/chunk-XXX/file-XXX.parquet`` holding many episodes, ``meta/episodes/chunk-XXX/file-XXX.parquet``
+  (per episode: data file, row range, per camera video file and ``from_timestamp``), ``meta/tasks.parquet``,
+  ``videos/<camera>/chunk-XXX/file-XXX.mp4`` (episodes concatenated).
+
+Every numeric column the policy needs (state, action, task) is read into memory once (a few floats per frame);
+images stay in the video files and are decoded per sample (``video.py``). Every problem found while opening raises
+:class:`UserError` naming the file and key and what was expected, before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from prismatic.util.cli import UserError
+from prismatic.vla.datasets.config import holdout_episodes
+from prismatic.vla.datasets.statistics import cached_statistics, compute_statistics
+from prismatic.vla.datasets.video import check_video_file
+
+INFO_FILE = "meta/info.json"
+SUPPORTED_VERSIONS = ("v2.1", "v3.0")
+IMAGE_DTYPES = ("video", "image")
+MAX_CAMERAS = 3
+STATISTICS_FORMAT = "sf-lerobot-statistics-v1"  # part of the cache key; bump when the computation changes
+
+
+@dataclass(frozen=True)
+class LeRobotMapping:
+    """Which LeRobot features feed the policy; saved with the checkpoint (``PolicyConfig.data``).
+
+    ``camera_keys``: image/video features, primary camera first, then wrist cameras (empty: every image feature
+    in ``info.json`` order). The language instruction is the episode frame's task (``task_index`` -> tasks file).
+    """
+
+    camera_keys: tuple[str, ...] = ()
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    language_source: str = "task"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "lerobot",
+            "camera_keys": list(self.camera_keys),
+            "state_key": self.state_key,
+            "action_key": self.action_key,
+            "language_source": self.language_source,
+        }
+
+
+@dataclass
+class LeRobotEpisode:
+    """One episode: its frames' rows in the loaded arrays and, per camera, (video file, time offset)."""
+
+    index: int
+    row_start: int
+    length: int
+    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)
+
+
+@dataclass
+class LeRobotSource:
+    """An opened, validated LeRobot dataset with its numeric columns in memory."""
+
+    name: str
+    root: Path
+    version: str
+    fps: float
+    mapping: LeRobotMapping  # with camera_keys resolved
+    camera_dtypes: dict[str, str]  # camera key -> "video" | "image"
+    episodes: list[LeRobotEpisode]
+    actions: np.ndarray  # [N, A] float32, rows grouped by episode in frame order
+    states: np.ndarray  # [N, S] float32
+    timestamps: np.ndarray  # [N] float64, seconds from the episode's start
+    instructions: list[str]  # per row
+    images: dict[str, list[bytes]]  # per image-dtype camera: encoded frames per row (video cameras are absent)
+    data_files: list[Path]
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def proprio_dim(self) -> int:
+        return int(self.states.shape[1])
+
+
+def read_info(dataset_dir: Path) -> dict[str, Any]:
+    """``meta/info.json`` of a LeRobot folder, after checking its format version."""
+    info_path = dataset_dir / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{info_path}: cannot read LeRobot metadata ({error}); expected a JSON object.") from None
+    version = info.get("codebase_version") if isinstance(info, dict) else None
+    if version not in SUPPORTED_VERSIONS:
+        raise UserError(
+            f"{info_path}: codebase_version {version!r} is not supported; expected one of {list(SUPPORTED_VERSIONS)} "
+            f"(convert with lerobot's converter to v3.0)."
+        )
+    return info
+
+
+def is_lerobot_dataset(data_root_dir: str | Path, dataset_name: str) -> bool:
+    """Whether ``<data_root_dir>/<dataset_name>`` is a LeRobot folder (has ``meta/info.json``), not an RLDS one."""
+    return (Path(data_root_dir) / dataset_name / INFO_FILE).is_file()
+
+
+def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotMapping) -> LeRobotSource:
+    """Opens ``<data_root_dir>/<dataset_name>``: checks the mapping against ``info.json``, reads the columns, checks
+    their shapes and that every video file opens."""
+    root = Path(data_root_dir) / dataset_name
+    info = read_info(root)
+    info_path = root / INFO_FILE
+    features = info.get("features", {})
+    mapping = resolve_mapping(mapping, features, info_path)
+    episode_meta, tasks = (_read_v21_meta if info["codebase_version"] == "v2.1" else _read_v30_meta)(root, info)
+    data_files = sorted({root / meta["data_file"] for meta in episode_meta})
+    columns = [mapping.state_key, mapping.action_key, "episode_index", "frame_index", "timestamp", "task_index"]
+    image_cameras = [key for key in mapping.camera_keys if features[key]["dtype"] == "image"]
+    table = _read_parquet_files(data_files, columns + image_cameras)
+    table = table.sort_by([("episode_index", "ascending"), ("frame_index", "ascending")])
+
+    actions = _vector_column(table, mapping.action_key, features, data_files)
+    states = _vector_column(table, mapping.state_key, features, data_files)
+    episode_index = table.column("episode_index").to_numpy()
+    task_index = table.column("task_index").to_numpy()
+    unknown_tasks = sorted(set(task_index.tolist()) - set(tasks))
+    if unknown_tasks:
+        raise UserError(
+            f"{root}: task_index values {unknown_tasks} are not in the tasks file; expected {sorted(tasks)}."
+        )
+
+    episodes = []
+    for meta in episode_meta:
+        rows = np.flatnonzero(episode_index == meta["index"])
+        if len(rows) != meta["length"]:
+            raise UserError(
+                f"{root / meta['data_file']}: episode {meta['index']} has {len(rows)} rows; the episode metadata "
+                f"lists length {meta['length']}."
+            )
+        videos = {}
+        for camera in mapping.camera_keys:
+            if features[camera]["dtype"] == "video":
+                path, offset = meta["videos"][camera]
+                videos[camera] = (root / path, offset)
+        episodes.append(LeRobotEpisode(meta["index"], int(rows[0]), len(rows), videos))
+    for path in sorted({video for episode in episodes for video, _ in episode.videos.values()}):
+        check_video_file(path)
+
+    return LeRobotSource(
+        name=dataset_name,
+        root=root,
+        version=info["codebase_version"],
+        fps=float(info["fps"]),
+        mapping=mapping,
+        camera_dtypes={key: features[key]["dtype"] for key in mapping.camera_keys},
+        episodes=episodes,
+        actions=actions,
+        states=states,
+        timestamps=table.column("timestamp").to_numpy().astype(np.float64),
+        instructions=[tasks[int(index)] for index in task_index],
+        images={key: [cell["bytes"] for cell in table.column(key).to_pylist()] for key in image_cameras},
+        data_files=data_files,
+    )
+
+
+def resolve_mapping(mapping: LeRobotMapping, features: dict[str, Any], info_path: Path) -> LeRobotMapping:
+    image_features = [key for key, spec in features.items() if spec.get("dtype") in IMAGE_DTYPES]
+    camera_keys = mapping.camera_keys or tuple(image_features)
+    if not 1 <= len(camera_keys) <= MAX_CAMERAS:
+        raise UserError(
+            f"{info_path}: {len(camera_keys)} cameras {list(camera_keys)} (--lerobot_camera_keys); expected 1 to "
+            f"{MAX_CAMERAS} of the image features {image_features}."
+        )
+    for camera in camera_keys:
+        if camera not in image_features:
+            raise UserError(
+                f"{info_path}: camera {camera!r} (--lerobot_camera_keys) is not an image or video feature of the "
+                f"dataset; expected one of {image_features}."
+            )
+    for flag, key in (("--lerobot_state_key", mapping.state_key), ("--lerobot_action_key", mapping.action_key)):
+        spec = features.get(key)
+        if spec is None or not str(spec.get("dtype", "")).startswith("float") or len(spec.get("shape", ())) != 1:
+            vectors = [k for k, s in features.items() if str(s.get("dtype", "")).startswith("float")]
+            raise UserError(
+                f"{info_path}: feature {key!r} ({flag}) is missing or not a float vector; expected one of {vectors}."
+            )
+    return LeRobotMapping(tuple(camera_keys), mapping.state_key, mapping.action_key, mapping.language_source)
+
+
+def _read_v21_meta(root: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    chunks_size = int(info.get("chunks_size", 1000))
+    video_keys = [key for key, spec in info["features"].items() if spec.get("dtype") == "video"]
+    episodes = []
+    for record in _read_jsonl(root / "meta/episodes.jsonl"):
+        index = int(record["episode_index"])
+        chunk = index // chunks_size
+        episodes.append(
+            {
+                "index": index,
+                "length": int(record["length"]),
+                "data_file": info["data_path"].format(episode_chunk=chunk, episode_index=index),
+                "videos": {
+                    key: (info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=index), 0.0)
+                    for key in video_keys
+                },
+            }
+        )
+    tasks = {int(record["task_index"]): str(record["task"]) for record in _read_jsonl(root / "meta/tasks.jsonl")}
+    return episodes, tasks
+
+
+def _read_v30_meta(root: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    video_keys = [key for key, spec in info["features"].items() if spec.get("dtype") == "video"]
+    episode_files = sorted((root / "meta/episodes").glob("chunk-*/file-*.parquet"))
+    if not episode_files:
+        raise UserError(f"{root / 'meta/episodes'}: no chunk-XXX/file-XXX.parquet files; expected the v3.0 episodes.")
+    table = _read_parquet_files(episode_files, None)
+    episodes = []
+    for record in table.to_pylist():
+        data_file = info["data_path"].format(
+            chunk_index=record["data/chunk_index"], file_index=record["data/file_index"]
+        )
+        videos = {}
+        for key in video_keys:
+            prefix = f"videos/{key}/"
+            video_file = info["video_path"].format(
+                video_key=key, chunk_index=record[prefix + "chunk_index"], file_index=record[prefix + "file_index"]
+            )
+            videos[key] = (video_file, float(record[prefix + "from_timestamp"]))
+        episodes.append(
+            {
+                "index": int(record["episode_index"]),
+                "length": int(record["length"]),
+                "data_file": data_file,
+                "videos": videos,
+            }
+        )
+    tasks_table = _read_parquet_files([root / "meta/tasks.parquet"], None)
+    names = tasks_table.column(tasks_table.column_names[-1] if "task" not in tasks_table.column_names else "task")
+    tasks = {
+        int(i): str(t) for i, t in zip(tasks_table.column("task_index").to_pylist(), names.to_pylist(), strict=True)
+    }
+    return sorted(episodes, key=lambda episode: episode["index"]), tasks
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: cannot read ({error}); expected one JSON object per line.") from None
+
+
+def _read_parquet_files(paths: list[Path], columns: list[str] | None) -> pa.Table:
+    tables = []
+    for path in paths:
+        try:
+            schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as error:
+            raise UserError(f"{path}: unreadable parquet file ({error}); re-export or re-download it.") from None
+        missing = [column for column in columns or () if column not in schema.names]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {missing}; the file has {schema.names}.")
+        try:
+            tables.append(pq.read_table(path, columns=columns))
+        except (OSError, pa.ArrowException) as error:
+            raise UserError(f"{path}: unreadable parquet file ({error}); re-export or re-download it.") from None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _vector_column(table: pa.Table, key: str, features: dict[str, Any], data_files: list[Path]) -> np.ndarray:
+    expected = int(features[key]["shape"][0])
+    rows = table.column(key).to_pylist()
+    lengths = sorted({len(row) for row in rows})
+    if lengths != [expected]:
+        files = ", ".join(str(path) for path in data_files)
+        raise UserError(
+            f"{files}: column {key!r} holds vectors of length {lengths}; meta/info.json declares shape [{expected}]."
+        )
+    return np.asarray(rows, dtype=np.float32)
+
+
+def split_episodes(source: LeRobotSource, train: bool, val_fraction: float = 0.0) -> list[LeRobotEpisode]:
+    """The train or val episodes: with ``val_fraction`` 0 every episode trains (as for RLDS); otherwise the last
+    ``holdout_episodes(N, val_fraction)`` episodes are held out whole."""
+    cut = len(source.episodes) - holdout_episodes(len(source.episodes), val_fraction)
+    return source.episodes[:cut] if train else source.episodes[cut:]
+
+
+def get_lerobot_statistics(source: LeRobotSource, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Exact statistics (q01/q99 over every frame, as for RLDS) of the mapped action and state, all dims normalised;
+    cached as ``dataset_statistics_<key>.json`` in the dataset folder (or ``cache_dir`` if it is read-only)."""
+    identity = {
+        "format": STATISTICS_FORMAT,
+        "name": source.name,
+        "action": source.mapping.action_key,
+        "state": source.mapping.state_key,
+        "files": {str(path.relative_to(source.root)): path.stat().st_size for path in source.data_files},
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    cache_name = f"dataset_statistics_{key}.json"
+    candidates = [source.root / cache_name]
+    candidates.append((cache_dir or Path.home() / ".cache" / "spatial_forcing") / source.name / cache_name)
+
+    def compute() -> dict[str, Any]:
+        rows = [slice(e.row_start, e.row_start + e.length) for e in source.episodes]
+        return compute_statistics([source.actions[r] for r in rows], [source.states[r] for r in rows])
+
+    statistics = cached_statistics(candidates, compute)
+    statistics["action"]["mask"] = np.ones(source.action_dim, dtype=bool)
+    return statistics

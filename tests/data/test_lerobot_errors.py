@@ -1,0 +1,136 @@
+"""Bad LeRobot input stops before anything is written, with one line naming the file and key and what was expected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from prismatic.util.cli import UserError
+from prismatic.vla.datasets.lerobot import LeRobotMapping
+from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset
+
+FIXTURES = Path(__file__).resolve().parent / "lerobot_fixtures"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _edit_info(key: str, value: object) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        info_path = root / "meta/info.json"
+        info = json.loads(info_path.read_text())
+        node = info
+        *parents, last = key.split("/")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        info_path.write_text(json.dumps(info))
+
+    return edit
+
+
+def _overwrite(relative: str) -> Callable[[Path], None]:
+    def corrupt(root: Path) -> None:
+        (root / relative).write_bytes(b"this is not the expected file format" * 8)
+
+    return corrupt
+
+
+CASES = {
+    "unsupported version": (
+        "libero_like_v21",
+        _edit_info("codebase_version", "v2.0"),
+        {},
+        ["meta/info.json", "codebase_version 'v2.0'", "v2.1", "v3.0"],
+    ),
+    "missing feature": (
+        "libero_like_v30",
+        lambda root: None,
+        {"mapping": LeRobotMapping(state_key="observation.joint_state")},
+        ["meta/info.json", "'observation.joint_state'", "--lerobot_state_key", "observation.state"],
+    ),
+    "unknown camera": (
+        "aloha_like_v21",
+        lambda root: None,
+        {"mapping": LeRobotMapping(camera_keys=("observation.images.cam_low",))},
+        ["meta/info.json", "'observation.images.cam_low'", "--lerobot_camera_keys", "observation.images.cam_high"],
+    ),
+    "mismatched dims": (
+        "libero_like_v30",
+        _edit_info("features/action/shape", [6]),
+        {},
+        ["file-000.parquet", "'action'", "[7]", "shape [6]"],
+    ),
+    "too many cameras": (
+        "libero_like_v21",
+        lambda root: None,
+        {"num_images_in_input": 3},
+        ["--num_images_in_input 3", "libero_like_v21", "expected 1..2"],
+    ),
+    "unreadable video": (
+        "libero_like_v21",
+        _overwrite("videos/chunk-000/observation.images.wrist_image/episode_000002.mp4"),
+        {},
+        ["observation.images.wrist_image/episode_000002.mp4", "unreadable video"],
+    ),
+    "unreadable parquet": (
+        "aloha_like_v30",
+        _overwrite("data/chunk-000/file-000.parquet"),
+        {"num_images_in_input": 3},
+        ["data/chunk-000/file-000.parquet", "unreadable parquet"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_raises_one_line_naming_file_and_key_and_writes_nothing(tmp_path, case):
+    name, damage, overrides, expected_parts = CASES[case]
+    root = tmp_path / name
+    shutil.copytree(FIXTURES / name, root)
+    damage(root)
+    before = _tree_digest(root)
+    with pytest.raises(UserError) as error:
+        LeRobotDataset(LeRobotConfig(tmp_path, name, **overrides), batch_transform=lambda frame: frame)
+    message = str(error.value)
+    assert "\n" not in message
+    for part in expected_parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert _tree_digest(root) == before  # nothing damaged, no statistics cache written
+
+
+def test_training_cli_stops_with_the_one_line_error_before_creating_the_run(tmp_path):
+    shutil.copytree(FIXTURES / "libero_like_v21", tmp_path / "data" / "libero_like_v21")
+    flags = [
+        f"--data_root_dir={tmp_path / 'data'}",
+        "--dataset_name=libero_like_v21",
+        f"--run_root_dir={tmp_path / 'runs'}",
+        "--lerobot_camera_keys=observation.images.top",
+        "--vla_path=unused",
+        "--use_wandb=False",
+    ]
+    env = {**os.environ, "USE_TF": "0", "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "vla-scripts" / "finetune.py"), *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and "'observation.images.top'" in error_lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()

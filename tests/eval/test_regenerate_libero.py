@@ -1,0 +1,97 @@
+"""LIBERO demonstrations regenerated in the simulator: a demo recorded in the real simulator (LIBERO's HDF5 layout) is
+replayed from its initial state; the regenerated frames equal a direct render, its no-ops are dropped, a demo that
+does not finish its task is dropped, and the kept episodes are written as RLDS. All sim work runs in fresh processes
+with ``USE_TF=0`` (this pytest process may hold TensorFlow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.sim
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE_SIZE = 64
+SIM_ENV = {**os.environ, "USE_TF": "0", "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, env=SIM_ENV, cwd=REPO_ROOT, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def recorded_demo(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("recorded")
+    hdf5_path, expected_path = folder / "hdf5" / "task0_demo.hdf5", folder / "expected.npz"
+    hdf5_path.parent.mkdir()
+    result = _run("tests/eval/record_libero_demo.py", str(hdf5_path), str(expected_path), str(IMAGE_SIZE))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return hdf5_path, expected_path
+
+
+def _regenerate(hdf5_dir: Path, data_root: Path, work_dir: Path, *flags: str) -> subprocess.CompletedProcess:
+    return _run(
+        "vla-scripts/regenerate_libero_hdf5.py",
+        f"--hdf5_dir={hdf5_dir}",
+        f"--data_root_dir={data_root}",
+        "--dataset_name=libero_spatial_no_noops",
+        f"--work_dir={work_dir}",
+        f"--image_size={IMAGE_SIZE}",
+        "--num_workers=1",
+        *flags,
+    )
+
+
+def test_regenerated_frames_equal_a_direct_render_and_no_ops_are_dropped(recorded_demo, tmp_path):
+    hdf5_path, expected_path = recorded_demo
+    work_dir = tmp_path / "replays"
+    result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir, "--keep_failed=True")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "1 demos replayed: 1 kept, 1 failed (kept), 4 no-op steps dropped" in result.stdout
+
+    expected = np.load(expected_path)
+    replay = np.load(work_dir / "task0_demo--demo_0.npz")
+    np.testing.assert_array_equal(replay["actions"], expected["actions"])  # 8 recorded steps, 4 kept
+    np.testing.assert_array_equal(replay["images"], expected["images"])
+    np.testing.assert_array_equal(replay["wrist_images"], expected["wrist_images"])
+    np.testing.assert_allclose(replay["states"], expected["states"], atol=1e-6)
+    assert replay["images"].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3) and replay["images"].std() > 10
+
+    # The RLDS dataset holds the kept steps (JPEG-compressed frames, exact actions).
+    read_back = (
+        "import sys, numpy as np, tensorflow_datasets as tfds\n"
+        f"builder = tfds.builder_from_directory({str(tmp_path / 'data/libero_spatial_no_noops/1.0.0')!r})\n"
+        "episode = next(iter(builder.as_dataset(split='train')))\n"
+        "steps = list(episode['steps'].as_numpy_iterator())\n"
+        f"expected = np.load({str(expected_path)!r})\n"
+        "images = np.stack([s['observation']['image'] for s in steps]).astype(float)\n"
+        "print(len(steps), np.abs(np.stack([s['action'] for s in steps]) - expected['actions']).max(),"
+        " np.abs(images - expected['images']).mean())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", read_back], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    num_steps, action_error, image_error = result.stdout.split()
+    assert int(num_steps) == 4 and float(action_error) == 0.0 and float(image_error) < 3.0
+
+
+def test_a_demo_that_fails_on_replay_is_dropped_and_a_rerun_resumes(recorded_demo, tmp_path):
+    hdf5_path, _ = recorded_demo
+    work_dir = tmp_path / "replays"
+    result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "1 demos replayed: 0 kept, 1 failed (dropped)" in result.stdout
+    assert "No demo kept: no dataset written." in result.stdout
+    assert not (tmp_path / "data" / "libero_spatial_no_noops").exists()
+    saved = work_dir / "task0_demo--demo_0.npz"
+    modified = saved.stat().st_mtime_ns
+    rerun = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)  # resumes: nothing is replayed again
+    assert rerun.returncode == 0 and saved.stat().st_mtime_ns == modified
