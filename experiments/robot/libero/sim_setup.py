@@ -61,7 +61,10 @@ def _package_dir(name: str) -> Path | None:
 def _installed_libero_root() -> Path:
     libero_root = _package_dir("libero")
     if libero_root is None:
-        raise ModuleNotFoundError("LIBERO is not installed: pip install -e '.[libero]' (package 'libero==0.1.1')")
+        raise ModuleNotFoundError(
+            "LIBERO is not installed: pip install -c requirements-cpu.txt -e '.[libero]' && "
+            "pip install --no-deps libero==0.1.1"
+        )
     return libero_root.resolve()
 
 
