@@ -27,6 +27,9 @@ pip_install() {
 # torch and torchvision first and as a pair, so nothing later can swap torch for another build.
 pip_install torch torchvision
 pip_install -e ".[libero,dev]"
+# LIBERO's code without its declared dependencies (robosuite 1.4.0, mujoco>=3, training-only packages); what it
+# needs at run time comes with the libero extra.
+pip_install --no-deps libero
 # triton (pulled by torch) segfaults when imported after TensorFlow; it is not needed on CPU.
 "$VENV/bin/python" -m pip uninstall -y -q triton 2>/dev/null || true
 echo "[setup] environment ready in $VENV"

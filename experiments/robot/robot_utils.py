@@ -27,7 +27,13 @@ FINGERPRINT_PACKAGES = (
 
 
 def set_seed_everywhere(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA) and make cuDNN deterministic, as upstream does once per run."""
+    """Seed Python, numpy and torch (CPU and CUDA) and make cuDNN deterministic, as upstream does once per run.
+
+    Also fixes torch's CPU thread count at its current value: this turns off MKL's per-call choice of threads
+    (``mkl_set_dynamic(false)``), and CPU results change with the thread count (by about 1e-7 for the tiny test
+    model, enough to change a rollout).
+    """
+    torch.set_num_threads(torch.get_num_threads())
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
     np.random.seed(seed)

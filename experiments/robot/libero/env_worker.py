@@ -151,17 +151,26 @@ def save_video(frames: list[np.ndarray], path: Path) -> None:
 
 
 class _TaskEnv:
-    """The env of the task a worker is on, with the number of resets since it was seeded."""
+    """The env of the task a worker is on, with its reset stream: the resets done since ``env.seed(0)`` and the
+    state of the RNG they draw from.
+
+    LIBERO's scene randomisation draws from numpy's global RNG. The stream's RNG state is saved after every reset and
+    restored before the next one, so whatever else draws from the global RNG in this worker (the episodes in between,
+    another task's env, a library) cannot change the scene a reset builds: episode k sees exactly the k-th reset.
+    """
 
     def __init__(self, unit: WorkUnit, resolution: int):
         self.task_id = unit.task_id
         self.env = get_libero_env(unit.bddl_file, resolution)
+        self.rng_state = np.random.get_state()  # as env.seed(0) left it
         self.resets_done = 0
 
     def start_episode(self, spec: EpisodeSpec) -> dict[str, np.ndarray]:
         """Replay the resets before ``spec``'s place in the reset stream, reset, set its initial state."""
         while self.resets_done <= spec.reset_index:
+            np.random.set_state(self.rng_state)
             self.env.reset()
+            self.rng_state = np.random.get_state()
             self.resets_done += 1
         return self.env.set_init_state(spec.initial_state)
 

