@@ -366,7 +366,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy) -> float:
     validate_config(cfg)
     configure_rendering()
     platform = constants_for(cfg.task_suite_name)
-    if cfg.num_open_loop_steps != platform.num_actions_chunk:
+    if cfg.model_family == "openvla" and cfg.num_open_loop_steps != platform.num_actions_chunk:
         logger.warning(
             "--num_open_loop_steps %d differs from the %s action chunk (%d); upstream recommends executing the "
             "full chunk for speed and success rate",
@@ -408,6 +408,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy) -> float:
             action_dim=platform.action_dim,
             env_img_res=cfg.env_img_res,
             video_dir=str(paths.videos) if cfg.save_videos else None,
+            action_ensembling=cfg.action_ensembling,
         )
 
         def record(result: EpisodeResult) -> None:

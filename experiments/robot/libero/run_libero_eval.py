@@ -5,6 +5,7 @@
 
 Upstream's flags and defaults (see ``GenerateConfig``), plus ``--num_workers``, ``--task_ids``, ``--max_steps``,
 ``--save_videos`` and ``--run_id`` (pass an earlier run's id to resume it). Outputs: see ``evaluation.py``.
+``--model_family svla`` evaluates a SpatialVLA folder (``--svla_prompt``, ``--action_ensembling``; see README).
 """
 
 import dataclasses
@@ -27,9 +28,9 @@ def main(cfg: GenerateConfig) -> float:
     validate_config(cfg)
     set_seed_everywhere(cfg.seed)
     # Imported here, not at the top: spawned simulator workers re-import this script and need no model code.
-    from experiments.robot.vla_policy import VLAPolicy
+    from experiments.robot.policy_factory import load_policy
 
-    policy = VLAPolicy.from_config(cfg)
+    policy = load_policy(cfg)
     return eval_libero(dataclasses.replace(cfg, unnorm_key=policy.unnorm_key), policy)
 
 
