@@ -18,7 +18,6 @@ from torch import nn
 from transformers import (
     DynamicCache,
     Gemma2ForCausalLM,
-    GenerationMixin,
     PreTrainedModel,
     SiglipVisionModel,
     ZoeDepthForDepthEstimation,
@@ -110,7 +109,7 @@ class SpatialVLAPreTrainedModel(PreTrainedModel):
             module.bias.data.zero_()
 
 
-class SpatialVLAForConditionalGeneration(SpatialVLAPreTrainedModel, GenerationMixin):
+class SpatialVLAForConditionalGeneration(SpatialVLAPreTrainedModel):
     """SpatialVLA. Inputs as the processor returns them: ``pixel_values`` ``[B, 3, H, W]`` in [0, 1] (not
     normalised), ``intrinsic`` ``[3, 3]`` or ``[B, 3, 3]`` at the model's image size, ``input_ids`` with one
     ``<image>`` token per patch, ``attention_mask``."""
