@@ -33,6 +33,7 @@ REMOTE_CODE_FILES = (
     "processing_spatialvla.py",
     "action_tokenizer.py",
 )
+NOT_IMAGE_PROCESSOR_ARGS = ("_processor_class", "image_processor_type")  # bookkeeping in the saved JSON
 PROCESSOR_FIELDS = (
     "statistics",
     "bin_policy",
@@ -68,11 +69,9 @@ def tiny_spatialvla_tokenizer(golden_meta: dict[str, Any]) -> GemmaTokenizerFast
 
 def tiny_spatialvla_processor(golden_meta: dict[str, Any]) -> SpatialVLAProcessor:
     fields = golden_meta["processor"]
-    image_processor_fields = {
-        key: value for key, value in fields["image_processor"].items() if key not in ("_processor_class",)
-    }
-    image_processor_fields.pop("image_processor_type")
-    image_processor = SiglipImageProcessor(**image_processor_fields)
+    image_processor = SiglipImageProcessor(
+        **{key: value for key, value in fields["image_processor"].items() if key not in NOT_IMAGE_PROCESSOR_ARGS}
+    )
     return SpatialVLAProcessor(
         image_processor,
         tiny_spatialvla_tokenizer(golden_meta),

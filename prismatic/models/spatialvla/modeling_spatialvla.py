@@ -37,7 +37,6 @@ EGO3D_SCALE = 2.0
 @dataclass
 class SpatialVLAOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
-    past_key_values: DynamicCache | None = None
     image_features: torch.FloatTensor | None = None
 
 
@@ -234,7 +233,6 @@ class SpatialVLAForConditionalGeneration(SpatialVLAPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
-        **kwargs: object,
     ) -> SpatialVLAOutput:
         """Logits ``[B, L, V]`` under the prefix-LM mask (no ``token_type_ids``: the whole input is the prefix)."""
         image_features = None if pixel_values is None else self.get_image_features(pixel_values, intrinsic)
