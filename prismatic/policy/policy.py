@@ -33,7 +33,9 @@ from prismatic.vla.prompt import build_prompt
 Observation = dict[str, np.ndarray]
 
 
-def resolve_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str) -> str:
+def resolve_unnorm_key(
+    norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str, statistics_file: str = "dataset_statistics.json"
+) -> str:
     """``unnorm_key`` if given, else the suite name, falling back to ``{name}_no_noops`` as upstream."""
     key = unnorm_key or task_suite_name
     if key not in norm_stats and f"{key}_no_noops" in norm_stats:
@@ -42,7 +44,7 @@ def resolve_unnorm_key(norm_stats: dict[str, Any], unnorm_key: str, task_suite_n
         flag = "--unnorm_key" if unnorm_key else "--task_suite_name"
         raise ValueError(
             f"{flag} {unnorm_key or task_suite_name!r}: no action statistics {key!r} in the checkpoint's "
-            f"dataset_statistics.json; available: {sorted(norm_stats)}"
+            f"{statistics_file}; available: {sorted(norm_stats)}"
         )
     return key
 

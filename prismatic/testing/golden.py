@@ -1,4 +1,4 @@
-"""The golden weight rule ``sf-golden-v1`` (see tests/golden/README.md).
+"""The golden weight rules ``sf-golden-v1`` and ``svla-golden-v1`` (see tests/golden/README.md).
 
 Any module whose ``state_dict()`` keys match the official implementation's gets the same weights as the
 module that produced the golden numbers, so outputs can be compared value for value.
@@ -36,4 +36,28 @@ def apply_golden_weights(module: nn.Module, strip_prefix: str = "") -> nn.Module
             continue
         rule_key = key[len(strip_prefix) :] if strip_prefix and key.startswith(strip_prefix) else key
         tensor.data.copy_(golden_value(rule_key, tensor.shape).to(tensor.dtype))
+    return module
+
+
+SVLA_WEIGHT_RULE = "svla-golden-v1"
+
+
+def svla_golden_value(key: str, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The value rule ``svla-golden-v1`` assigns to the SpatialVLA parameter ``key`` (float32, scaled by fan-in)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
+    x = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if x.ndim >= 2:
+        return x * (x.numel() // x.shape[0]) ** -0.5
+    if key.endswith("bias"):
+        return 0.02 * x
+    if key.startswith("language_model") and "norm" in key:
+        return 0.1 * x
+    return 1.0 + 0.1 * x
+
+
+@torch.no_grad()
+def apply_svla_golden_weights(module: nn.Module) -> nn.Module:
+    """Overwrite every parameter of a SpatialVLA model (released key names) by rule ``svla-golden-v1``."""
+    for key, parameter in module.named_parameters():
+        parameter.copy_(svla_golden_value(key, parameter.shape).to(parameter.dtype))
     return module

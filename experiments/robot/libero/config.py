@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments.robot.action_ensembling import ENSEMBLING_MODES
+
 # The task suites and their episode length limits (policy steps after the wait), each a little above the suite's
 # longest training demo.
 TASK_MAX_STEPS = {
@@ -18,6 +20,8 @@ TASK_MAX_STEPS = {
 }
 
 DEFAULT_INITIAL_STATES = "DEFAULT"
+MODEL_FAMILIES = ("openvla", "svla")  # OpenVLA-OFT / Spatial Forcing; SpatialVLA (experiments/robot/svla_policy.py)
+SVLA_PROMPTS = ("instruction", "openvla")
 
 
 @dataclass
@@ -25,7 +29,7 @@ class GenerateConfig:
     # fmt: off
     # Model (upstream). None = take it from the checkpoint's policy_config.json (upstream's defaults for a released
     # checkpoint without one); a given flag that contradicts the file is honoured with a warning.
-    model_family: str = "openvla"                 # Model family; only "openvla"
+    model_family: str = "openvla"                 # Model family: "openvla" or "svla" (SpatialVLA)
     pretrained_checkpoint: str = ""               # Checkpoint folder (merged model + heads + dataset_statistics.json)
     use_l1_regression: bool | None = None         # Continuous action head trained with L1 regression
     use_diffusion: bool | None = None             # Continuous action head trained with diffusion (DDIM)
@@ -63,6 +67,9 @@ class GenerateConfig:
     save_videos: bool = False                     # Write one MP4 per episode (third-person camera, 30 fps)
     run_id: str | None = None                     # Reuse an earlier run id to resume it (finished episodes are skipped)
     policy_server: str | None = None              # ws://host:port of serve_policy.py: workers query it (no local model)
+    action_ensembling: str = "none"               # none | fork | simpler | adaptive (else: --num_open_loop_steps 1)
+    svla_prompt: str = "instruction"              # (svla) "instruction": the lower-cased task, as in training;
+                                                  #   "openvla": the LIBERO fork's "In: What action should ...?\nOut:"
     # fmt: on
 
 
@@ -86,8 +93,18 @@ RESUMABLE_FLAGS = frozenset(
 
 def validate_config(cfg: GenerateConfig) -> None:
     """Raise ``ValueError`` naming the flag for settings that cannot work or contradict each other."""
-    if cfg.model_family != "openvla":
-        raise ValueError(f"--model_family {cfg.model_family!r} is not supported; expected 'openvla'")
+    if cfg.model_family not in MODEL_FAMILIES:
+        raise ValueError(f"--model_family {cfg.model_family!r} is not supported; expected one of {MODEL_FAMILIES}")
+    if cfg.action_ensembling not in ENSEMBLING_MODES:
+        raise ValueError(
+            f"--action_ensembling {cfg.action_ensembling!r} is unknown; expected one of {ENSEMBLING_MODES}"
+        )
+    if cfg.action_ensembling != "none" and cfg.num_open_loop_steps != 1:
+        raise ValueError(
+            f"--action_ensembling {cfg.action_ensembling} queries the policy at every step: set --num_open_loop_steps 1"
+        )
+    if cfg.svla_prompt not in SVLA_PROMPTS:
+        raise ValueError(f"--svla_prompt {cfg.svla_prompt!r} is unknown; expected one of {SVLA_PROMPTS}")
     if cfg.task_suite_name not in TASK_MAX_STEPS:
         raise ValueError(
             f"--task_suite_name {cfg.task_suite_name!r} is unknown; expected one of {list(TASK_MAX_STEPS)}"

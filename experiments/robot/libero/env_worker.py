@@ -32,6 +32,7 @@ import imageio
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
+from experiments.robot.action_ensembling import EpisodeActionSelector
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
 from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
@@ -63,6 +64,7 @@ class EpisodeSettings:
     env_img_res: int
     video_dir: str | None  # None: no videos
     policy_server: str | None = None  # ws://host:port: chunks come from a policy server, in the robot's units
+    action_ensembling: str = "none"  # see experiments/robot/action_ensembling.py
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def run_episode(
     """Upstream's episode from the initial observation ``obs``: ``num_steps_wait`` no-ops, then up to ``max_steps``
     policy actions, re-querying the policy whenever the open-loop queue is empty. A simulator exception ends the
     episode as a failure (recorded in ``error``)."""
+    select_actions = EpisodeActionSelector(settings.action_ensembling, settings.num_open_loop_steps)
     action_queue: deque[np.ndarray] = deque()
     frames: list[np.ndarray] = []
     success, steps, error = False, 0, None
@@ -125,9 +128,9 @@ def run_episode(
             if keep_frames:
                 frames.append(frame)
             if not action_queue:
-                # The first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k) would keep the
-                # last k when k < chunk; identical for the default k = chunk).
-                action_queue.extend(request_chunk(observation)[: settings.num_open_loop_steps])
+                # Without ensembling: the first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k)
+                # would keep the last k when k < chunk; identical for the default k = chunk).
+                action_queue.extend(select_actions(request_chunk(observation)))
             action = action_queue.popleft()
             if settings.policy_server is None:  # a policy server replies in the robot's units already
                 action = process_action(action, settings.model_family)

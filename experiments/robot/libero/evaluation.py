@@ -368,7 +368,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy | None) -> float:
     validate_config(cfg)
     configure_rendering()
     platform = constants_for(cfg.task_suite_name)
-    if cfg.num_open_loop_steps != platform.num_actions_chunk:
+    if cfg.model_family == "openvla" and cfg.num_open_loop_steps != platform.num_actions_chunk:
         logger.warning(
             "--num_open_loop_steps %d differs from the %s action chunk (%d); upstream recommends executing the "
             "full chunk for speed and success rate",
@@ -411,6 +411,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy | None) -> float:
             env_img_res=cfg.env_img_res,
             video_dir=str(paths.videos) if cfg.save_videos else None,
             policy_server=cfg.policy_server,
+            action_ensembling=cfg.action_ensembling,
         )
 
         def record(result: EpisodeResult) -> None:

@@ -6,7 +6,8 @@
 Upstream's flags and defaults (see ``GenerateConfig``), plus ``--num_workers``, ``--task_ids``, ``--max_steps``,
 ``--save_videos``, ``--run_id`` (pass an earlier run's id to resume it) and ``--policy_server ws://host:port`` (the
 simulator workers query a running ``vla-scripts/serve_policy.py``; its key, if any, from $POLICY_SERVER_API_KEY).
-Outputs: see ``evaluation.py``.
+Outputs: see ``evaluation.py``. ``--model_family svla`` evaluates a SpatialVLA folder (``--svla_prompt``,
+``--action_ensembling``; see README).
 """
 
 import dataclasses
@@ -34,9 +35,9 @@ def main(cfg: GenerateConfig) -> float:
         metadata = policy_server_metadata(cfg.policy_server, constants_for(cfg.task_suite_name).action_dim)
         return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None)
     # Imported here, not at the top: spawned simulator workers re-import this script and need no model code.
-    from experiments.robot.vla_policy import VLAPolicy
+    from experiments.robot.policy_factory import load_policy
 
-    policy = VLAPolicy.from_config(cfg)
+    policy = load_policy(cfg)
     # The log and the resume check record the settings the policy runs with (from its policy_config.json).
     return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy)
 
