@@ -7,6 +7,7 @@ import draccus
 
 from prismatic.training.config import FinetuneConfig
 from prismatic.training.trainer import train
+from prismatic.util.cli import run_cli
 
 
 @draccus.wrap()
@@ -15,4 +16,4 @@ def main(cfg: FinetuneConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,6 +11,7 @@ import draccus
 
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.trainer import train
+from prismatic.util.cli import run_cli
 
 
 @draccus.wrap()
@@ -19,4 +20,4 @@ def main(cfg: AlignFinetuneConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

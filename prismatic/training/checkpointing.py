@@ -12,7 +12,9 @@ A checkpoint folder holds (``{suffix}`` = ``{step}_checkpoint.pt`` or ``latest_c
     training_state--{suffix}             ours: optimizer, scheduler, step, RNG states, data position
 
 Folders are assembled under a temporary name and renamed into place; a "latest" folder being replaced is first
-renamed to ``*.old``, so at every instant one complete checkpoint exists, even after ``kill -9``.
+renamed to ``*.old``, so at every instant one complete checkpoint exists, even after ``kill -9`` at any point of
+any sequence of saves (folders are deleted only after an atomic rename to ``*.trash-<pid>``; leftovers of dead
+processes are removed by ``run_guard.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -89,13 +91,24 @@ class CheckpointWriter:
         self.tmp_dir.mkdir(parents=True)
 
     def commit(self) -> Path:
+        """Moves the folder into place. ``final`` and ``.old`` are only ever renamed, never deleted in place, so
+        whichever exists is complete: an ``.old`` is discarded only while a complete ``final`` exists."""
         old_dir = self.final_dir.with_name(f"{self.final_dir.name}.old")
-        shutil.rmtree(old_dir, ignore_errors=True)
         if self.final_dir.exists():
+            discard(old_dir)
             os.rename(self.final_dir, old_dir)
         os.rename(self.tmp_dir, self.final_dir)
-        shutil.rmtree(old_dir, ignore_errors=True)
+        discard(old_dir)
         return self.final_dir
+
+
+def discard(folder: Path) -> None:
+    """Deletes ``folder`` after renaming it to ``*.trash-<pid>`` (atomic), so a kill never leaves it half deleted."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f"{folder.name}.trash-{os.getpid()}")
+    os.rename(folder, trash)
+    shutil.rmtree(trash)
 
 
 def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path, int | None]:

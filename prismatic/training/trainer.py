@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from prismatic.models.base_model_record import base_model_record, write_base_model_record
 from prismatic.models.load import load_component_state_dict, save_component_state_dict
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
@@ -34,7 +35,9 @@ from prismatic.training.distributed import (
 )
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
+from prismatic.training.run_guard import check_run_folder, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
+from prismatic.util.cli import user_errors, writing
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
@@ -283,19 +286,21 @@ def compute_losses(
 
 def train(cfg: FinetuneConfig) -> Path:
     """Runs fine-tuning to ``cfg.max_steps`` optimizer steps; returns the last checkpoint folder."""
-    platform = validate_config(cfg)
+    with user_errors():
+        platform = validate_config(cfg)
+    run_dir = Path(cfg.run_root_dir) / run_id(cfg)
+    resume_changes = check_run_folder(cfg, run_dir)
     ctx = init_distributed()
     try:
-        return _train(cfg, platform, ctx)
+        return _train(cfg, platform, ctx, run_dir, resume_changes)
     finally:
         shutdown_distributed()
 
 
-def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Path:
+def _train(
+    cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext, run_dir: Path, resume_changes: list[str]
+) -> Path:
     seed_everything(cfg.seed + ctx.rank)
-    run_dir = Path(cfg.run_root_dir) / run_id(cfg)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg, platform, ctx)
     trainable = [p for module in model.trainable_modules() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
@@ -307,6 +312,7 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_step * samples_per_step)
     if ctx.is_main:
+        prepare_run_folder(cfg, run_dir, resume_changes)
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
     ctx.barrier()
     if resume_rng is not None:
@@ -346,7 +352,8 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
         if cfg.use_val_set and step % cfg.val_freq == 0:
             logger.write(step, run_validation(cfg, model, platform, ctx))
         if step % cfg.save_freq == 0 or step == cfg.max_steps:
-            last_checkpoint = save_checkpoint(cfg, run_dir, step, model, optimizer, scheduler, dataset, ctx)
+            with writing(f"the checkpoint of step {step} in {run_dir.parent}"):
+                last_checkpoint = save_checkpoint(cfg, run_dir, step, model, optimizer, scheduler, dataset, ctx)
     logger.close()
     return last_checkpoint
 
@@ -416,6 +423,7 @@ def save_checkpoint(
         vla = ckpt.unwrap(model.vla)
         model.processor.save_pretrained(folder)
         save_dataset_statistics(dataset.dataset_statistics, folder / "dataset_statistics.json")
+        write_base_model_record(folder, base_model_record(cfg.vla_path))
         if cfg.use_lora:
             vla.save_pretrained(folder / "lora_adapter")
         for name, module in _component_modules(model).items():

@@ -61,6 +61,7 @@ class GenerateConfig:
     max_steps: int | None = None                  # Cap on the suite's max episode steps, for quick checks
     save_videos: bool = False                     # Write one MP4 per episode (third-person camera, 30 fps)
     run_id: str | None = None                     # Reuse an earlier run id to resume it (finished episodes are skipped)
+    ignore_base_model_check: bool = False         # Load a LoRA-only checkpoint on a base other than the recorded one
     # fmt: on
 
 
@@ -77,6 +78,7 @@ RESUMABLE_FLAGS = frozenset(
         "num_workers",
         "save_videos",
         "run_id",
+        "ignore_base_model_check",
     }
 )
 

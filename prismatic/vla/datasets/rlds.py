@@ -22,7 +22,7 @@ from prismatic.util.io import write_json_atomic
 from prismatic.vla.datasets.registry import RLDSDatasetSpec
 from prismatic.vla.datasets.statistics import (
     compute_statistics,
-    statistics_from_json,
+    read_statistics_cache,
     statistics_to_json,
 )
 from prismatic.vla.datasets.tf_runtime import import_tensorflow, import_tensorflow_datasets, without_autograph
@@ -169,8 +169,7 @@ def get_dataset_statistics(
     candidates.append((cache_dir or Path.home() / ".cache" / "spatial_forcing") / spec.name / cache_name)
     for path in candidates:
         if path.is_file():
-            with open(path) as handle:
-                statistics = statistics_from_json(json.load(handle))
+            statistics = read_statistics_cache(path)
             break
     else:
         statistics = _compute_builder_statistics(builder, spec, num_parallel_calls)
