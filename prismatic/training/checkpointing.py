@@ -107,6 +107,7 @@ def discard(folder: Path) -> None:
     if not folder.exists():
         return
     trash = folder.with_name(f"{folder.name}.trash-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)  # an earlier interrupted deletion under the same name
     os.rename(folder, trash)
     shutil.rmtree(trash)
 
