@@ -18,6 +18,7 @@ import torch
 from prismatic.models.base_model_record import base_model_record, verify_base_model, write_base_model_record
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
+from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
 from prismatic.training.run_guard import (
     TRAINING_CONFIG_NAME,
     check_run_folder,
@@ -247,3 +248,19 @@ def test_a_full_disk_is_a_user_error_naming_the_file(tmp_path, monkeypatch, caps
     assert capsys.readouterr().err == (
         "error: cannot write a file: No space left on device: expected free space and write permission there\n"
     )
+
+
+def test_without_a_record_merged_weights_that_disagree_with_base_plus_adapter_are_kept(cli_world, tmp_path):
+    checkpoint = Path(shutil.copytree(cli_world.adapter_checkpoint, tmp_path / "run--2_chkpt"))
+    (checkpoint / "base_model.json").unlink()  # as a released checkpoint
+    merged = {path.name: path.read_bytes() for path in checkpoint.glob("model*.safetensors*")}
+    cfg = ConvertConfig(
+        base_checkpoint=str(cli_world.base), lora_finetuned_checkpoint_dir=str(checkpoint), device="cpu"
+    )
+
+    with pytest.raises(
+        UserError, match=r"the merged weights already in .* disagree with --base_checkpoint .*overwrite"
+    ):
+        merge_lora_checkpoint(cfg)
+
+    assert {path.name: path.read_bytes() for path in checkpoint.glob("model*.safetensors*")} == merged
