@@ -24,7 +24,6 @@ os.environ.setdefault("USE_TF", "0")
 
 import draccus  # noqa: E402
 import numpy as np  # noqa: E402
-
 from bench_rlds import rss_mib, timed_rate  # noqa: E402
 
 RLDS_NAME = "libero_spatial_no_noops"  # the registry name the RLDS copy is written under

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import draccus
 
+from prismatic.util.cli import UserError, run_cli
+from prismatic.util.file_checks import check_writable_dir
 from prismatic.vla.datasets.libero_hdf5 import convert_libero_hdf5
 from prismatic.vla.datasets.registry import DATASETS
+from prismatic.vla.datasets.writer import check_output_dataset
 
 
 @dataclass
@@ -28,15 +31,19 @@ class ConvertConfig:
 @draccus.wrap()
 def main(cfg: ConvertConfig) -> None:
     if cfg.dataset_name not in DATASETS:
-        raise ValueError(
-            f"--dataset_name {cfg.dataset_name!r} is not a known dataset; expected one of {sorted(DATASETS)}."
+        raise UserError(
+            f"--dataset_name {cfg.dataset_name!r} is not a known dataset: expected one of {sorted(DATASETS)}"
         )
     hdf5_paths = sorted(cfg.hdf5_dir.glob("*.hdf5"))
     if not hdf5_paths:
-        raise FileNotFoundError(f"--hdf5_dir {cfg.hdf5_dir} holds no *.hdf5 files.")
+        raise UserError(f"--hdf5_dir {cfg.hdf5_dir} holds no *.hdf5 files: expected LIBERO's demonstration files")
+    if cfg.image_size < 1:
+        raise UserError(f"--image_size {cfg.image_size}: expected a positive side in pixels (256 as LIBERO)")
+    check_writable_dir(cfg.data_root_dir, "--data_root_dir")
+    check_output_dataset(cfg.data_root_dir, cfg.dataset_name, cfg.overwrite)
     builder_dir = convert_libero_hdf5(hdf5_paths, cfg.data_root_dir, cfg.dataset_name, cfg.image_size, cfg.overwrite)
     print(f"Converted {len(hdf5_paths)} HDF5 files to {builder_dir}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

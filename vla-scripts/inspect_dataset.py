@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from prismatic.util.cli import run_cli  # noqa: E402
+from prismatic.util.cli import UserError, run_cli, user_errors  # noqa: E402
+from prismatic.util.file_checks import check_writable_dir  # noqa: E402
 from prismatic.vla.action_tokenizer import ActionTokenizer  # noqa: E402
 from prismatic.vla.datasets import (  # noqa: E402
     PaddedCollatorForActionPrediction,
@@ -42,6 +43,7 @@ from prismatic.vla.datasets import (  # noqa: E402
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset  # noqa: E402
 from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags  # noqa: E402
 from prismatic.vla.datasets.pipeline import build_dataset  # noqa: E402
+from prismatic.vla.datasets.registry import resolve_data_mix  # noqa: E402
 from prismatic.vla.datasets.visualize import save_frame_grid  # noqa: E402
 
 
@@ -157,8 +159,32 @@ def _take(iterator: Any, count: int) -> list[Any]:
     return [frame for frame, _ in zip(iterator, range(count), strict=False)]
 
 
+def check_config(cfg: InspectConfig) -> None:
+    """Every flag and the folders it names, before the dataset is opened or anything written."""
+    for flag in ("num_batches", "batch_size", "num_images_in_input", "shuffle_buffer_size", "num_preview_frames"):
+        if getattr(cfg, flag) < 1:
+            raise UserError(f"--{flag} {getattr(cfg, flag)}: expected a positive integer")
+    # A LeRobot folder is checked when it is opened (before anything is written); RLDS names must be registered.
+    specs = [] if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name) else None
+    if specs is None:
+        with user_errors():
+            specs = resolve_data_mix(cfg.dataset_name)
+    for spec, _ in specs:
+        if not (cfg.data_root_dir / spec.name).is_dir():
+            raise UserError(
+                f"--data_root_dir {cfg.data_root_dir}: no dataset folder {spec.name}/ there: expected "
+                f"{spec.name}/<version>/*.tfrecord* (e.g. from make_synthetic_libero.py or convert_libero_hdf5.py)"
+            )
+    if cfg.vla_path is not None and not (cfg.vla_path / "preprocessor_config.json").is_file():
+        raise UserError(f"--vla_path {cfg.vla_path}: no preprocessor_config.json there: expected a checkpoint folder")
+    if cfg.stats_out is not None:
+        check_writable_dir(cfg.stats_out.parent, "--stats_out")
+    check_writable_dir((cfg.preview_out or Path(".")).parent, "--preview_out")
+
+
 @draccus.wrap()
 def main(cfg: InspectConfig) -> None:
+    check_config(cfg)
     inspect_dataset(cfg)
 
 

@@ -2,7 +2,8 @@
 
     python vla-scripts/make_tiny_checkpoints.py --out_dir ckpts/tiny
 
-Then train with ``--vla_path ckpts/tiny/tiny-openvla --vggt_path ckpts/tiny/tiny-vggt-model.pt --vggt_image_size 224``.
+Then train with ``--vla_path ckpts/tiny/tiny-openvla --vggt_path ckpts/tiny/tiny-vggt-model.pt --vggt_image_size 112``
+(the tiny VGGT sees 112 px images, as ``make demo`` and the tests train it).
 """
 
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from pathlib import Path
 import draccus
 
 from prismatic.testing.tiny_checkpoints import write_tiny_base_checkpoints
+from prismatic.util.cli import run_cli
+from prismatic.util.file_checks import check_writable_dir
 
 
 @dataclass
@@ -21,9 +24,10 @@ class TinyCheckpointConfig:
 
 @draccus.wrap()
 def main(cfg: TinyCheckpointConfig) -> None:
+    check_writable_dir(cfg.out_dir, "--out_dir")
     vla_dir, vggt_path = write_tiny_base_checkpoints(cfg.out_dir, cfg.seed)
     print(f"tiny OpenVLA: {vla_dir}\ntiny VGGT:    {vggt_path}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

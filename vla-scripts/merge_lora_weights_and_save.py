@@ -17,6 +17,7 @@ import sys
 import draccus
 
 from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
+from prismatic.util.cli import run_cli
 
 
 @draccus.wrap()
@@ -29,4 +30,4 @@ def main(cfg: ConvertConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -146,7 +146,7 @@ def load_policy_config(checkpoint_dir: str | Path, fallback_name: str = "libero"
     dataset or LIBERO suite name) when the folder has none (a released checkpoint)."""
     config = read_policy_config(checkpoint_dir)
     if config is None:
-        logger.info("%s has no %s: using upstream's defaults", checkpoint_dir, POLICY_CONFIG_NAME)
+        logger.debug("%s has no %s: using upstream's defaults", checkpoint_dir, POLICY_CONFIG_NAME)
         config = PolicyConfig.upstream_default(fallback_name)
     return config
 
@@ -180,6 +180,8 @@ _FLAG_FIELDS = {  # evaluation flag -> (sub-config or "", field)
     "unnorm_key": ("", "unnorm_key"),
     "center_crop": ("image", "center_crop"),
 }
+# Every evaluation flag that selects the policy (None: from the checkpoint's policy_config.json).
+POLICY_FLAGS = ("use_l1_regression", "use_diffusion", *_FLAG_FIELDS)
 
 
 def _action_head_from_flags(current: str, use_l1_regression: bool | None, use_diffusion: bool | None) -> str:

@@ -49,6 +49,21 @@ def resolve_unnorm_key(
     return key
 
 
+def evaluation_flags(config: PolicyConfig, unnorm_key: str) -> dict[str, Any]:
+    """The evaluation flags (upstream's names) that select the policy ``config`` describes."""
+    return {
+        "use_l1_regression": config.action_head == "l1_regression",
+        "use_diffusion": config.action_head == "diffusion",
+        "num_diffusion_steps_train": config.num_diffusion_steps_train,
+        "num_diffusion_steps_inference": config.num_diffusion_steps_inference,
+        "use_film": config.use_film,
+        "num_images_in_input": config.num_images_in_input,
+        "use_proprio": config.use_proprio,
+        "center_crop": config.image.center_crop,
+        "unnorm_key": unnorm_key,
+    }
+
+
 def policy_device() -> tuple[torch.device, torch.dtype]:
     """GPU in bfloat16 as upstream when there is one, else CPU in float32."""
     if torch.cuda.is_available():
@@ -124,18 +139,7 @@ class VLAPolicy:
 
     def resolved_flags(self) -> dict[str, Any]:
         """The evaluation flags (upstream's names) this policy runs with, for logs and resume checks."""
-        config = self.config
-        return {
-            "use_l1_regression": config.action_head == "l1_regression",
-            "use_diffusion": config.action_head == "diffusion",
-            "num_diffusion_steps_train": config.num_diffusion_steps_train,
-            "num_diffusion_steps_inference": config.num_diffusion_steps_inference,
-            "use_film": config.use_film,
-            "num_images_in_input": config.num_images_in_input,
-            "use_proprio": config.use_proprio,
-            "center_crop": config.image.center_crop,
-            "unnorm_key": self.unnorm_key,
-        }
+        return evaluation_flags(self.config, self.unnorm_key)
 
     def _policy_images(self, observation: Observation) -> list[Image.Image]:
         """The third-person image, then the wrist images (upstream: every key containing "wrist"), as model input."""

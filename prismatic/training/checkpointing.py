@@ -16,6 +16,9 @@ place. In the run folder, the new checkpoint is assembled in ``.checkpoint-stagi
 ``.checkpoint-ready/`` once complete, then its entries are moved over the old ones (training state last); a move
 interrupted by ``kill -9`` is finished by :func:`finish_pending_install` before resuming, so a complete
 checkpoint is always recoverable.
+Folders are only ever renamed into place, and deleted only after an atomic rename to ``*.trash-<pid>``; a "latest"
+step folder being replaced is first renamed to ``*.old``, so ``kill -9`` at any point of any sequence of saves leaves
+a complete checkpoint (leftovers of dead processes are removed by ``run_guard.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def finish_pending_install(run_dir: Path) -> None:
     for entry in sorted(ready.iterdir(), key=lambda path: path.name.startswith(TRAINING_STATE)):
         target = run_dir / entry.name
         if entry.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
+            discard(target)
             os.rename(entry, target)
         else:
             os.replace(entry, target)
@@ -107,19 +110,30 @@ class CheckpointWriter:
         self.tmp_dir.mkdir(parents=True)
 
     def commit(self) -> Path:
+        """Moves the checkpoint into place. ``final`` and ``.old`` are only ever renamed, never deleted in place, so
+        whichever exists is complete: an ``.old`` is discarded only while a complete ``final`` exists."""
         if self.in_place:
-            ready = self.final_dir / READY_DIR
-            shutil.rmtree(ready, ignore_errors=True)
-            os.rename(self.tmp_dir, ready)
+            finish_pending_install(self.final_dir)  # an earlier save's complete ready folder goes in first
+            os.rename(self.tmp_dir, self.final_dir / READY_DIR)
             finish_pending_install(self.final_dir)
             return self.final_dir
         old_dir = self.final_dir.with_name(f"{self.final_dir.name}.old")
-        shutil.rmtree(old_dir, ignore_errors=True)
         if self.final_dir.exists():
+            discard(old_dir)
             os.rename(self.final_dir, old_dir)
         os.rename(self.tmp_dir, self.final_dir)
-        shutil.rmtree(old_dir, ignore_errors=True)
+        discard(old_dir)
         return self.final_dir
+
+
+def discard(folder: Path) -> None:
+    """Deletes ``folder`` after renaming it to ``*.trash-<pid>`` (atomic), so a kill never leaves it half deleted."""
+    if not folder.exists():
+        return
+    trash = folder.with_name(f"{folder.name}.trash-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)  # an earlier interrupted deletion under the same name
+    os.rename(folder, trash)
+    shutil.rmtree(trash)
 
 
 def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path, int | None]:

@@ -45,6 +45,7 @@ class FinetuneConfig:
     scheduler: str = "MultiStepLR"                   # MultiStepLR | CosineAnnealingLR
     resume: bool = False                             # Continue from the run folder's latest checkpoint
     resume_step: int | None = None                   # ... or from this step's checkpoint
+    overwrite_run: bool = False                      # Ours: replace an earlier run of the same run id (deletes it)
     image_aug: bool = True                           # Training image augmentation
     diffusion_sample_freq: int = 50                  # Log sampled-action L1 every N steps (diffusion)
     # LoRA

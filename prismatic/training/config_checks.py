@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
+from prismatic.util.cli import UserError
+from prismatic.util.file_checks import check_model_weights, check_weights_file
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_platform
+from vggt.loading import infer_vggt_kwargs, read_state_dict
 
 
 def _positive(cfg: FinetuneConfig, *names: str) -> None:
@@ -33,12 +37,43 @@ def _llm_num_layers(vla_path: Path) -> int:
     return int(config.get("text_config", {}).get("num_hidden_layers", 32))
 
 
+def check_vggt(cfg: AlignFinetuneConfig) -> None:
+    """The VGGT file is an intact checkpoint and --vggt_layers_align / --vggt_image_size fit it (read memory-mapped)."""
+    check_weights_file(cfg.vggt_path, "--vggt_path")
+    try:
+        kwargs = infer_vggt_kwargs(read_state_dict(cfg.vggt_path), source=str(cfg.vggt_path))
+    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:
+        raise UserError(
+            f"--vggt_path {cfg.vggt_path} is not a VGGT checkpoint ({error}): expected VGGT-1B's model.pt"
+        ) from None
+    depth, patch_size = kwargs["depth"], kwargs["patch_size"]
+    if not -depth <= cfg.vggt_layers_align < depth:
+        raise UserError(
+            f"--vggt_layers_align {cfg.vggt_layers_align} is out of range: {cfg.vggt_path} has {depth} aggregator "
+            f"layers: expected {-depth}..{depth - 1}"
+        )
+    if cfg.vggt_image_size < patch_size or cfg.vggt_image_size % patch_size:
+        raise UserError(
+            f"--vggt_image_size {cfg.vggt_image_size}: expected a positive multiple of VGGT's patch size {patch_size} "
+            "(518 as VGGT)"
+        )
+
+
 def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
     """Validates ``cfg`` against the files it names; returns the platform constants of its dataset."""
     from prismatic.models.attention import check_attn_implementation
     from prismatic.vla.datasets.registry import resolve_data_mix
 
     _positive(cfg, "batch_size", "grad_accumulation_steps", "max_steps", "save_freq", "wandb_log_freq")
+    _positive(cfg, "shuffle_buffer_size", "num_steps_before_decay")
+    if not cfg.learning_rate > 0:
+        raise ValueError(f"--learning_rate {cfg.learning_rate}: expected a value > 0")
+    if cfg.lr_warmup_steps < 0:
+        raise ValueError(f"--lr_warmup_steps {cfg.lr_warmup_steps}: expected a value >= 0")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise ValueError(f"--lora_dropout {cfg.lora_dropout}: expected a probability in [0, 1)")
+    if cfg.resume_step is not None and not cfg.resume:
+        raise ValueError(f"--resume_step {cfg.resume_step} without --resume: expected --resume True with it")
     if cfg.use_val_set:
         _positive(cfg, "val_freq", "val_batches")
         if not 0.0 < cfg.val_set_fraction < 1.0:
@@ -77,6 +112,7 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
             )
 
     num_layers = _llm_num_layers(Path(cfg.vla_path))
+    check_model_weights(Path(cfg.vla_path), "--vla_path")
     if isinstance(cfg, AlignFinetuneConfig):
         from prismatic.spatial_forcing.losses import check_align_loss_type
         from prismatic.spatial_forcing.targets import check_pooling_func
@@ -93,5 +129,5 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
             raise FileNotFoundError(
                 f"--vggt_path {cfg.vggt_path} does not exist (expected facebook/VGGT-1B's model.pt, or .safetensors)."
             )
-        _positive(cfg, "vggt_image_size")
+        check_vggt(cfg)
     return platform

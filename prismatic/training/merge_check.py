@@ -49,6 +49,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor, PreTrainedModel
 
 from prismatic.models.action_heads import L1RegressionActionHead
+from prismatic.models.base_model_record import read_base_model_record, verify_base_model
 from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.load import (
     LORA_ADAPTER_DIR,
@@ -63,6 +64,15 @@ from prismatic.models.projectors import ProprioProjector
 from prismatic.policy.components import build_heads, component_names, load_components
 from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.training.lora import merge_lora
+from prismatic.training.run_guard import remove_stale_temporaries
+from prismatic.util.cli import UserError, user_errors
+from prismatic.util.file_checks import (
+    check_model_weights,
+    check_safetensors,
+    check_torch_file,
+    check_writable_dir,
+    read_json_file,
+)
 from prismatic.vla.constants import PlatformConstants, constants_for
 from prismatic.vla.prompt import build_prompt
 
@@ -94,6 +104,8 @@ class ConvertConfig:
     platform: str | None = None                      # Dataset/suite of the heads' chunk geometry (None: config)
     skip_verify: bool = False                        # Merge and save without the probe check
     verify_only: bool = False                        # Check the merged model already in the folder; merge nothing
+    ignore_base_model_check: bool = False            # Merge although --base_checkpoint is not the recorded base
+    overwrite_merged: bool = False                   # Replace merged weights that disagree with base + adapter
     # fmt: on
 
 
@@ -394,6 +406,32 @@ def install_merged_model(staging_dir: Path, checkpoint_dir: Path) -> list[Path]:
     return written
 
 
+def _check_files(cfg: ConvertConfig, checkpoint_dir: Path, adapter_dir: Path) -> None:
+    """Every file the merge reads is present and intact, and the folder it writes is writable."""
+    base_dir = Path(cfg.base_checkpoint)
+    if not (base_dir / "config.json").is_file():
+        raise UserError(
+            f"--base_checkpoint {base_dir}: no config.json there: expected a local base VLA folder "
+            "(the fine-tune's --vla_path, e.g. ckpts/openvla-7b)"
+        )
+    read_json_file(base_dir / "config.json", "--base_checkpoint")
+    check_model_weights(base_dir, "--base_checkpoint")
+    read_json_file(adapter_dir / "adapter_config.json", "--lora_finetuned_checkpoint_dir")
+    check_safetensors(adapter_dir / ADAPTER_WEIGHTS_NAME, "--lora_finetuned_checkpoint_dir")
+    for path in checkpoint_dir.glob("*--*checkpoint.pt"):
+        check_torch_file(path, "--lora_finetuned_checkpoint_dir")
+    if (checkpoint_dir / "dataset_statistics.json").exists():
+        read_json_file(checkpoint_dir / "dataset_statistics.json", "--lora_finetuned_checkpoint_dir")
+    if not cfg.verify_only:
+        check_writable_dir(checkpoint_dir, "--lora_finetuned_checkpoint_dir")
+    if cfg.tolerance < 0 or cfg.hidden_tolerance < 0:
+        raise UserError(f"--tolerance {cfg.tolerance} / --hidden_tolerance {cfg.hidden_tolerance}: expected >= 0")
+    parse_dtype(cfg.probe_dtype, "probe_dtype")
+    resolve_device(cfg.device)
+    if not cfg.ignore_base_model_check:
+        verify_base_model(checkpoint_dir, base_dir, "--base_checkpoint")
+
+
 def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
     if not cfg.lora_finetuned_checkpoint_dir:
         raise ValueError("--lora_finetuned_checkpoint_dir is required (the checkpoint folder holding lora_adapter/).")
@@ -414,11 +452,32 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
     return checkpoint_dir, adapter_dir
 
 
+def _refuse_to_replace_disagreeing_merge(cfg: ConvertConfig, checkpoint_dir: Path, existing: ProbeDifference) -> None:
+    """Without a recorded base, merged weights that disagree with base + adapter may be the right ones (and
+    --base_checkpoint the wrong base): they are kept unless --overwrite_merged."""
+    tolerance = cfg.tolerance if existing.max_action_diff is not None else cfg.hidden_tolerance
+    if existing.judged_value > tolerance and not cfg.overwrite_merged:
+        raise UserError(
+            f"the merged weights already in {checkpoint_dir} disagree with --base_checkpoint {cfg.base_checkpoint} "
+            f"+ its adapter ({existing.describe()}): expected the base the adapter was trained on; pass "
+            "--overwrite_merged True to replace them anyway"
+        )
+
+
 def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
     """Merge ``lora_adapter/`` of a checkpoint folder into the base model, check the merge on the probe, and save
     it there (config + safetensors shards + index). Nothing is written when the check fails."""
-    checkpoint_dir, adapter_dir = _check_flags(cfg)
-    merge_dtype = parse_dtype(cfg.dtype, "dtype")
+    with user_errors():
+        checkpoint_dir, adapter_dir = _check_flags(cfg)
+        merge_dtype = parse_dtype(cfg.dtype, "dtype")
+        _check_files(cfg, checkpoint_dir, adapter_dir)
+    remove_stale_temporaries(checkpoint_dir)
+    base_verified = not cfg.ignore_base_model_check and read_base_model_record(checkpoint_dir) is not None
+    if has_merged_weights(checkpoint_dir) and not cfg.verify_only and cfg.skip_verify and not cfg.overwrite_merged:
+        raise UserError(
+            f"--skip_verify True would replace the merged weights in {checkpoint_dir} unchecked: expected the check "
+            "(drop --skip_verify) or --overwrite_merged True"
+        )
     trained_on = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if trained_on and trained_on != cfg.base_checkpoint:
         logger.warning(
@@ -435,6 +494,12 @@ def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
             "Probing %s + %s (unmerged) in %s on %s", cfg.base_checkpoint, adapter_dir, cfg.probe_dtype, prober.device
         )
         reference, adapter_effect = prober.run_fine_tuned(cfg.base_checkpoint, adapter_dir)
+        if has_merged_weights(checkpoint_dir) and not cfg.verify_only and not base_verified:
+            _refuse_to_replace_disagreeing_merge(
+                cfg,
+                checkpoint_dir,
+                compare_probes("existing merged model vs base + adapter", reference, prober.run_saved(checkpoint_dir)),
+            )
 
     staging_dir = checkpoint_dir / f"{STAGING_PREFIX}{os.getpid()}"
     try:

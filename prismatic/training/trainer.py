@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from prismatic.models.base_model_record import base_model_record, write_base_model_record
 from prismatic.policy.components import build_heads, component_names, component_path, load_components, save_components
 from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
 from prismatic.training import checkpointing as ckpt
@@ -35,7 +36,9 @@ from prismatic.training.distributed import (
 )
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
+from prismatic.training.run_guard import check_run_folder, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
+from prismatic.util.cli import user_errors, writing
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
@@ -123,7 +126,7 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
         image=ImagePreprocessingConfig(center_crop=cfg.image_aug),
         spatial_forcing=spatial_forcing,
         data={"dataset_name": cfg.dataset_name},
-        base_model={"vla_path": str(cfg.vla_path)},
+        base_model=base_model_record(cfg.vla_path),
     )
 
 
@@ -320,22 +323,25 @@ def compute_losses(
 
 def train(cfg: FinetuneConfig) -> Path:
     """Runs fine-tuning to ``cfg.max_steps`` optimizer steps; returns the last checkpoint folder."""
-    platform = validate_config(cfg)
+    with user_errors():
+        platform = validate_config(cfg)
+    run_dir = Path(cfg.run_root_dir) / run_id(cfg)
+    resume_changes = check_run_folder(cfg, run_dir)
     ctx = init_distributed()
     try:
-        return _train(cfg, platform, ctx)
+        return _train(cfg, platform, ctx, run_dir, resume_changes)
     finally:
         shutdown_distributed()
 
 
-def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Path | None:
+def _train(
+    cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext, run_dir: Path, resume_changes: list[str]
+) -> Path | None:
     """Upstream's step accounting: update k (0-based) is logged as step k, the checkpoint of step k (k > 0,
     k % save_freq == 0) holds k + 1 updates, and training stops after update ``max_steps`` (max_steps + 1 updates;
     ``--max_steps 150005 --save_freq 10000`` ends with the step-150000 checkpoint, holding 150,001 updates)."""
     seed_everything(cfg.seed + ctx.rank)
-    run_dir = Path(cfg.run_root_dir) / run_id(cfg)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main and run_dir.is_dir():
         ckpt.finish_pending_install(run_dir)  # a latest-only save interrupted by kill -9
     ctx.barrier()
     model = build_model(cfg, platform, ctx)
@@ -350,6 +356,7 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
     if ctx.is_main:
+        prepare_run_folder(cfg, run_dir, resume_changes)
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
     # The checkpoint describes the data it was trained on: embodiment (dims, cameras, gripper) and source.
     episode_counts = dataset.episode_counts()
@@ -396,7 +403,8 @@ def _train(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedCon
         logger.update(step, metrics)
 
         if step > 0 and step % cfg.save_freq == 0:
-            last_checkpoint = save_checkpoint(cfg, run_dir, step, model, optimizer, scheduler, dataset, ctx)
+            with writing(f"the checkpoint of step {step} in {run_dir.parent}"):
+                last_checkpoint = save_checkpoint(cfg, run_dir, step, model, optimizer, scheduler, dataset, ctx)
         if cfg.use_val_set and step > 0 and step % cfg.val_freq == 0:
             logger.write(step, run_validation(cfg, model, platform, ctx))
     logger.close()
@@ -456,6 +464,7 @@ def save_checkpoint(
         model.processor.save_pretrained(folder)
         save_dataset_statistics(dataset.dataset_statistics, folder / "dataset_statistics.json")
         write_policy_config(folder, model.policy_config)
+        write_base_model_record(folder, model.policy_config.base_model)
         if cfg.use_lora:
             vla.save_pretrained(folder / "lora_adapter")
         save_components(folder, model.components(), file_step)

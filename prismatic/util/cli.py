@@ -3,16 +3,29 @@
 A mistake the user can fix (a bad flag value, a missing or corrupt file, a full disk) is raised as
 :class:`UserError` and printed as one line ``error: <what is wrong>: <what was expected>`` with exit status 2 and no
 traceback; anything else is a bug and keeps its traceback. ``--debug`` shows the traceback for user errors too.
+Flags that do not parse (draccus/argparse) get the same one line.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import errno
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NoReturn
+from unittest import mock
+
+from draccus.utils import DecodingError, ParsingError
 
 USER_ERROR_EXIT_CODE = 2
 DEBUG_FLAG = "--debug"
+# Errors of the file system the user can fix (free space, permissions, a read-only mount).
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+# How a full disk surfaces when it is not an OSError: torch.save's zip writer and safetensors' Rust writer.
+_WRITE_FAILURE_MARKERS = ("unexpected pos", "file write failed", "No space left on device", "StorageFull")
 
 
 class UserError(Exception):
@@ -25,14 +38,78 @@ def fail(message: str) -> NoReturn:
     sys.exit(USER_ERROR_EXIT_CODE)
 
 
+def _argparse_error(_parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    raise UserError(f"{message}: expected the flags and values that --help lists")
+
+
+def _decoding_message(error: ParsingError) -> str:
+    if isinstance(error, DecodingError):
+        flag = "--" + ".".join(str(part) for part in error.key_path) if error.key_path else "a flag"
+        return f"{flag}: {error.message}: expected a value of the flag's type (see --help)"
+    return f"{error}: expected the flags and values that --help lists"
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the file system refusing a write (full disk, quota, permissions, read-only mount)."""
+    if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
+        return True
+    return isinstance(error, RuntimeError | OSError) and any(m in str(error) for m in _WRITE_FAILURE_MARKERS)
+
+
+def _file_system_message(error: BaseException, path: Path | str | None = None) -> str:
+    named = path or getattr(error, "filename", None)
+    where = f"{named}" if named else "a file"
+    if isinstance(error, OSError) and error.errno in _USER_ERRNOS:
+        reason = os.strerror(error.errno)
+    else:
+        reason = "the write failed (a full disk?)"
+    return f"cannot write {where}: {reason}: expected free space and write permission there"
+
+
+@contextlib.contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turns a full disk, a quota or a permission error raised while writing ``path`` into a UserError naming it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, RuntimeError) as error:
+        if is_write_failure(error):
+            raise UserError(_file_system_message(error, path)) from error
+        raise
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Within a block that only checks user input, turns ``kinds`` (default ValueError, OSError, KeyError) into
+    UserError with the same message."""
+    caught = kinds or (ValueError, OSError, KeyError)
+    try:
+        yield
+    except UserError:
+        raise
+    except caught as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        raise UserError(message.rstrip(".")) from error
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run ``main`` (usually a ``draccus.wrap``-ed function) under the convention above."""
     debug = DEBUG_FLAG in sys.argv[1:]
     if debug:
         sys.argv = [arg for arg in sys.argv if arg != DEBUG_FLAG]
     try:
-        main()
-    except UserError as error:
+        with mock.patch.object(argparse.ArgumentParser, "error", _argparse_error):
+            main()
+    except (UserError, ParsingError, OSError, RuntimeError) as error:
+        if isinstance(error, UserError):
+            message = str(error)
+        elif isinstance(error, ParsingError):
+            message = _decoding_message(error)
+        elif is_write_failure(error):
+            message = _file_system_message(error)
+        else:
+            raise
         if debug:
             raise
-        fail(" ".join(str(error).split("\n")))
+        fail(" ".join(message.split()))

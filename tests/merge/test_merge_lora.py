@@ -15,6 +15,7 @@ from transformers import AutoModelForVision2Seq
 from prismatic.models.load import LORA_ADAPTER_DIR, WEIGHTS_INDEX_NAME
 from prismatic.training import merge_check
 from prismatic.training.merge_check import ConvertConfig, install_merged_model, merge_lora_checkpoint
+from prismatic.util.cli import UserError
 
 from .conftest import SHARD_SIZE, merge_in_memory, run_cli_in_process, scale_lora_b
 
@@ -196,11 +197,11 @@ def test_install_replaces_an_earlier_merge_and_moves_the_index_last(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        ({"lora_finetuned_checkpoint_dir": ""}, ValueError, "--lora_finetuned_checkpoint_dir is required"),
-        ({"lora_finetuned_checkpoint_dir": "{empty}"}, FileNotFoundError, "missing lora_adapter/adapter_config.json"),
-        ({"verify_only": True}, FileNotFoundError, "--verify_only: .* holds no merged model"),
-        ({"verify_only": True, "skip_verify": True}, ValueError, "--verify_only and --skip_verify exclude"),
-        ({"dtype": "bf16"}, ValueError, "--dtype 'bf16' is not supported; expected one of"),
+        ({"lora_finetuned_checkpoint_dir": ""}, UserError, "--lora_finetuned_checkpoint_dir is required"),
+        ({"lora_finetuned_checkpoint_dir": "{empty}"}, UserError, "missing lora_adapter/adapter_config.json"),
+        ({"verify_only": True}, UserError, "--verify_only: .* holds no merged model"),
+        ({"verify_only": True, "skip_verify": True}, UserError, "--verify_only and --skip_verify exclude"),
+        ({"dtype": "bf16"}, UserError, "--dtype 'bf16' is not supported; expected one of"),
     ],
 )
 def test_bad_flags_are_named(pre_merge_checkpoint, tiny_base, tmp_path, overrides, error, message):

@@ -12,16 +12,13 @@ from prismatic.training.config_checks import validate_config
 
 
 @pytest.fixture
-def valid_config(tmp_path) -> AlignFinetuneConfig:
-    vla_dir = tmp_path / "vla"
-    vla_dir.mkdir()
-    (vla_dir / "config.json").write_text('{"text_config": {"num_hidden_layers": 2}}')
+def valid_config(tmp_path, tiny_checkpoints) -> AlignFinetuneConfig:
+    vla_dir, vggt_path = tiny_checkpoints
     (tmp_path / "data" / "libero_spatial_no_noops").mkdir(parents=True)
-    vggt_path = tmp_path / "model.pt"
-    vggt_path.write_bytes(b"")
     return AlignFinetuneConfig(
         vla_path=str(vla_dir),
         vggt_path=str(vggt_path),
+        vggt_image_size=112,
         data_root_dir=tmp_path / "data",
         dataset_name="libero_spatial_no_noops",
         num_images_in_input=2,

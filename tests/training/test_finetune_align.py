@@ -28,6 +28,7 @@ RELEASED_FILES = {
     "tokenizer.json",
     "tokenizer_config.json",
     "training_state--{s}_checkpoint.pt",  # ours: optimizer, scheduler, RNG, data position
+    "base_model.json",  # ours: which base the adapter was trained on
 }
 MERGED_MODEL_FILES = {"config.json"}  # + model.safetensors, or shards and their index
 

@@ -70,6 +70,7 @@ class GenerateConfig:
     action_ensembling: str = "none"               # none | fork | simpler | adaptive (else: --num_open_loop_steps 1)
     svla_prompt: str = "instruction"              # (svla) "instruction": the lower-cased task, as in training;
                                                   #   "openvla": the LIBERO fork's "In: What action should ...?\nOut:"
+    ignore_base_model_check: bool = False         # Load a LoRA-only checkpoint on a base other than the recorded one
     # fmt: on
 
 
@@ -87,6 +88,7 @@ RESUMABLE_FLAGS = frozenset(
         "save_videos",
         "run_id",
         "policy_server",
+        "ignore_base_model_check",
     }
 )
 

@@ -8,18 +8,21 @@ Upstream's flags and defaults (see ``GenerateConfig``), plus ``--num_workers``, 
 simulator workers query a running ``vla-scripts/serve_policy.py``; its key, if any, from $POLICY_SERVER_API_KEY).
 Outputs: see ``evaluation.py``. ``--model_family svla`` evaluates a SpatialVLA folder (``--svla_prompt``,
 ``--action_ensembling``; see README).
+Every flag and file is checked before anything is loaded or written; one process at a time holds a run id.
 """
 
 import dataclasses
 import logging
 import os
+from pathlib import Path
 
 import draccus
 
-from experiments.robot.libero.config import GenerateConfig, validate_config
-from experiments.robot.libero.evaluation import eval_libero
+from experiments.robot.libero.config import GenerateConfig
+from experiments.robot.libero.evaluation import eval_libero, make_run_id
 from experiments.robot.robot_utils import set_seed_everywhere
-from experiments.robot.serving.client import policy_server_metadata
+from prismatic.util.cli import run_cli
+from prismatic.util.locking import hold_run_lock
 from prismatic.vla.constants import constants_for
 
 
@@ -29,18 +32,24 @@ def main(cfg: GenerateConfig) -> float:
     # transformers imports TensorFlow by itself when installed; this process needs no TensorFlow.
     os.environ["USE_TF"] = "0"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(message)s")
-    validate_config(cfg)
-    set_seed_everywhere(cfg.seed)
-    if cfg.policy_server:
-        metadata = policy_server_metadata(cfg.policy_server, constants_for(cfg.task_suite_name).action_dim)
-        return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None)
     # Imported here, not at the top: spawned simulator workers re-import this script and need no model code.
-    from experiments.robot.policy_factory import load_policy
+    from experiments.robot.libero.preflight import check_eval_config
 
-    policy = load_policy(cfg)
-    # The log and the resume check record the settings the policy runs with (from its policy_config.json).
-    return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy)
+    cfg = dataclasses.replace(cfg, run_id=make_run_id(cfg))
+    check_eval_config(cfg, cfg.run_id)
+    with hold_run_lock(Path(cfg.local_log_dir) / f"{cfg.run_id}.lock", f"evaluation run {cfg.run_id!r}"):
+        set_seed_everywhere(cfg.seed)
+        if cfg.policy_server:
+            from experiments.robot.serving.client import policy_server_metadata
+
+            metadata = policy_server_metadata(cfg.policy_server, constants_for(cfg.task_suite_name).action_dim)
+            return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None)
+        from experiments.robot.policy_factory import load_policy  # after the checks: SpatialVLA's imports are heavy
+
+        policy = load_policy(cfg)
+        # The log and the resume check record the settings the policy runs with (from its policy_config.json).
+        return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

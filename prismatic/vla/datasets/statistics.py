@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from prismatic.util.cli import UserError
+from prismatic.util.file_checks import read_json_file
 from prismatic.util.io import write_json_atomic
 
 STAT_KEYS = ("mean", "std", "max", "min", "q01", "q99")
@@ -52,8 +54,7 @@ def cached_statistics(candidates: list[Path], compute: Callable[[], dict[str, An
     writable one (atomically). Shared by the RLDS and LeRobot readers."""
     for path in candidates:
         if path.is_file():
-            with open(path) as handle:
-                return statistics_from_json(json.load(handle))
+            return read_statistics_cache(path)
     statistics = compute()
     for path in candidates:
         try:
@@ -99,6 +100,17 @@ def save_dataset_statistics(dataset_statistics: Mapping[str, Any], out_path: str
         path = path / "dataset_statistics.json"
     write_json_atomic(path, statistics_to_json(dataset_statistics))
     return path
+
+
+def read_statistics_cache(path: str | Path) -> dict[str, Any]:
+    """A statistics cache written by :func:`statistics_to_json`; a corrupt one is a UserError naming the file."""
+    raw = read_json_file(path, "statistics cache")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(group), dict) for group in ("action", "proprio")):
+        raise UserError(
+            f"statistics cache {path} lacks its action/proprio statistics: expected a complete cache (delete the file "
+            "to recompute it)"
+        )
+    return statistics_from_json(raw)
 
 
 def load_dataset_statistics(path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from prismatic.util.cli import UserError
 from prismatic.vla.datasets.tf_runtime import import_tensorflow_datasets
 
 LIBERO_STATE_DIM = 8  # EEF position 3, axis-angle 3, gripper joint positions 2
@@ -112,6 +113,13 @@ def libero_features(image_size: int = 256) -> Any:
             "episode_metadata": features.FeaturesDict({"file_path": features.Text()}),
         }
     )
+
+
+def check_output_dataset(data_root_dir: str | Path, dataset_name: str, overwrite: bool, version: str = "1.0.0") -> None:
+    """Refuses (before any work) to write over an existing dataset unless ``overwrite``."""
+    builder_dir = Path(data_root_dir) / dataset_name / version
+    if builder_dir.exists() and not overwrite:
+        raise UserError(f"--data_root_dir: {builder_dir} already exists: expected a new folder, or --overwrite True")
 
 
 def write_libero_rlds(

@@ -1,0 +1,80 @@
+"""Everything ``run_libero_eval.py`` can check before it loads the policy or writes a file.
+
+Flags, the checkpoint's files (intact, the right base, the statistics of ``--unnorm_key``), the log folder, the
+initial states, the task ids and, when ``--run_id`` names an earlier run, that its saved flags allow resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from experiments.robot.libero.config import (
+    DEFAULT_INITIAL_STATES,
+    GenerateConfig,
+    check_resumable,
+    validate_config,
+)
+from prismatic.models.checkpoint_checks import check_policy_checkpoint
+from prismatic.policy.components import component_names
+from prismatic.policy.config import POLICY_FLAGS, apply_flag_overrides, load_policy_config
+from prismatic.policy.policy import evaluation_flags, resolve_unnorm_key
+from prismatic.util.cli import UserError, user_errors
+from prismatic.util.file_checks import check_writable_dir, read_json_file
+
+# Tasks per LIBERO suite (libero.libero.benchmark), so --task_ids is checked without importing LIBERO.
+TASK_COUNTS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+
+
+def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
+    """Raises a UserError naming the flag or file for anything that would make the evaluation fail later."""
+    with user_errors():
+        validate_config(cfg)
+    if cfg.load_in_8bit or cfg.load_in_4bit:
+        raise UserError("--load_in_8bit/--load_in_4bit: quantized loading is not supported: expected bfloat16")
+    num_tasks = TASK_COUNTS[cfg.task_suite_name]
+    if cfg.task_ids is not None and (
+        len(set(cfg.task_ids)) != len(cfg.task_ids) or not all(0 <= i < num_tasks for i in cfg.task_ids)
+    ):
+        raise UserError(
+            f"--task_ids {cfg.task_ids}: expected distinct ids in [0, {num_tasks}) for {cfg.task_suite_name}"
+        )
+    if cfg.initial_states_path != DEFAULT_INITIAL_STATES:
+        states = read_json_file(cfg.initial_states_path, "--initial_states_path")
+        if not isinstance(states, dict):
+            raise UserError(f"--initial_states_path {cfg.initial_states_path}: expected a JSON object keyed by task")
+    resolved = _check_policy(cfg)
+    check_writable_dir(cfg.local_log_dir, "--local_log_dir")
+    saved_config = Path(cfg.local_log_dir) / f"{run_id}--config.json"
+    if saved_config.exists() and resolved is not None:
+        saved = read_json_file(saved_config, "--run_id")
+        with user_errors():
+            check_resumable(saved, dataclasses.replace(cfg, **resolved))
+
+
+def _check_policy(cfg: GenerateConfig) -> dict[str, Any] | None:
+    """Checks the policy's files; returns the evaluation flags it will run with (None when they are known only
+    after loading: a policy server or a SpatialVLA folder, whose own loaders check them)."""
+    if cfg.policy_server:
+        return None
+    if not cfg.pretrained_checkpoint:
+        raise UserError("--pretrained_checkpoint is empty: expected a checkpoint folder")
+    if cfg.model_family != "openvla":
+        if not Path(cfg.pretrained_checkpoint).is_dir():
+            raise UserError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint} does not exist: expected a folder")
+        return None
+    with user_errors():
+        policy_config = apply_flag_overrides(
+            load_policy_config(cfg.pretrained_checkpoint, cfg.task_suite_name),
+            **{name: getattr(cfg, name) for name in POLICY_FLAGS},
+        )
+    norm_stats = check_policy_checkpoint(
+        cfg.pretrained_checkpoint,
+        "--pretrained_checkpoint",
+        component_names(policy_config, inference_only=True),
+        cfg.ignore_base_model_check,
+    )
+    with user_errors():
+        unnorm_key = resolve_unnorm_key(norm_stats, policy_config.unnorm_key, cfg.task_suite_name)
+    return evaluation_flags(policy_config, unnorm_key)

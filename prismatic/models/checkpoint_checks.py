@@ -1,0 +1,75 @@
+"""Checks of a policy checkpoint folder that run before it is loaded: every file there, intact, and the right base.
+
+Headers only (see ``prismatic.util.file_checks``): a missing, truncated or corrupt weight, adapter, component or
+statistics file is a UserError naming it, and a LoRA-only checkpoint whose base is not the recorded one is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prismatic.models.base_model_record import verify_base_model
+from prismatic.util.cli import UserError
+from prismatic.util.file_checks import (
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    check_model_weights,
+    check_safetensors,
+    check_torch_file,
+    read_json_file,
+)
+
+LORA_ADAPTER_DIR = "lora_adapter"
+DATASET_STATISTICS_NAME = "dataset_statistics.json"
+
+
+def check_policy_checkpoint(
+    checkpoint_dir: str | Path, flag: str, components: list[str], ignore_base_model_check: bool = False
+) -> dict[str, Any]:
+    """Checks the folder's weights (merged, or adapter + its base), the ``components`` files and the statistics;
+    returns the action/proprio statistics (``dataset_statistics.json``, else the config's ``norm_stats``)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        raise UserError(f"{flag} {checkpoint_dir} does not exist: expected a checkpoint folder")
+    adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
+    if (checkpoint_dir / WEIGHTS_INDEX_NAME).is_file() or (checkpoint_dir / WEIGHTS_NAME).is_file():
+        check_model_weights(checkpoint_dir, flag)
+        model_dir = checkpoint_dir
+    elif adapter_dir.is_dir():
+        adapter_config = read_json_file(adapter_dir / "adapter_config.json", flag)
+        check_safetensors(adapter_dir / "adapter_model.safetensors", flag)
+        model_dir = Path(adapter_config.get("base_model_name_or_path") or "")
+        if not (model_dir / "config.json").is_file():
+            raise UserError(
+                f"{flag} {checkpoint_dir} holds only a LoRA adapter and its base {str(model_dir)!r} "
+                f"({adapter_dir.name}/adapter_config.json base_model_name_or_path) is not a local model folder: "
+                "expected the merged model (merge_lora_weights_and_save.py) or the base at that path"
+            )
+        check_model_weights(model_dir, f"{flag} (base model)")
+        if not ignore_base_model_check:
+            verify_base_model(checkpoint_dir, model_dir, f"{flag} {checkpoint_dir}: its base")
+    else:
+        raise UserError(
+            f"{flag} {checkpoint_dir} holds no model weights: expected {WEIGHTS_INDEX_NAME} with its shards, "
+            f"{WEIGHTS_NAME} or {LORA_ADAPTER_DIR}/"
+        )
+    for component in components:
+        files = sorted(checkpoint_dir.glob(f"{component}--*checkpoint*"))
+        if not files:
+            raise UserError(
+                f"{flag} {checkpoint_dir} has no {component}--<step>_checkpoint.pt: expected the file training "
+                f"saved (or the flags the checkpoint was trained with)"
+            )
+        for path in files:
+            check_torch_file(path, flag)
+    statistics_path = checkpoint_dir / DATASET_STATISTICS_NAME
+    if statistics_path.exists():
+        return read_json_file(statistics_path, flag)
+    norm_stats = read_json_file(model_dir / "config.json", flag).get("norm_stats")
+    if not norm_stats:
+        raise UserError(
+            f"{flag} {checkpoint_dir} has no {DATASET_STATISTICS_NAME} (and its config.json no norm_stats): expected "
+            "the statistics file training saved beside the weights"
+        )
+    return norm_stats
