@@ -103,9 +103,7 @@ def test_resume_finds_a_complete_checkpoint_after_kills_at_any_point_of_two_save
     remove_stale_temporaries(tmp_path)
 
 
-def test_a_kill_during_the_install_then_a_kill_of_the_resumed_save_keeps_the_complete_checkpoint(
-    tmp_path, monkeypatch
-):
+def test_a_kill_during_the_install_then_a_kill_of_the_resumed_save_keeps_the_complete_checkpoint(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     save_latest(run_dir, 1)
     with monkeypatch.context() as patch:
