@@ -40,7 +40,7 @@ class AlignmentMapConfig:
     data: Path | None = None  # A make_depth_probe_data.py folder to take the scene from ...
     scene: str = ""  # ... its scene name (default: the first test scene)
     image: Path | None = None  # ... or a primary-camera image file (upright, any size) ...
-    wrist_image: Path | None = None  # ... and a wrist-camera image file
+    wrist_image: Path | None = None  # ... and a wrist-camera image file (the proprio token then gets a zero state)
     instruction: str = ""  # Task text of the prompt (default: the scene's)
     vggt_image_size: int = 518  # Teacher input size (the training run's --vggt_image_size)
     vla_layers_align: int | None = None  # Override of the checkpoint's alignment settings (policy_config.json)

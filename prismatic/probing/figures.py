@@ -61,12 +61,12 @@ def save_layer_plot(metrics: dict[str, Any], suite: str, path: str | Path) -> Pa
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (name, result) in enumerate(metrics["checkpoints"].items()):
         color = colors[index % len(colors)]
-        layers = result["layers"]
+        layers = sorted(set(result["layers"]))
         for axis, metric in zip(axes, METRIC_LABELS, strict=True):
             values = [result["linear"][str(layer)][suite][suite]["all"][metric] for layer in layers]
             axis.plot(layers, values, marker="o", color=color, label=f"{name} linear")
             dpt_value = result["dpt"][suite][suite]["all"][metric]
-            axis.axhline(dpt_value, color=color, linestyle="--", label=f"{name} DPT (layers {layers})")
+            axis.axhline(dpt_value, color=color, linestyle="--", label=f"{name} DPT (layers {result['layers']})")
     for axis, metric in zip(axes, METRIC_LABELS, strict=True):
         axis.set_xlabel("LLM layer (hidden_states index)")
         axis.set_title(METRIC_LABELS[metric], fontsize=9)
