@@ -29,19 +29,18 @@ DATA_FLAGS = [
 ]  # fmt: skip
 
 
+# One thread per tool process: on a shared, busy CPU, torch's thread pool waits on preempted threads.
+TOOL_ENV = {"USE_TF": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
 def sim_env(tmp_root: Path) -> dict[str, str]:
     """Environment of a rendering subprocess: no TensorFlow, a private LIBERO config folder."""
-    return {
-        **os.environ,
-        "USE_TF": "0",
-        "LIBERO_CONFIG_PATH": str(tmp_root / "libero_config"),
-        "PYTHONPATH": str(REPO_ROOT),
-    }
+    return {**os.environ, **TOOL_ENV, "LIBERO_CONFIG_PATH": str(tmp_root / "libero_config")}
 
 
 def run_tool(args: list[str], env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     completed = subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, env=env or {**os.environ, "USE_TF": "0"},
+        [sys.executable, *args], cwd=REPO_ROOT, env=env or {**os.environ, **TOOL_ENV},
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
@@ -83,6 +82,15 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory, libero_norm_stats
 def tiny_vggt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, vggt_path = write_tiny_base_checkpoints(tmp_path_factory.mktemp("vggt"))
     return vggt_path
+
+
+@pytest.fixture
+def single_thread():
+    """Run torch on one thread for the test (probe training on a shared, busy CPU), then restore."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def probe_abs_rel(features: torch.Tensor, depth: np.ndarray, train: list[int], t
     return dpt_metrics["all"]["abs_rel"], linear_metrics["all"]["abs_rel"]
 
 
-def test_probes_reach_a_much_lower_abs_rel_on_depth_features_than_on_random_ones(probe_data):
+def test_probes_reach_a_much_lower_abs_rel_on_depth_features_than_on_random_ones(probe_data, single_thread):
     data = load_probe_data(probe_data)
     train = [i for i, scene in enumerate(data.scenes) if scene.split == "train"]
     test = [i for i, scene in enumerate(data.scenes) if scene.split == "test"]
@@ -44,7 +44,7 @@ def test_probes_reach_a_much_lower_abs_rel_on_depth_features_than_on_random_ones
     assert linear_informative < 0.2 * linear_random, (linear_informative, linear_random)
 
 
-def test_the_seed_fixes_the_dpt_probe_and_another_seed_changes_it():
+def test_the_seed_fixes_the_dpt_probe_and_another_seed_changes_it(single_thread):
     generator = torch.Generator().manual_seed(0)
     depth = 0.5 + torch.rand((6, 2, 224, 224), generator=generator)
     features = torch.randn((6, 2, 256, 8), generator=generator)

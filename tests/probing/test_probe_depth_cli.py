@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from prismatic.probing.alignment_maps import AlignmentMapConfig, alignment_setti
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import load_probed_vla
 from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
-from tests.probing.conftest import REPO_ROOT, run_tool
+from tests.probing.conftest import REPO_ROOT, TOOL_ENV, run_tool
 from vggt.models.vggt import VGGT
 from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
@@ -61,10 +62,12 @@ def test_probe_depth_writes_metrics_and_figures_reproducibly(probe_data, tiny_ch
 
 
 def test_probe_depth_names_a_missing_checkpoint_and_an_existing_result(tiny_checkpoints, tmp_path):
+    env = {**os.environ, **TOOL_ENV}
     base = [sys.executable, "vla-scripts/probe_depth.py", "--data", str(tmp_path)]
     missing = subprocess.run(
         base + ["--checkpoint", f"[{tmp_path / 'nope'}]", "--out_dir", str(tmp_path)],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
     )
@@ -73,6 +76,7 @@ def test_probe_depth_names_a_missing_checkpoint_and_an_existing_result(tiny_chec
     existing = subprocess.run(
         base + ["--checkpoint", f"[{tiny_checkpoints[0]}]", "--out_dir", str(tmp_path)],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
     )
@@ -81,7 +85,7 @@ def test_probe_depth_names_a_missing_checkpoint_and_an_existing_result(tiny_chec
 
 @pytest.mark.sim
 def test_alignment_maps_mean_cosine_is_one_minus_the_training_alignment_loss(
-    probe_data, tiny_sf_checkpoint, tiny_vggt_path, tmp_path
+    probe_data, tiny_sf_checkpoint, tiny_vggt_path, tmp_path, single_thread
 ):
     cfg = AlignmentMapConfig(
         checkpoint=tiny_sf_checkpoint, vggt_path=tiny_vggt_path, data=probe_data, vggt_image_size=112,
