@@ -94,7 +94,8 @@ def probe_checkpoint(
         )
         result["dpt_loss"][train_suite] = {"first": losses[0], "last": losses[-1]}
         linear = {
-            layer: fit_linear_probe(features[layer][train], depth_full[train], grid_hw, cfg) for layer in set(layers)
+            layer: fit_linear_probe(features[layer][train], depth_full[train], grid_hw, cfg, device)
+            for layer in set(layers)
         }
         result["dpt"][train_suite] = {}
         for test_suite, test_split in suite_indices.items():

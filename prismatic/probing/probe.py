@@ -192,21 +192,28 @@ def _patch_blocks(depth: Tensor, grid_hw: tuple[int, int], k: int) -> Tensor:
 
 
 def fit_linear_probe(
-    features: Tensor, depth: Tensor, grid_hw: tuple[int, int], cfg: ProbeConfig, chunk: int = 8192
+    features: Tensor,
+    depth: Tensor,
+    grid_hw: tuple[int, int],
+    cfg: ProbeConfig,
+    device: torch.device | str = "cpu",
+    chunk: int = 8192,
 ) -> LinearProbe:
-    """Ridge regression of patch log-depth blocks on standardised tokens (``depth`` at full resolution)."""
+    """Ridge regression of patch log-depth blocks on standardised tokens (``depth`` at full resolution).
+
+    The normal equations are accumulated in float64 on ``device`` (for 4096-wide tokens, a GPU's job)."""
     norm = FeatureNorm.fit(features)
     inputs = norm(_samples(features)).reshape(-1, features.shape[-1])  # [N * P, D]
     targets = _patch_blocks(depth, grid_hw, cfg.linear_patch_pixels).reshape(inputs.shape[0], -1).double()
     dim = inputs.shape[1] + 1
-    gram = torch.zeros(dim, dim, dtype=torch.float64)
-    cross = torch.zeros(dim, targets.shape[1], dtype=torch.float64)
+    gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    cross = torch.zeros(dim, targets.shape[1], dtype=torch.float64, device=device)
     for start in range(0, inputs.shape[0], chunk):
-        rows = inputs[start : start + chunk].double()
+        rows = inputs[start : start + chunk].to(device, torch.float64)
         rows = torch.cat([rows, torch.ones_like(rows[:, :1])], dim=1)
         gram += rows.T @ rows
-        cross += rows.T @ targets[start : start + chunk]
-    penalty = cfg.ridge_lambda * inputs.shape[0] * torch.ones(dim, dtype=torch.float64)
+        cross += rows.T @ targets[start : start + chunk].to(device)
+    penalty = cfg.ridge_lambda * inputs.shape[0] * torch.ones(dim, dtype=torch.float64, device=device)
     penalty[-1] = 0.0  # no penalty on the bias
-    weights = torch.linalg.solve(gram + torch.diag(penalty), cross)
+    weights = torch.linalg.solve(gram + torch.diag(penalty), cross).cpu()
     return LinearProbe(norm, weights, grid_hw, cfg.linear_patch_pixels, cfg.target_size)

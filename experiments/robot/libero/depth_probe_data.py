@@ -94,6 +94,12 @@ def plan_scenes(cfg: DepthProbeDataConfig, task_suites: dict) -> list[ScenePlan]
         bad = [task_id for task_id in task_ids if not 0 <= task_id < task_suite.n_tasks]
         if bad:
             raise UserError(f"--task_ids {bad}: {suite} has tasks 0..{task_suite.n_tasks - 1}")
+        for task_id in task_ids:
+            available = len(task_suite.get_task_init_states(task_id))
+            if available < cfg.num_init_states:
+                raise UserError(
+                    f"--num_init_states {cfg.num_init_states}: {suite} task {task_id} has {available} initial states"
+                )
         groups = [(task_id, init) for task_id in task_ids for init in range(cfg.num_init_states)]
         test_groups = _test_init_states(cfg, suite, groups)
         for task_id, init in groups:
@@ -160,11 +166,6 @@ def write_depth_probe_data(cfg: DepthProbeDataConfig) -> Path:
                     meta["intrinsics"] = {view: matrix.tolist() for view, matrix in intrinsics.items()}
                     write_meta(cfg.out_dir, meta)
             initial_states = task_suite.get_task_init_states(scene.task_id)
-            if scene.init_index >= len(initial_states):
-                raise UserError(
-                    f"--num_init_states {cfg.num_init_states}: {scene.suite} task {scene.task_id} has only "
-                    f"{len(initial_states)} initial states"
-                )
             state = np.asarray(initial_states[scene.init_index], dtype=np.float64)
             if scene.variant > 0:
                 rng = np.random.default_rng(
