@@ -17,8 +17,10 @@ GRIPPER_INVERTED_FAMILIES = ("openvla", "svla")
 LIBERO_DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
 
-def get_libero_env(bddl_file: str, resolution: int) -> Any:
+def get_libero_env(bddl_file: str, resolution: int, camera_depths: bool = False) -> Any:
     """An off-screen LIBERO env with both cameras at ``resolution``, seeded with 0 as upstream.
+
+    ``camera_depths`` adds each camera's raw depth buffer (``{camera}_depth``, values in [0, 1]) to the observations.
 
     The seed (numpy's global RNG) drives the scene randomisation of every later ``reset()``: it changes what the
     cameras see even when the initial state is fixed, so episode k of a task is only reproduced after k resets.
@@ -26,7 +28,9 @@ def get_libero_env(bddl_file: str, resolution: int) -> Any:
     """
     from libero.libero.envs import OffScreenRenderEnv  # needs prepare_libero(); must not load at import time
 
-    env = OffScreenRenderEnv(bddl_file_name=bddl_file, camera_heights=resolution, camera_widths=resolution)
+    env = OffScreenRenderEnv(
+        bddl_file_name=bddl_file, camera_heights=resolution, camera_widths=resolution, camera_depths=camera_depths
+    )
     env.seed(0)
     return env
 
