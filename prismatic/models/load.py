@@ -84,11 +84,15 @@ def load_component_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix(DDP_PREFIX): value for key, value in state_dict.items()}
 
 
-def save_component_state_dict(module: nn.Module, path: str | Path, ddp_prefix: bool = True) -> None:
-    """Write ``module.state_dict()`` atomically, keys prefixed with ``module.`` as upstream's DDP-wrapped saves."""
+def save_component_state_dict(
+    module: nn.Module, path: str | Path, ddp_prefix: bool = True, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write ``module.state_dict()`` (or the given full ``state_dict`` of a sharded module) atomically, keys
+    prefixed with ``module.`` as upstream's DDP-wrapped saves."""
     path = Path(path)
     prefix = DDP_PREFIX if ddp_prefix else ""
-    state_dict = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
+    source = module.state_dict() if state_dict is None else state_dict
+    state_dict = {f"{prefix}{key}": value for key, value in source.items()}
     with atomic_output(path) as temporary:
         torch.save(state_dict, temporary)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from prismatic.models.load import load_component_state_dict, save_component_state_dict
@@ -35,6 +34,15 @@ from prismatic.training.distributed import (
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.schedule import build_scheduler
+from prismatic.training.strategy import (
+    check_strategy_flags,
+    distribute,
+    gather_full_states,
+    load_adapter,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    prepare_for_training,
+)
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
@@ -82,13 +90,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _ddp(module: nn.Module, ctx: DistributedContext) -> nn.Module:
-    if not ctx.is_distributed:
-        return module
-    device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
-
-
 def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
     """Loads the base VLA (+ LoRA), creates the heads, the aligner and the frozen teacher, on this rank's device."""
     from transformers import AutoModelForVision2Seq, AutoProcessor
@@ -115,6 +116,7 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers are trained in full, without adapters
         ckpt.unwrap_peft(vla).enable_film()
         vla.to(ctx.device)
+    prepare_for_training(vla, cfg)
 
     action_head = None  # neither head: OpenVLA's discrete action tokens
     if cfg.use_diffusion:
@@ -124,20 +126,20 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     elif cfg.use_l1_regression:
         action_head = L1RegressionActionHead(llm_dim, llm_dim, platform.action_dim, platform.num_actions_chunk)
     if action_head is not None:  # upstream keeps the head in bf16 on GPU, the projectors in fp32
-        action_head = _ddp(action_head.to(ctx.device, dtype), ctx)
+        action_head = distribute(action_head.to(ctx.device, dtype), ctx, cfg.strategy)
     proprio_projector = ProprioProjector(llm_dim, platform.proprio_dim).to(ctx.device) if cfg.use_proprio else None
     noisy_action_projector = NoisyActionProjector(llm_dim).to(ctx.device) if cfg.use_diffusion else None
 
     aligner = teacher = None
     if isinstance(cfg, AlignFinetuneConfig):
         aligner, teacher = build_alignment(cfg, llm_dim, ctx.device)
-        aligner.projector = _ddp(aligner.projector, ctx)
+        aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
 
     return Model(
-        vla=_ddp(vla, ctx),
+        vla=distribute(vla, ctx, cfg.strategy),
         action_head=action_head,
-        proprio_projector=_ddp(proprio_projector, ctx) if proprio_projector is not None else None,
-        noisy_action_projector=_ddp(noisy_action_projector, ctx) if noisy_action_projector is not None else None,
+        proprio_projector=distribute(proprio_projector, ctx, cfg.strategy),
+        noisy_action_projector=distribute(noisy_action_projector, ctx, cfg.strategy),
         aligner=aligner,
         teacher=teacher,
         processor=processor,
@@ -154,6 +156,7 @@ def build_alignment(cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device
     vggt = VGGT.from_checkpoint(cfg.vggt_path).to(device)
     teacher = VGGTTeacher(
         vggt,
+        weights_dtype=getattr(torch, cfg.vggt_dtype),
         prepare_images=partial(
             vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=cfg.vggt_image_size
         ),
@@ -284,6 +287,7 @@ def compute_losses(
 def train(cfg: FinetuneConfig) -> Path:
     """Runs fine-tuning to ``cfg.max_steps`` optimizer steps; returns the last checkpoint folder."""
     platform = validate_config(cfg)
+    check_strategy_flags(cfg)
     ctx = init_distributed()
     try:
         return _train(cfg, platform, ctx)
@@ -410,6 +414,8 @@ def save_checkpoint(
     file_step = None if cfg.save_latest_checkpoint_only else step
     rng_states = gather_objects(ckpt.rng_state())
     final_dir = ckpt.checkpoint_dir(run_dir, file_step)
+    components = _component_modules(model)
+    states = gather_full_states({"vla": model.vla, **components}, optimizer)  # collectives under FSDP
     if ctx.is_main:
         writer = ckpt.CheckpointWriter(final_dir)
         folder = writer.tmp_dir
@@ -417,13 +423,15 @@ def save_checkpoint(
         model.processor.save_pretrained(folder)
         save_dataset_statistics(dataset.dataset_statistics, folder / "dataset_statistics.json")
         if cfg.use_lora:
-            vla.save_pretrained(folder / "lora_adapter")
-        for name, module in _component_modules(model).items():
-            save_component_state_dict(ckpt.unwrap(module), ckpt.component_path(folder, name, file_step))
+            vla.save_pretrained(folder / "lora_adapter", state_dict=states.model["vla"])
+        for name, module in components.items():
+            save_component_state_dict(
+                ckpt.unwrap(module), ckpt.component_path(folder, name, file_step), state_dict=states.model[name]
+            )
         if cfg.use_film:
             torch.save(vla.vision_backbone.state_dict(), ckpt.component_path(folder, "vision_backbone", file_step))
         if not cfg.use_lora:
-            vla.save_pretrained(folder)
+            vla.save_pretrained(folder, state_dict=states.model["vla"])
         elif cfg.merge_lora_during_training:
             merged = merge_lora(cfg.vla_path, folder / "lora_adapter", next(vla.parameters()).dtype)
             merged.save_pretrained(folder)
@@ -431,7 +439,7 @@ def save_checkpoint(
         torch.save(
             {
                 "step": step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": states.optimizer,
                 "scheduler": scheduler.state_dict(),
                 "rng_states": rng_states,
                 "samples_per_rank": step * cfg.batch_size * cfg.grad_accumulation_steps,
@@ -467,11 +475,12 @@ def load_training_state(
     vla = ckpt.unwrap(model.vla)
     if cfg.use_lora:
         adapter = load_file(str(folder / "lora_adapter" / "adapter_model.safetensors"), device=str(ctx.device))
-        set_peft_model_state_dict(vla, adapter)
-    for name, module in _component_modules(model).items():
+        load_adapter(vla, adapter, set_peft_model_state_dict)
+    components = _component_modules(model)
+    for name, module in components.items():
         state_dict = load_component_state_dict(ckpt.component_path(folder, name, file_step))
-        ckpt.unwrap(module).load_state_dict(state_dict, strict=True)
-    optimizer.load_state_dict(state["optimizer"])
+        load_full_state_dict(module, state_dict, strict=True)
+    load_optimizer_state_dict({"vla": model.vla, **components}, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if ctx.is_main:
         _truncate_metrics(run_dir, state["step"])
