@@ -10,10 +10,11 @@ from three sources, none of them fitted:
 * the largest transient working set: over every operator of the forward (teacher included) and the backward, the
   bytes of its tensor inputs and outputs that are not already counted.
 
-CUDA kernels are modelled where they differ from the meta dispatch: masked SDPA runs as the memory-efficient kernel
-(saves q, k, v, out, log-sum-exp, the additive mask); bf16 autocast is modelled by tracing the model in bf16 (what
-autocast computes its matmuls in) and adding the cached bf16 copies of the fp32 trainable weights. Gradient
-checkpointing replaces each checkpointed block's saved tensors by its input, plus one block's recomputation.
+CUDA kernels are modelled where they differ from the meta dispatch (``DeviceKernels``): masked SDPA runs as the
+memory-efficient kernel (saves q, k, v, out, log-sum-exp, the additive mask); bf16 autocast is modelled by tracing
+the model in bf16 (what autocast computes its matmuls in), running autocast's float32 ops (norms, softmax) on float32
+inputs and adding the cached bf16 copies of the fp32 trainable weights. Gradient checkpointing replaces each
+checkpointed block's saved tensors by its input (a returned hidden state), plus one block's recomputation.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from prismatic.util.cli import UserError
 from prismatic.vla.constants import IGNORE_INDEX, PlatformConstants, constants_for
 
 GB = 1e9  # the published figures (and nvidia-smi's "GB" in most READMEs) are decimal gigabytes
-# A CUDA context on a Hopper GPU with CUDA 12 (driver, kernels of torch/cuBLAS/cuDNN modules loaded lazily) takes
-# ~0.5 GB outside PyTorch's allocator; cuBLAS keeps a 32 MiB workspace per stream on sm_90; NCCL keeps a few
-# buffers per peer (NCCL_BUFFSIZE 4 MiB x 2 protocols x channels). These are documented sizes, not fitted values.
+# Memory outside PyTorch's allocator: a CUDA 12 context commonly takes ~0.5 GB (driver state and lazily loaded
+# kernels); cuBLAS keeps a 32 MiB workspace per stream on sm_90; NCCL keeps per-peer buffers (NCCL_BUFFSIZE 4 MiB
+# per channel and protocol), allowed for as 0.25 GB. Fixed allowances, not fitted to the published figures.
 CUDA_CONTEXT_BYTES = 0.5 * GB
 CUBLAS_WORKSPACE_BYTES = 32 * 2**20
 NCCL_BUFFER_BYTES = 0.25 * GB

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -107,6 +108,10 @@ def distribute(module: nn.Module | None, ctx: DistributedContext, strategy: str)
     if strategy == "ddp":
         device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False)
+    # DDP broadcasts rank 0's parameters and buffers when it wraps; FSDP shards what each rank holds, so the same
+    # broadcast comes first (the randomly initialised LoRA, frozen or not, and heads differ between ranks).
+    for tensor in (*module.parameters(), *module.buffers()):
+        dist.broadcast(tensor.data, src=0)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     kwargs = {"mp_policy": policy} if ctx.device.type == "cuda" else {}
     for unit in _fsdp_units(module):
