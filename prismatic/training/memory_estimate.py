@@ -40,6 +40,7 @@ from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.projectors import ProprioProjector
 from prismatic.training.config import MemoryEstimateConfig
 from prismatic.training.lora import apply_lora
+from prismatic.training.strategy import freeze_unreached_parameters
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import IGNORE_INDEX, PlatformConstants, constants_for
 
@@ -255,6 +256,7 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
             vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout)
         else:
             vla.requires_grad_(True)
+        freeze_unreached_parameters(vla, uses_lm_head=not cfg.use_l1_regression)
         llm_dim = config.text_config.hidden_size
         head = None
         if cfg.use_l1_regression:

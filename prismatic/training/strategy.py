@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from peft import set_peft_model_state_dict
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -140,7 +141,7 @@ def load_full_state_dict(module: nn.Module, state_dict: dict[str, torch.Tensor],
         (module.module if isinstance(module, DistributedDataParallel) else module).load_state_dict(state_dict, strict)
 
 
-def load_adapter(vla: nn.Module, adapter: dict[str, torch.Tensor], set_peft_model_state_dict) -> None:
+def load_adapter(vla: nn.Module, adapter: dict[str, torch.Tensor]) -> None:
     """Loads a saved LoRA adapter (peft's file keys, without the adapter name) into replicas or FSDP shards."""
     if not is_sharded(vla):
         set_peft_model_state_dict(vla, adapter)

@@ -52,11 +52,11 @@ from prismatic.vla.datasets.statistics import save_dataset_statistics
 class Model:
     """Everything trained (and the frozen teacher), as built for one rank."""
 
-    vla: nn.Module  # PeftModel (or the bare VLA without LoRA), DDP-wrapped when distributed
+    vla: nn.Module  # PeftModel (or the bare VLA without LoRA), DDP-wrapped or FSDP-sharded when distributed
     action_head: nn.Module | None  # L1 regression or diffusion head; None for discrete action tokens
     proprio_projector: nn.Module | None
     noisy_action_projector: nn.Module | None
-    aligner: nn.Module | None  # SpatialForcingAligner; its .projector is DDP-wrapped when distributed
+    aligner: nn.Module | None  # SpatialForcingAligner; its .projector is wrapped like the VLA when distributed
     teacher: nn.Module | None  # VGGTTeacher (frozen)
     processor: object
     num_patches: int  # visual tokens of all cameras
@@ -461,7 +461,6 @@ def load_training_state(
     ctx: DistributedContext,
 ) -> tuple[int, dict]:
     """Restores weights, optimizer, scheduler from the checkpoint to resume; returns (step, this rank's RNG)."""
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     folder, file_step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
@@ -475,7 +474,7 @@ def load_training_state(
     vla = ckpt.unwrap(model.vla)
     if cfg.use_lora:
         adapter = load_file(str(folder / "lora_adapter" / "adapter_model.safetensors"), device=str(ctx.device))
-        load_adapter(vla, adapter, set_peft_model_state_dict)
+        load_adapter(vla, adapter)
     components = _component_modules(model)
     for name, module in components.items():
         state_dict = load_component_state_dict(ckpt.component_path(folder, name, file_step))
