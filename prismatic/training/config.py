@@ -109,7 +109,5 @@ class MemoryEstimateConfig(AlignFinetuneConfig):
     num_gpus: int = 1                                # GPUs in the run (FSDP shards over them)
     quantize_base: str = "none"                      # none | int8 | nf4 base LLM weights (QLoRA; predicted only)
     prompt_tokens: int = 40                          # Longest prompt of a batch in tokens (LIBERO's: 25-40)
-    upstream_script: bool = False                    # Model upstream's script instead (to compare with its
-                                                     # published figures): it keeps the LM logits and loss and
-                                                     # all 24 VGGT layers, which this trainer never computes
+    upstream_script: bool = False                    # Model upstream's script (LM logits, all VGGT layers kept)
     # fmt: on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import torch
 from prismatic.testing.tiny_checkpoints import write_tiny_base_checkpoints
 from prismatic.testing.tiny_vla import tiny_training_batch
 from prismatic.training import memory_estimate
-from prismatic.training.config import MemoryEstimateConfig
+from prismatic.training.config import AlignFinetuneConfig, MemoryEstimateConfig
 from prismatic.training.distributed import DistributedContext
 from prismatic.training.trainer import build_model, compute_losses
 from prismatic.vla.constants import constants_for
@@ -111,7 +112,26 @@ def test_checkpointing_and_a_bf16_teacher_shrink_the_estimate():
     assert reduced.rows["activations saved for backward"] < 0.5 * full.rows["activations saved for backward"]
 
 
-def test_missing_base_config_names_the_flag(tmp_path):
-    cfg = MemoryEstimateConfig(vla_path=str(tmp_path / "absent"))
-    with pytest.raises(memory_estimate.UserError, match="--vla_path"):
-        memory_estimate.estimate_memory(cfg)
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"vla_path": "absent"}, "--vla_path"),
+        ({"quantize_base": "int4"}, "--quantize_base"),
+        ({"strategy": "zero3"}, "--strategy"),
+    ],
+)
+def test_bad_input_names_the_flag(tmp_path, change, flag):
+    fields = {"vla_path": str(OPENVLA_CONFIG), **change}
+    if fields["vla_path"] == "absent":
+        fields["vla_path"] = str(tmp_path / "absent")
+    with pytest.raises(memory_estimate.UserError, match=flag):
+        memory_estimate.estimate_memory(MemoryEstimateConfig(**fields))
+
+
+def test_readme_ready_configuration_parses_with_the_training_config():
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("torchrun --standalone", readme.index("Copy-paste, e.g. the 24 GB row"))
+    arguments = shlex.split(readme[start : readme.index("```", start)].replace("\\\n", " "))
+    cfg = draccus.parse(AlignFinetuneConfig, args=arguments[arguments.index("vla-scripts/finetune_align.py") + 1 :])
+    assert cfg.gradient_checkpointing and cfg.vggt_dtype == "bfloat16"
+    assert cfg.batch_size * cfg.grad_accumulation_steps == 8  # x 8 GPUs = the paper's global batch of 64
