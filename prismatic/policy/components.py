@@ -93,20 +93,31 @@ def load_component_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix(DDP_PREFIX): value for key, value in state_dict.items()}
 
 
-def save_component_state_dict(module: nn.Module, path: str | Path, ddp_prefix: bool = True) -> None:
-    """Write ``module.state_dict()`` atomically, keys prefixed with ``module.`` as upstream's DDP-wrapped saves."""
+def save_component_state_dict(
+    module: nn.Module, path: str | Path, ddp_prefix: bool = True, state_dict: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Write ``module.state_dict()`` (or the given full ``state_dict`` of a sharded module) atomically, keys
+    prefixed with ``module.`` as upstream's DDP-wrapped saves."""
     prefix = DDP_PREFIX if ddp_prefix else ""
-    state_dict = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
+    source = module.state_dict() if state_dict is None else state_dict
+    state_dict = {f"{prefix}{key}": value for key, value in source.items()}
     with atomic_output(Path(path)) as temporary:
         torch.save(state_dict, temporary)
 
 
-def save_components(folder: str | Path, modules: Mapping[str, nn.Module], step: int | None) -> list[Path]:
-    """Write every module of ``modules`` (names from :data:`COMPONENTS`) as its component file."""
+def save_components(
+    folder: str | Path,
+    modules: Mapping[str, nn.Module],
+    step: int | None,
+    state_dicts: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> list[Path]:
+    """Write every module of ``modules`` (names from :data:`COMPONENTS`) as its component file; ``state_dicts``
+    gives the full states of sharded modules (gathered under FSDP)."""
     paths = []
     for name, module in modules.items():
         path = component_path(folder, name, step)
-        save_component_state_dict(module, path, COMPONENTS_BY_NAME[name].ddp_prefix)
+        full_state = state_dicts.get(name) if state_dicts is not None else None
+        save_component_state_dict(module, path, COMPONENTS_BY_NAME[name].ddp_prefix, full_state)
         paths.append(path)
     return paths
 

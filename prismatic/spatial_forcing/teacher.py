@@ -23,9 +23,10 @@ class VGGTTeacher(nn.Module):
     ``model`` is anything with VGGT's aggregator interface ``aggregator(images [B, S, 3, H, W], output_layers=[i])
     -> (list_of_layers, patch_start_idx)``, or a model holding one as ``.aggregator`` (``VGGT(feature_only=True)``).
     ``prepare_images`` maps the VLA's pixel values to teacher images ``[B, S, 3, H, W]`` in [0, 1]; None when the
-    input already is that. The wrapped model is kept frozen: float32 weights, ``requires_grad=False``, always in
-    eval mode (VGGT's training mode switches on gradient checkpointing), run under ``torch.no_grad`` and, on CUDA,
-    bf16 autocast as upstream.
+    input already is that. The wrapped model is kept frozen: ``requires_grad=False``, always in eval mode (VGGT's
+    training mode switches on gradient checkpointing), run under ``torch.no_grad`` and, on CUDA, bf16 autocast as
+    upstream. ``weights_dtype`` is float32 as upstream; bfloat16 halves the weights' memory (autocast computes the
+    matmuls in bf16 either way; norms, LayerScale and the residual stream then see bf16-rounded parameters).
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class VGGTTeacher(nn.Module):
         model: nn.Module | Callable[..., tuple[list[Tensor], int]],
         prepare_images: Callable[[Tensor], Tensor] | None = None,
         layer: int = -1,
+        weights_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         aggregator = getattr(model, "aggregator", model)
         if isinstance(aggregator, nn.Module):
-            aggregator.float().requires_grad_(False)
+            aggregator.to(weights_dtype).requires_grad_(False)
         self.aggregator = aggregator
+        self.weights_dtype = weights_dtype
         self.prepare_images = prepare_images
         self.layer = layer
         self.train(False)
@@ -54,7 +57,9 @@ class VGGTTeacher(nn.Module):
         if images.dim() != 5 or images.shape[2] != 3:
             source = "the input" if self.prepare_images is None else "prepare_images"
             raise ValueError(f"Teacher images must be [B, S, 3, H, W]; {source} gave {tuple(images.shape)}.")
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        # bf16 weights need autocast on any device (fp32 images meet bf16 convolutions); fp32 weights use it on CUDA.
+        use_autocast = images.device.type == "cuda" or self.weights_dtype == torch.bfloat16
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_autocast):
             layers, patch_start_idx = self.aggregator(images, output_layers=[self.layer])
         if len(layers) != 1:
             raise ValueError(

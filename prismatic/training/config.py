@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEDULERS = ("MultiStepLR", "CosineAnnealingLR")
+STRATEGIES = ("ddp", "fsdp")
+QUANTIZATIONS = ("none", "int8", "nf4")
+TEACHER_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -72,6 +75,9 @@ class FinetuneConfig:
     lerobot_state_key: str = "observation.state"     # Feature fed as proprio
     lerobot_action_key: str = "action"               # Feature predicted as actions
     num_actions_chunk: int = 8                       # Actions per predicted chunk
+    strategy: str = "ddp"                            # ddp (replicas) | fsdp (sharded params, grads, optimizer)
+    gradient_checkpointing: bool = False             # Recompute LLM layer activations in backward
+    gradient_checkpointing_vision: bool = False      # ... and the vision towers' blocks (needs the flag above)
     # fmt: on
 
     @property
@@ -94,8 +100,23 @@ class AlignFinetuneConfig(FinetuneConfig):
     use_vggt_pe: bool = False                        # Add 0.1 x fixed 2D sin-cos embedding to the targets
     gain_feat_1move: bool = True                     # Upstream's one-token shift of the VLA slice (see README)
     vggt_image_size: int = 518                       # Ours: side of the teacher's input images (518 = VGGT's)
+    vggt_dtype: str = "float32"                      # Ours: teacher weights float32 (upstream) | bfloat16 (CUDA)
     # fmt: on
 
     @property
     def align_enabled(self) -> bool:
         return True
+
+
+@dataclass
+class MemoryEstimateConfig(AlignFinetuneConfig):
+    """vla-scripts/estimate_memory.py: finetune_align.py's flags plus the hardware to check them against."""
+
+    # fmt: off
+    spatial_forcing: bool = True                     # False estimates finetune.py (no VGGT teacher)
+    gpu_memory_gb: float = 80.0                      # Memory of one GPU (decimal GB, as nvidia-smi and vendors)
+    num_gpus: int = 1                                # GPUs in the run (FSDP shards over them)
+    quantize_base: str = "none"                      # none | int8 | nf4 base LLM weights (QLoRA; predicted only)
+    prompt_tokens: int = 40                          # Longest prompt of a batch in tokens (LIBERO's: 25-40)
+    upstream_script: bool = False                    # Model upstream's script (LM logits, all VGGT layers kept)
+    # fmt: on

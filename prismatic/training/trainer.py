@@ -18,11 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from prismatic.models.base_model_record import base_model_record, write_base_model_record
-from prismatic.policy.components import build_heads, component_names, component_path, load_components, save_components
+from prismatic.policy.components import (
+    build_heads,
+    component_names,
+    component_path,
+    load_component_state_dict,
+    save_components,
+)
 from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
@@ -38,6 +43,15 @@ from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.run_guard import check_run_folder, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
+from prismatic.training.strategy import (
+    check_strategy_flags,
+    distribute,
+    gather_full_states,
+    load_adapter,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    prepare_for_training,
+)
 from prismatic.util.cli import user_errors, writing
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
@@ -48,11 +62,11 @@ from prismatic.vla.datasets.statistics import save_dataset_statistics
 class Model:
     """Everything trained (and the frozen teacher), as built for one rank."""
 
-    vla: nn.Module  # PeftModel (or the bare VLA without LoRA), DDP-wrapped when distributed
+    vla: nn.Module  # PeftModel (or the bare VLA without LoRA), DDP-wrapped or FSDP-sharded when distributed
     action_head: nn.Module | None  # L1 regression or diffusion head; None for discrete action tokens
     proprio_projector: nn.Module | None
     noisy_action_projector: nn.Module | None
-    aligner: nn.Module | None  # SpatialForcingAligner; its .projector is DDP-wrapped when distributed
+    aligner: nn.Module | None  # SpatialForcingAligner; its .projector is wrapped like the VLA when distributed
     teacher: nn.Module | None  # VGGTTeacher (frozen)
     processor: object
     num_patches: int  # visual tokens of all cameras
@@ -98,13 +112,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _ddp(module: nn.Module, ctx: DistributedContext) -> nn.Module:
-    if not ctx.is_distributed:
-        return module
-    device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
-
-
 def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> PolicyConfig:
     """The ``policy_config.json`` of this run's checkpoints: heads, inputs, embodiment, eval preprocessing."""
     head = "diffusion" if cfg.use_diffusion else "l1_regression" if cfg.use_l1_regression else "discrete_tokens"
@@ -148,21 +155,23 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
         vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout, fp32_adapters=cfg.lora_fp32)
     if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers (fp32) are trained in full, without adapters
         ckpt.unwrap_peft(vla).enable_film()
+        vla.to(ctx.device)  # the new FiLM layers
+    prepare_for_training(vla, cfg)
 
     policy_config = training_policy_config(cfg, platform)
     heads = build_heads(policy_config, llm_dim)
     heads = {name: module.to(ctx.device) for name, module in heads.items()}
     if "action_head" in heads:  # upstream keeps the action head in bf16 on GPU, the projectors in fp32
         heads["action_head"] = heads["action_head"].to(dtype)
-    heads = {name: _ddp(module, ctx) for name, module in heads.items()}
+    heads = {name: distribute(module, ctx, cfg.strategy) for name, module in heads.items()}
 
     aligner = teacher = None
     if isinstance(cfg, AlignFinetuneConfig):
         aligner, teacher = build_alignment(cfg, llm_dim, ctx.device)
-        aligner.projector = _ddp(aligner.projector, ctx)
+        aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
 
     return Model(
-        vla=_ddp(vla, ctx),
+        vla=distribute(vla, ctx, cfg.strategy),
         action_head=heads.get("action_head"),
         proprio_projector=heads.get("proprio_projector"),
         noisy_action_projector=heads.get("noisy_action_projector"),
@@ -183,6 +192,7 @@ def build_alignment(cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device
     vggt = VGGT.from_checkpoint(cfg.vggt_path).to(device)
     teacher = VGGTTeacher(
         vggt,
+        weights_dtype=getattr(torch, cfg.vggt_dtype),
         prepare_images=partial(
             vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=cfg.vggt_image_size
         ),
@@ -327,6 +337,7 @@ def train(cfg: FinetuneConfig) -> Path:
         platform = validate_config(cfg)
     run_dir = Path(cfg.run_root_dir) / run_id(cfg)
     resume_changes = check_run_folder(cfg, run_dir)
+    check_strategy_flags(cfg)
     ctx = init_distributed()
     try:
         return _train(cfg, platform, ctx, run_dir, resume_changes)
@@ -457,6 +468,8 @@ def save_checkpoint(
     file_step = None if cfg.save_latest_checkpoint_only else step
     rng_states = gather_objects(ckpt.rng_state())
     final_dir = ckpt.checkpoint_dir(run_dir, file_step)
+    components = model.components()
+    states = gather_full_states({"vla": model.vla, **components}, optimizer)  # collectives under FSDP
     if ctx.is_main:
         writer = ckpt.CheckpointWriter(final_dir, in_place=cfg.save_latest_checkpoint_only)
         folder = writer.tmp_dir
@@ -466,10 +479,10 @@ def save_checkpoint(
         write_policy_config(folder, model.policy_config)
         write_base_model_record(folder, model.policy_config.base_model)
         if cfg.use_lora:
-            vla.save_pretrained(folder / "lora_adapter")
-        save_components(folder, model.components(), file_step)
+            vla.save_pretrained(folder / "lora_adapter", state_dict=states.model["vla"])
+        save_components(folder, components, file_step, state_dicts=states.model)
         if not cfg.use_lora:
-            vla.save_pretrained(folder)
+            vla.save_pretrained(folder, state_dict=states.model["vla"])
         elif cfg.merge_lora_during_training:
             merged = merge_lora(cfg.vla_path, folder / "lora_adapter", next(ckpt.unwrap_peft(vla).parameters()).dtype)
             merged.save_pretrained(folder)
@@ -477,7 +490,7 @@ def save_checkpoint(
         torch.save(
             {
                 "step": step,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": states.optimizer,
                 "scheduler": scheduler.state_dict(),
                 "rng_states": rng_states,
                 "samples_per_rank": (step + 1) * cfg.batch_size * cfg.grad_accumulation_steps,
@@ -500,7 +513,6 @@ def load_training_state(
 ) -> tuple[int, dict]:
     """Restores the adapter, every component (FiLM backbone included), optimizer and scheduler from the checkpoint
     to resume; returns (its step, this rank's RNG state)."""
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     folder, file_step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
@@ -513,10 +525,12 @@ def load_training_state(
     vla = ckpt.unwrap(model.vla)
     if cfg.use_lora:
         adapter = load_file(str(folder / "lora_adapter" / "adapter_model.safetensors"), device=str(ctx.device))
-        set_peft_model_state_dict(vla, adapter)
+        load_adapter(vla, adapter)
     components = model.components()
-    load_components(components, {name: component_path(folder, name, file_step) for name in components})
-    optimizer.load_state_dict(state["optimizer"])
+    for name, module in components.items():
+        state_dict = load_component_state_dict(component_path(folder, name, file_step))
+        load_full_state_dict(module, state_dict, strict=True)
+    load_optimizer_state_dict({"vla": model.vla, **components}, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if ctx.is_main:
         _truncate_metrics(run_dir, state["step"])

@@ -7,13 +7,14 @@ import draccus
 import pytest
 
 from experiments.robot.libero.config import GenerateConfig
-from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
+from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig, MemoryEstimateConfig
 from prismatic.training.merge_check import ConvertConfig
 from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig
 
 
 @pytest.mark.parametrize(
-    "config_class", [FinetuneConfig, AlignFinetuneConfig, GenerateConfig, ConvertConfig, SyntheticLiberoConfig]
+    "config_class",
+    [FinetuneConfig, AlignFinetuneConfig, MemoryEstimateConfig, GenerateConfig, ConvertConfig, SyntheticLiberoConfig],
 )
 def test_help_lists_every_flag(config_class, capsys):
     with pytest.raises(SystemExit) as exit_info:
