@@ -20,9 +20,10 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from experiments.robot.vla_policy import normalize_proprio, policy_device, resolve_unnorm_key
 from prismatic.models.load import LoadedVLA, load_vla
-from prismatic.policy.config import PolicyConfig, read_policy_config
+from prismatic.policy.config import PolicyConfig, load_policy_config
+from prismatic.policy.normalization import normalize
+from prismatic.policy.policy import policy_device, resolve_unnorm_key
 from prismatic.probing.data import ProbeData
 from prismatic.util.cli import UserError
 from prismatic.vla.prompt import build_prompt
@@ -55,10 +56,9 @@ def resolve_layers(requested: Sequence[int], num_llm_layers: int) -> tuple[list[
 def checkpoint_policy_config(checkpoint_dir: str | Path) -> PolicyConfig:
     """``policy_config.json`` of the folder, else upstream's LIBERO evaluation defaults (a released checkpoint)."""
     try:
-        config = read_policy_config(checkpoint_dir)
+        return load_policy_config(checkpoint_dir)
     except ValueError as error:
         raise UserError(str(error)) from None
-    return config if config is not None else PolicyConfig.upstream_default()
 
 
 @dataclass
@@ -97,7 +97,7 @@ class ProbedVLA:
         proprio = None
         if self.proprio_stats is not None:
             normalization = self.policy_config.embodiment.normalization_type
-            proprio = normalize_proprio(state, self.proprio_stats, normalization)[None]
+            proprio = normalize(state, self.proprio_stats, normalization, clip_unmasked=True)[None]  # as evaluation
         output = vla(
             input_ids=input_ids,
             attention_mask=attention_mask,

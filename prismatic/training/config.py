@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from prismatic.spatial_forcing.config import AlignConfig
+
 SCHEDULERS = ("MultiStepLR", "CosineAnnealingLR")
 STRATEGIES = ("ddp", "fsdp")
 QUANTIZATIONS = ("none", "int8", "nf4")
@@ -102,6 +104,22 @@ class AlignFinetuneConfig(FinetuneConfig):
     vggt_image_size: int = 518                       # Ours: side of the teacher's input images (518 = VGGT's)
     vggt_dtype: str = "float32"                      # Ours: teacher weights float32 (upstream) | bfloat16 (CUDA)
     # fmt: on
+
+    def align_config(self, vla_dim: int, vggt_dim: int, vggt_patch_size: int) -> AlignConfig:
+        """The plug-and-play alignment module's config for these flags."""
+        return AlignConfig(
+            vla_dim=vla_dim,
+            vggt_dim=vggt_dim,
+            use_vlm_norm=self.use_vlm_norm,
+            use_vggt_pe=self.use_vggt_pe,
+            pooling_func=self.pooling_func,
+            align_loss_type=self.align_loss_type,
+            vla_layers_align=self.vla_layers_align,
+            vggt_layers_align=self.vggt_layers_align,
+            gain_feat_1move=self.gain_feat_1move,
+            align_loss_coeff=self.align_loss_coeff,
+            vggt_patch_size=vggt_patch_size,
+        )
 
     @property
     def align_enabled(self) -> bool:

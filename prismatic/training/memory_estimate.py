@@ -242,7 +242,7 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
     teacher, platform). The VLA and the head are in ``dtype``; LoRA adapters and projectors in float32."""
     from functools import partial
 
-    from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, VGGTTeacher
+    from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
     from vggt.models.vggt import VGGT
     from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
@@ -272,20 +272,7 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
                 ),
                 layer=cfg.vggt_layers_align,
             )  # traced in float32 (an upper bound of its bf16-autocast activations); weights counted per vggt_dtype
-            aligner = SpatialForcingAligner(
-                AlignConfig(
-                    vla_dim=llm_dim,
-                    vggt_dim=vggt.embed_dim,
-                    use_vlm_norm=cfg.use_vlm_norm,
-                    use_vggt_pe=cfg.use_vggt_pe,
-                    pooling_func=cfg.pooling_func,
-                    align_loss_type=cfg.align_loss_type,
-                    vla_layers_align=cfg.vla_layers_align,
-                    vggt_layers_align=cfg.vggt_layers_align,
-                    gain_feat_1move=cfg.gain_feat_1move,
-                    vggt_patch_size=vggt.patch_size,
-                )
-            )
+            aligner = SpatialForcingAligner(cfg.align_config(llm_dim, vggt.embed_dim, vggt.patch_size))
     return vla, head, proprio, aligner, teacher, platform
 
 

@@ -185,7 +185,7 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
 
 def build_alignment(cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """Spatial Forcing: the trainable aligner (AlignProjector inside) and the frozen VGGT teacher."""
-    from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, VGGTTeacher
+    from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
     from vggt.models.vggt import VGGT
     from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
@@ -198,19 +198,7 @@ def build_alignment(cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device
         ),
         layer=cfg.vggt_layers_align,
     )
-    align_config = AlignConfig(
-        vla_dim=llm_dim,
-        vggt_dim=vggt.embed_dim,
-        use_vlm_norm=cfg.use_vlm_norm,
-        use_vggt_pe=cfg.use_vggt_pe,
-        pooling_func=cfg.pooling_func,
-        align_loss_type=cfg.align_loss_type,
-        vla_layers_align=cfg.vla_layers_align,
-        vggt_layers_align=cfg.vggt_layers_align,
-        gain_feat_1move=cfg.gain_feat_1move,
-        align_loss_coeff=cfg.align_loss_coeff,
-        vggt_patch_size=vggt.patch_size,
-    )
+    align_config = cfg.align_config(llm_dim, vggt.embed_dim, vggt.patch_size)
     return SpatialForcingAligner(align_config).to(device), teacher
 
 
@@ -224,7 +212,7 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
     from prismatic.vla.datasets.config import ImageAugConfig
     from prismatic.vla.datasets.lerobot import is_lerobot_dataset
-    from prismatic.vla.datasets.lerobot_dataset import LeRobotDataset, lerobot_config
+    from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags
 
     tokenizer = model.processor.tokenizer
     batch_transform = RLDSBatchTransform(
@@ -236,29 +224,36 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     )
     resize_resolution = tuple(model.processor.image_processor.input_sizes[0][1:])
     rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
+    shared = dict(  # the fields both data sources take from the training flags
+        resize_resolution=resize_resolution,
+        train=train,
+        image_aug=cfg.image_aug and train,
+        image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
+        val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
+        num_images_in_input=cfg.num_images_in_input,
+        use_proprio=cfg.use_proprio,
+        seed=cfg.seed,
+        skip_samples=skip_samples,
+        rank=rank,
+        world_size=world_size,
+    )
     if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
-        config = lerobot_config(cfg, resize_resolution, train, skip_samples, rank, world_size)
+        config = LeRobotConfig(
+            data_root_dir=Path(cfg.data_root_dir),
+            dataset_name=cfg.dataset_name,
+            mapping=mapping_from_flags(cfg),
+            num_actions_chunk=cfg.num_actions_chunk,
+            **shared,
+        )
         dataset = LeRobotDataset(config, batch_transform)
     else:
-        dataset = RLDSDataset(
-            RLDSConfig(
-                data_root_dir=cfg.data_root_dir,
-                data_mix=cfg.dataset_name,
-                resize_resolution=resize_resolution,
-                shuffle_buffer_size=cfg.shuffle_buffer_size,
-                train=train,
-                image_aug=cfg.image_aug and train,
-                image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
-                val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
-                num_images_in_input=cfg.num_images_in_input,
-                use_proprio=cfg.use_proprio,
-                seed=cfg.seed,
-                skip_samples=skip_samples,
-                rank=rank,
-                world_size=world_size,
-            ),
-            batch_transform,
+        config = RLDSConfig(
+            data_root_dir=cfg.data_root_dir,
+            data_mix=cfg.dataset_name,
+            shuffle_buffer_size=cfg.shuffle_buffer_size,
+            **shared,
         )
+        dataset = RLDSDataset(config, batch_transform)
     collator = PaddedCollatorForActionPrediction(
         tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
     )

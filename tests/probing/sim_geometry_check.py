@@ -25,6 +25,9 @@ from experiments.robot.libero.depth_render import (
 from experiments.robot.libero.libero_utils import get_libero_env
 from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero
 
+# Half-width (policy pixels) of the window that must be free of depth edges: lanczos3's support of 3 source pixels
+# spans about 5 policy pixels when a 128 px render is resized to 224.
+EDGE_RADIUS = 5
 VISIBLE_GEOM_GROUPS = np.array([0, 1, 1, 0, 0, 0], dtype=np.uint8)  # robosuite renders visual geoms (group 1)
 
 
@@ -37,9 +40,11 @@ def bilinear(image: np.ndarray, u: float, v: float) -> float:
     )
 
 
-def ray(model, data, start, direction) -> float:
+def ray(model, data, start, direction) -> tuple[float, int]:
+    """Distance to the first visible geom along the ray (-1: none) and that geom's id."""
     geom = np.zeros(1, dtype=np.int32)
-    return mujoco.mj_ray(model, data, start, direction / np.linalg.norm(direction), VISIBLE_GEOM_GROUPS, 1, -1, geom)
+    unit = direction / np.linalg.norm(direction)
+    return mujoco.mj_ray(model, data, start, unit, VISIBLE_GEOM_GROUPS, 1, -1, geom), int(geom[0])
 
 
 def main(render_size: int) -> None:
@@ -73,27 +78,37 @@ def main(render_size: int) -> None:
         # Candidate world points: a grid around the end effector / table, dropped onto the first surface below.
         span = 0.35 if view == "primary" else 0.12
         grid = np.linspace(-span, span, 15)
-        points = []
+        points, on_mesh = [], []
         for dx in grid:
             for dy in grid:
                 start = np.array([eef[0] + dx, eef[1] + dy, 2.5])
-                distance = ray(model, data, start, np.array([0.0, 0.0, -1.0]))
+                distance, geom = ray(model, data, start, np.array([0.0, 0.0, -1.0]))
                 if distance > 0:
                     points.append(start - np.array([0.0, 0.0, distance]))
+                    # MuJoCo 2.3's mj_ray meets a mesh's convex hull, not the rendered surface: such points only
+                    # serve the mirrored-pixel check.
+                    on_mesh.append(bool(model.geom_type[geom] == mujoco.mjtGeom.mjGEOM_MESH))
         points = np.array(points)
         pixels, z = project_points(points, pose, intrinsics[view])
         checked = []
-        for point, (u, v), point_z in zip(points, pixels, z, strict=True):
-            if not (1 <= u < depth.shape[1] - 2 and 1 <= v < depth.shape[0] - 2) or point_z <= 0:
+        for point, (u, v), point_z, mesh in zip(points, pixels, z, on_mesh, strict=True):
+            if not (EDGE_RADIUS <= u < depth.shape[1] - EDGE_RADIUS - 1) or point_z <= 0:
+                continue
+            if not EDGE_RADIUS <= v < depth.shape[0] - EDGE_RADIUS - 1:
                 continue
             to_point = point - pose[:3, 3]
-            if ray(model, data, pose[:3, 3], to_point) < np.linalg.norm(to_point) - 2e-3:
+            if ray(model, data, pose[:3, 3], to_point)[0] < np.linalg.norm(to_point) - 2e-3:
                 continue  # occluded from this camera
-            neighbourhood = depth[int(v) - 1 : int(v) + 3, int(u) - 1 : int(u) + 3]
+            row, column = int(v), int(u)
+            neighbourhood = depth[
+                row - EDGE_RADIUS : row + EDGE_RADIUS + 2, column - EDGE_RADIUS : column + EDGE_RADIUS + 2
+            ]
             if neighbourhood.max() - neighbourhood.min() > 0.05 * point_z:
-                continue  # at a depth edge: resampling mixes surfaces there
+                continue  # near a depth edge: the lanczos3 resize mixes surfaces within its support there
             mirrored = bilinear(depth, depth.shape[1] - 1 - u, v)  # where an unflipped chain would read
-            checked.append({"z": float(point_z), "depth": bilinear(depth, u, v), "mirrored_depth": mirrored})
+            checked.append(
+                {"z": float(point_z), "depth": bilinear(depth, u, v), "mirrored_depth": mirrored, "on_mesh": mesh}
+            )
         results[view] = checked
     env.close()
     print("RESULT " + json.dumps(results))

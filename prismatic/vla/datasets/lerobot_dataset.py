@@ -226,26 +226,3 @@ def lerobot_platform(cfg: Any) -> PlatformConstants:
     if cfg.num_actions_chunk < 1:
         raise UserError(f"--num_actions_chunk must be >= 1, got {cfg.num_actions_chunk}.")
     return PlatformConstants(PLATFORM_NAME, cfg.num_actions_chunk, source.action_dim, source.proprio_dim, NORMALIZATION)
-
-
-def lerobot_config(
-    cfg: Any, resize_resolution: tuple[int, int], train: bool, skip_samples: int, rank: int, world_size: int
-) -> LeRobotConfig:
-    """The ``LeRobotConfig`` of a fine-tuning config (``FinetuneConfig``)."""
-    return LeRobotConfig(
-        data_root_dir=Path(cfg.data_root_dir),
-        dataset_name=cfg.dataset_name,
-        mapping=mapping_from_flags(cfg),
-        num_actions_chunk=cfg.num_actions_chunk,
-        resize_resolution=resize_resolution,
-        train=train,
-        image_aug=cfg.image_aug and train,
-        image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
-        val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
-        num_images_in_input=cfg.num_images_in_input,
-        use_proprio=cfg.use_proprio,
-        seed=cfg.seed,
-        skip_samples=skip_samples,
-        rank=rank,
-        world_size=world_size,
-    )
