@@ -71,7 +71,7 @@ runner, task_env, outputs = LocalRunner(), None, {}
 
 def run(name, work):
     global task_env
-    task_env = _run_unit(work, task_env, settings, runner)
+    task_env = _run_unit(work, task_env, settings, runner, None)
     outputs[name] = [(r.episode, r.steps, r.error, r.final_state) for r in runner.results[-len(work.episodes):]]
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,7 @@ from experiments.robot.libero.simulator_replay import (
     RECORDED,
     compare,
     format_report,
-    make_cases,
     random_actions,
-    record,
 )
 
 
@@ -58,12 +59,22 @@ def test_compare_reports_largest_differences_and_first_divergent_step() -> None:
 
 
 @pytest.mark.sim
-@pytest.mark.usefixtures("libero_config_dir")
+@pytest.mark.usefixtures("libero_config_dir")  # its LIBERO_CONFIG_PATH reaches the subprocesses
 def test_replay_starts_from_the_init_state_and_repeats_exactly(tmp_path: Path) -> None:
+    # The simulator runs in fresh processes: MuJoCo's GL libraries must not share a process with TensorFlow, which
+    # other tests load into this one.
     cases = tmp_path / "cases.npz"
-    make_cases(cases, ["libero_spatial"], task_ids=[0], init_ids=[3], num_noops=2, num_steps=4, seed=0)
-    record(cases, tmp_path / "first.npz")
-    record(cases, tmp_path / "second.npz")
+    tool = [sys.executable, "-m", "experiments.robot.libero.simulator_replay"]
+    env = {**os.environ, "USE_TF": "0"}
+    for command in (
+        ["cases", str(cases), "--suites", "libero_spatial", "--task_ids", "0", "--init_ids", "3"],
+        ["record", str(cases), str(tmp_path / "first.npz")],
+        ["record", str(cases), str(tmp_path / "second.npz")],
+    ):
+        if command[0] == "cases":
+            command += ["--num_noops", "2", "--num_steps", "4", "--seed", "0"]
+        completed = subprocess.run([*tool, *command], env=env, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, completed.stderr[-3000:]
     first, second = np.load(tmp_path / "first.npz"), np.load(tmp_path / "second.npz")
     name = "libero_spatial/task0/init3"
     actions = np.load(cases)[f"{name}/actions"]
