@@ -15,6 +15,9 @@ from torch import nn
 from prismatic.training.config import QUANTIZATIONS
 from prismatic.util.cli import UserError
 
+# LLM.int8's outlier threshold (transformers' default llm_int8_threshold): input features above it run in fp16.
+INT8_OUTLIER_THRESHOLD = 6.0
+
 
 def check_quantization_flags(cfg) -> None:
     """Rejects ``--quantize_base`` values and combinations that cannot work, before anything is loaded."""
@@ -33,7 +36,7 @@ def quantized_linear_names(vla: nn.Module) -> list[str]:
     (attention and MLP projections); lm_head and everything outside the LLM stay in the compute dtype."""
     decoder = vla.language_model.model
     prefix = "language_model.model."
-    return [prefix + name for name, module in decoder.named_modules() if type(module) is nn.Linear]
+    return [prefix + name for name, module in decoder.named_modules() if isinstance(module, nn.Linear)]
 
 
 def _quantized_linear(linear: nn.Linear, mode: str, compute_dtype: torch.dtype) -> nn.Module:
@@ -43,7 +46,13 @@ def _quantized_linear(linear: nn.Linear, mode: str, compute_dtype: torch.dtype) 
     has_bias = linear.bias is not None
     weight = linear.weight.data.to(compute_dtype)
     if mode == "int8":
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False)
+        layer = bnb.nn.Linear8bitLt(
+            linear.in_features,
+            linear.out_features,
+            bias=has_bias,
+            has_fp16_weights=False,
+            threshold=INT8_OUTLIER_THRESHOLD,
+        )
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
         layer = bnb.nn.Linear4bit(

@@ -79,6 +79,7 @@ def test_each_quantised_layer_is_within_its_derived_error_bound(tiny_checkpoints
     """
     reference = _tiny_vla(tiny_checkpoints)
     originals = {name: reference.get_submodule(name) for name in quantized_linear_names(reference)}
+    assert len(originals) == 2 * 7  # the tiny Llama: 2 layers x (q, k, v, o, gate, up, down)
     quantised = quantize_base(_tiny_vla(tiny_checkpoints), mode, torch.device("cpu"), torch.float32)
     for name, original in originals.items():
         layer = quantised.get_submodule(name)
