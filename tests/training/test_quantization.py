@@ -132,15 +132,15 @@ def test_lora_over_a_quantised_base_lowers_the_loss(tiny_checkpoints, mode):
 def test_quantised_run_saves_the_released_layout_and_its_adapter_loads_on_the_unquantised_base(
     tiny_checkpoints, synthetic_data, tmp_path
 ):
-    """finetune_align.py --quantize_base nf4 writes the file set of any run, an adapter with the unquantised run's
-    keys, and a merged model built from the unquantised base on disk (the adapter applied to it, then folded)."""
+    """finetune_align.py --quantize_base nf4 under DDP (2 processes) writes the file set of any run, an adapter with
+    the unquantised run's keys, and a merged model built from the unquantised base on disk (adapter applied, folded)."""
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
 
     flags = tiny_flags(
         tiny_checkpoints, synthetic_data, tmp_path, quantize_base="nf4", max_steps=2, merge_lora_during_training=True
     )
-    result = run_script("finetune_align.py", flags)
+    result = run_script("finetune_align.py", flags, nproc=2)  # DDP over 2 gloo processes
     assert result.returncode == 0, result.stderr[-4000:]
     folder = tmp_path / "tiny-run--2_chkpt"
     files = {p.name for p in folder.iterdir() if p.is_file()}
