@@ -125,7 +125,7 @@ def test_lora_over_a_quantised_base_lowers_the_loss(tiny_checkpoints, mode):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.85 * losses[0], losses  # seen here: 0.570 -> 0.439 (int8), 0.574 -> 0.438 (nf4)
 
 
 @pytest.mark.slow
