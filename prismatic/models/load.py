@@ -30,6 +30,7 @@ from prismatic.policy.components import (  # the component-file functions, re-ex
     save_component_state_dict,  # noqa: F401
 )
 from prismatic.policy.config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
+from prismatic.training.quantization import quantize_base
 from prismatic.vla.constants import PlatformConstants
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def load_vla(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
+    quantize: str = "none",
 ) -> LoadedVLA:
     """Load the VLA, processor, components and dataset statistics of a checkpoint folder for inference.
 
@@ -181,7 +183,8 @@ def load_vla(
     without one; see ``prismatic.policy.components`` for the components). The flags (upstream's evaluation names)
     default to ``None`` = take it from the checkpoint; a given flag that contradicts the file is honoured with a
     warning. ``platform`` likewise overrides the embodiment's action-chunk geometry. Raises naming the missing or
-    malformed file.
+    malformed file. ``quantize`` (int8 | nf4) stores the LLM decoder's Linear weights through bitsandbytes
+    (``prismatic.training.quantization``), after any adapter is merged.
     """
     if use_l1_regression and use_diffusion:
         raise ValueError("use_l1_regression and use_diffusion are exclusive; choose one action head.")
@@ -251,7 +254,8 @@ def load_vla(
     heads = build_heads(policy_config, vla.llm_dim)
     load_components(heads, paths)
 
-    vla = vla.to(device).eval()  # already in `dtype`; a blanket cast would also round fp32 buffers (RoPE)
+    # Already in `dtype`; a blanket cast would also round fp32 buffers (RoPE). "none" only moves it.
+    vla = quantize_base(vla, quantize, torch.device(device), dtype).eval()
     heads = {name: module.to(device=device, dtype=dtype).eval() for name, module in heads.items()}
     return LoadedVLA(
         vla,

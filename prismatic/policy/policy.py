@@ -121,8 +121,6 @@ class VLAPolicy:
     def from_config(cls, cfg: Any) -> VLAPolicy:
         """Load ``cfg.pretrained_checkpoint`` with ``run_libero_eval.py``'s flags (a ``GenerateConfig``): policy flags
         that are ``None`` come from the checkpoint, given ones override it (with a warning)."""
-        if cfg.load_in_8bit or cfg.load_in_4bit:
-            raise ValueError("--load_in_8bit/--load_in_4bit: quantized loading is not supported; use bfloat16")
         return cls.from_checkpoint(
             cfg.pretrained_checkpoint,
             task_suite_name=cfg.task_suite_name,
@@ -135,6 +133,7 @@ class VLAPolicy:
             num_images_in_input=cfg.num_images_in_input,
             num_diffusion_steps_train=cfg.num_diffusion_steps_train,
             num_diffusion_steps_inference=cfg.num_diffusion_steps_inference,
+            quantize="int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none",
         )
 
     def resolved_flags(self) -> dict[str, Any]:

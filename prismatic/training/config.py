@@ -80,6 +80,7 @@ class FinetuneConfig:
     strategy: str = "ddp"                            # ddp (replicas) | fsdp (sharded params, grads, optimizer)
     gradient_checkpointing: bool = False             # Recompute LLM layer activations in backward
     gradient_checkpointing_vision: bool = False      # ... and the vision towers' blocks (needs the flag above)
+    quantize_base: str = "none"                      # none | int8 | nf4: LLM decoder Linears via bitsandbytes (QLoRA)
     # fmt: on
 
     @property
@@ -134,7 +135,6 @@ class MemoryEstimateConfig(AlignFinetuneConfig):
     spatial_forcing: bool = True                     # False estimates finetune.py (no VGGT teacher)
     gpu_memory_gb: float = 80.0                      # Memory of one GPU (decimal GB, as nvidia-smi and vendors)
     num_gpus: int = 1                                # GPUs in the run (FSDP shards over them)
-    quantize_base: str = "none"                      # none | int8 | nf4 base LLM weights (QLoRA; predicted only)
     prompt_tokens: int = 40                          # Longest prompt of a batch in tokens (LIBERO's: 25-40)
     upstream_script: bool = False                    # Model upstream's script (LM logits, all VGGT layers kept)
     # fmt: on

@@ -38,8 +38,9 @@ from prismatic.models.action_heads import L1RegressionActionHead
 from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.projectors import ProprioProjector
-from prismatic.training.config import QUANTIZATIONS, MemoryEstimateConfig
+from prismatic.training.config import MemoryEstimateConfig
 from prismatic.training.lora import apply_lora
+from prismatic.training.quantization import check_quantization_flags
 from prismatic.training.strategy import check_strategy_flags, freeze_unreached_parameters
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import IGNORE_INDEX, PlatformConstants, constants_for
@@ -423,8 +424,7 @@ def estimate_memory(cfg: MemoryEstimateConfig) -> MemoryEstimate:
     if cfg.num_gpus < 1 or cfg.gpu_memory_gb <= 0:
         raise UserError(f"--num_gpus must be >= 1 and --gpu_memory_gb > 0; got {cfg.num_gpus}, {cfg.gpu_memory_gb}.")
     check_strategy_flags(cfg)
-    if cfg.quantize_base not in QUANTIZATIONS:
-        raise UserError(f"--quantize_base {cfg.quantize_base!r} is not supported; expected one of {QUANTIZATIONS}.")
+    check_quantization_flags(cfg)
     if cfg.use_diffusion:
         raise UserError("--use_diffusion True: the estimator models the L1 head (the paper's); expected False.")
     trace = trace_training_step(cfg, torch.bfloat16, cuda_autocast=True)

@@ -41,6 +41,7 @@ from prismatic.training.distributed import (
 )
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
+from prismatic.training.quantization import check_quantization_flags, quantize_base
 from prismatic.training.run_guard import check_run_folder, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.strategy import (
@@ -150,7 +151,7 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     vla.config.set_platform(platform)
     num_patches = vla.vision_backbone.get_num_patches() * vla.vision_backbone.get_num_images_in_input()
     llm_dim = vla.config.text_config.hidden_size
-    vla = vla.to(ctx.device)
+    vla = quantize_base(vla, cfg.quantize_base, ctx.device, dtype)  # "none": only moves it to the device
     if cfg.use_lora:
         vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout, fp32_adapters=cfg.lora_fp32)
     if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers (fp32) are trained in full, without adapters
@@ -333,6 +334,7 @@ def train(cfg: FinetuneConfig) -> Path:
     run_dir = Path(cfg.run_root_dir) / run_id(cfg)
     resume_changes = check_run_folder(cfg, run_dir)
     check_strategy_flags(cfg)
+    check_quantization_flags(cfg)
     ctx = init_distributed()
     try:
         return _train(cfg, platform, ctx, run_dir, resume_changes)

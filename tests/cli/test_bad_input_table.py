@@ -44,6 +44,7 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
     return [
         ("negative_lr", FINETUNE_ALIGN, align(learning_rate=-1), "--learning_rate -1.0"),
         ("zero_batch", FINETUNE_ALIGN, align(batch_size=0), "--batch_size"),
+        ("quantized_fsdp", FINETUNE_ALIGN, align(quantize_base="nf4", strategy="fsdp"), "--quantize_base nf4 with"),
         ("batch_not_int", FINETUNE_ALIGN, align(batch_size="abc"), "--batch_size: Couldn't parse 'abc'"),
         ("unknown_flag", FINETUNE_ALIGN, [*align(), "--no_such_flag=1"], "--no_such_flag"),
         ("missing_vla", FINETUNE_ALIGN, align(vla_path=root / "nowhere"), "--vla_path"),

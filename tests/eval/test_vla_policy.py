@@ -14,6 +14,7 @@ from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.vla_policy import VLAPolicy, resolve_unnorm_key
 from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
 from prismatic.policy.normalization import normalize
+from prismatic.training.quantization import quantized_linear_names
 from prismatic.vla.prompt import build_prompt
 
 INSTRUCTION = "Pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -88,6 +89,39 @@ def test_center_crop_and_wrist_image_change_the_chunk(tiny_checkpoint: Path, pol
     assert np.abs(policy.predict_chunk(dark_wrist, INSTRUCTION) - chunk).max() > 1e-4
 
 
+def test_load_in_4bit_runs_the_llm_layers_on_their_nf4_weights(tiny_checkpoint: Path, observation: dict):
+    """--load_in_4bit stores the LLM decoder's Linears in NF4 (bitsandbytes). Each layer computes x @ W_nf4^T, where
+    W_nf4 is the dequantised weight; in eval mode bitsandbytes' CPU path multiplies in bf16, so each output may
+    differ from the fp32 product by the rounding of x and W to bf16 (2^-8 each, relative): 2^-7 (|x| @ |W_nf4|^T)."""
+    import bitsandbytes as bnb
+
+    quantized = VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(tiny_checkpoint), load_in_4bit=True))
+    names = quantized_linear_names(quantized.loaded.vla)
+    assert len(names) == 2 * 7  # the tiny Llama: 2 layers x (q, k, v, o, gate, up, down)
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for name in names:
+            layer = quantized.loaded.vla.get_submodule(name)
+            assert type(layer).__name__ == "Linear4bit" and not layer.training, name
+            dequantized = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+            x = torch.randn(3, layer.in_features, generator=generator)
+            bound = 2**-7 * 1.01 * (x.abs() @ dequantized.abs().T) + 1e-6
+            assert ((layer(x) - x @ dequantized.T).abs() <= bound).all(), name
+    chunk = quantized.predict_chunk(observation, INSTRUCTION)
+    unquantized = VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(tiny_checkpoint)))
+    assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
+    assert np.abs(chunk - unquantized.predict_chunk(observation, INSTRUCTION)).max() > 1e-6  # the weights are rounded
+
+
+def test_load_in_8bit_runs_with_int8_llm_layers(tiny_checkpoint: Path, observation: dict):
+    policy = VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(tiny_checkpoint), load_in_8bit=True))
+    layers = [policy.loaded.vla.get_submodule(name) for name in quantized_linear_names(policy.loaded.vla)]
+    assert len(layers) == 2 * 7 and all(type(layer).__name__ == "Linear8bitLt" for layer in layers)
+    assert all(layer.weight.dtype == torch.int8 for layer in layers)
+    chunk = policy.predict_chunk(observation, INSTRUCTION)
+    assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
+
+
 def test_missing_wrist_image_names_num_images_in_input(policy: VLAPolicy, observation: dict) -> None:
     single = {key: value for key, value in observation.items() if key != "wrist_image"}
     with pytest.raises(ValueError, match=r"--num_images_in_input 2, but the observation has 1 image"):
@@ -98,7 +132,6 @@ def test_missing_wrist_image_names_num_images_in_input(policy: VLAPolicy, observ
     ("overrides", "message"),
     [
         ({"pretrained_checkpoint": ""}, "--pretrained_checkpoint is required"),
-        ({"load_in_4bit": True}, "--load_in_8bit/--load_in_4bit"),
         ({"unnorm_key": "bridge_orig"}, "--unnorm_key 'bridge_orig'"),
     ],
 )

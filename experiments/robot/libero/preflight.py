@@ -31,8 +31,6 @@ def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
     """Raises a UserError naming the flag or file for anything that would make the evaluation fail later."""
     with user_errors():
         validate_config(cfg)
-    if cfg.load_in_8bit or cfg.load_in_4bit:
-        raise UserError("--load_in_8bit/--load_in_4bit: quantized loading is not supported: expected bfloat16")
     num_tasks = TASK_COUNTS[cfg.task_suite_name]
     if cfg.task_ids is not None and (
         len(set(cfg.task_ids)) != len(cfg.task_ids) or not all(0 <= i < num_tasks for i in cfg.task_ids)
