@@ -61,3 +61,10 @@ def apply_svla_golden_weights(module: nn.Module) -> nn.Module:
     for key, parameter in module.named_parameters():
         parameter.copy_(svla_golden_value(key, parameter.shape).to(parameter.dtype))
     return module
+
+
+def assert_max_abs(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
+    """Parity check against a golden tensor: same shape, largest absolute difference within ``tolerance``."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    error = (actual.double() - expected.double()).abs().max().item()
+    assert error <= tolerance, f"{name}: max |diff| = {error:.3g} > {tolerance}"

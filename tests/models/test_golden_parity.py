@@ -21,7 +21,7 @@ from prismatic.models.action_masks import (
     get_current_action_mask,
     get_next_actions_mask,
 )
-from prismatic.testing.golden import apply_golden_weights
+from prismatic.testing.golden import apply_golden_weights, assert_max_abs
 from prismatic.testing.tiny_vla import (
     build_with_golden_weights,
     golden_vla_config,
@@ -30,12 +30,6 @@ from prismatic.testing.tiny_vla import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-def assert_max_abs(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    error = (actual.double() - expected.double()).abs().max().item()
-    assert error <= tolerance, f"{name}: max |diff| = {error:.3g} > {tolerance}"
 
 
 @pytest.fixture(scope="module")

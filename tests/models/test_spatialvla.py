@@ -18,6 +18,7 @@ from prismatic.models.spatialvla import SpatialVLAConfig, SpatialVLAForCondition
 from prismatic.models.spatialvla.action_tokenizer import SpatialActionTokenizer, unnormalize_actions
 from prismatic.models.spatialvla.load import load_spatialvla
 from prismatic.models.spatialvla.modeling_spatialvla import attention_bias
+from prismatic.testing.golden import assert_max_abs
 from prismatic.testing.spatialvla_tiny import (
     build_tiny_spatialvla,
     save_tiny_spatialvla_checkpoint,
@@ -28,12 +29,6 @@ pytestmark = pytest.mark.slow
 
 UNNORM_KEY = "droid/1.0.0"
 PROMPT = "pick up the black bowl"
-
-
-def assert_max_abs(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    error = (actual.double() - expected.double()).abs().max().item()
-    assert error <= tolerance, f"{name}: max |diff| = {error:.3g} > {tolerance}"
 
 
 @pytest.fixture(scope="module")
