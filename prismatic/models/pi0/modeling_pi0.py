@@ -76,6 +76,14 @@ def sinusoidal_time_embedding(time: Tensor, dim: int, min_period: float, max_per
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
 
 
+def action_loss(loss_elementwise: Tensor, config: Pi0Config) -> Tensor:
+    """The mean of ``(u_t - v_t)^2`` ``[B, H, max_action_dim]`` over all padded dims ("padded": openpi, SF-pi0) or
+    the first ``action_dim`` ones ("real": lerobot)."""
+    if config.action_loss_dims == "real":
+        return loss_elementwise[..., : config.action_dim].mean()
+    return loss_elementwise.mean()
+
+
 @dataclass
 class Pi0PrefixCache:
     """The prefix's keys and values per layer (after RoPE) and its valid-token mask ``[B, P]``."""
@@ -273,12 +281,6 @@ class Pi0Model(nn.Module):
         )
         return beta.sample((batch_size,)) * self.config.time_sampling_scale + self.config.time_sampling_offset
 
-    def action_loss(self, loss_elementwise: Tensor) -> Tensor:
-        """Mean squared error over all padded dims ("padded", SF-pi0/openpi) or the real ones ("real", lerobot)."""
-        if self.config.action_loss_dims == "real":
-            return loss_elementwise[..., : self.config.action_dim].mean()
-        return loss_elementwise.mean()
-
     def forward(
         self,
         images: Tensor,
@@ -308,7 +310,8 @@ class Pi0Model(nn.Module):
         )
         velocity = self.velocity(towers.outputs[1])
         loss_elementwise = F.mse_loss(target, velocity, reduction="none")
-        return Pi0Output(self.action_loss(loss_elementwise), loss_elementwise, velocity, towers.prefix_hidden_states)
+        loss = action_loss(loss_elementwise, self.config)
+        return Pi0Output(loss, loss_elementwise, velocity, towers.prefix_hidden_states)
 
     # --- Sampling --------------------------------------------------------------------------------------------------
     def prefix_cache(

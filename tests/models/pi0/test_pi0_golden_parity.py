@@ -3,12 +3,15 @@ section pi0_tiny), every output within the tolerance the set states."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model
-from prismatic.models.pi0.modeling_pi0 import additive_mask, attention_mask_2d
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
+from prismatic.models.pi0.modeling_pi0 import action_loss, additive_mask, attention_mask_2d
 from prismatic.testing.golden import assert_max_abs, pi0_golden_value
 from prismatic.testing.pi0_tiny import golden_pi0, pi0_config_from_golden
+
+pytestmark = pytest.mark.slow
 
 TOLERANCE = 1e-5
 ELEMENTWISE_LOSS_TOLERANCE = 1e-4
@@ -17,9 +20,14 @@ ELEMENTWISE_LOSS_TOLERANCE = 1e-4
 TAP_TOLERANCE = 2e-5
 
 
-def training_output(model: Pi0Model, golden: dict, inputs: dict, **kwargs):
+def training_output(model: Pi0Model, golden: dict, inputs: dict, **kwargs) -> Pi0Output:
     with torch.no_grad():
         return model(**inputs, actions=golden["in.actions"], noise=golden["in.noise"], time=golden["in.time"], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def training(golden: dict, golden_model: Pi0Model, golden_inputs: dict) -> Pi0Output:
+    return training_output(golden_model, golden, golden_inputs, output_hidden_states=True)
 
 
 def test_weight_rule_reproduces_the_published_probes(golden_meta: dict, golden_model: Pi0Model):
@@ -33,52 +41,64 @@ def test_weight_rule_reproduces_the_published_probes(golden_meta: dict, golden_m
     assert torch.equal(pi0_golden_value("state_proj.bias", (32,)), state["state_proj.bias"])
 
 
-def test_training_forward_matches_golden(golden: dict, golden_meta: dict, golden_model: Pi0Model, golden_inputs):
-    output = training_output(golden_model, golden, golden_inputs, output_hidden_states=True)
-    assert_max_abs(output.velocity, golden["out.v_t_train"], TOLERANCE, "v_t")
-    assert_max_abs(output.loss_elementwise, golden["out.loss_elementwise"], ELEMENTWISE_LOSS_TOLERANCE, "loss")
-    assert_max_abs(output.loss[None], golden["out.sf_loss_mse_all32"], TOLERANCE, "loss over the 32 padded dims")
+def test_training_forward_matches_golden(golden: dict, training: Pi0Output):
+    assert_max_abs(training.velocity, golden["out.v_t_train"], TOLERANCE, "v_t")
+    assert_max_abs(training.loss_elementwise, golden["out.loss_elementwise"], ELEMENTWISE_LOSS_TOLERANCE, "loss")
+    assert_max_abs(training.loss[None], golden["out.sf_loss_mse_all32"], TOLERANCE, "loss over the 32 padded dims")
+
+
+def test_hidden_states_at_the_sf_tap_match_golden(
+    golden: dict, golden_meta: dict, golden_model: Pi0Model, golden_inputs: dict, training: Pi0Output
+):
     tap = golden_meta["config"]["tap_index"]
-    num_image_tokens = golden_inputs["image_masks"].shape[1] * golden_model.config.num_image_tokens
-    hidden = output.prefix_hidden_states[tap][:, :num_image_tokens]
-    valid = golden_inputs["image_masks"].repeat_interleave(golden_model.config.num_image_tokens, dim=1)
+    tokens_per_camera = golden_model.config.num_image_tokens
+    num_image_tokens = golden_inputs["image_masks"].shape[1] * tokens_per_camera
+    assert len(training.prefix_hidden_states) == golden_model.config.depth + 1
+    hidden = training.prefix_hidden_states[tap][:, :num_image_tokens]
+    valid = golden_inputs["image_masks"].repeat_interleave(tokens_per_camera, dim=1)
     expected = golden["out.prefix_image_hidden_in_layer_4"]
     assert_max_abs(hidden[valid], expected[valid], TAP_TOLERANCE, "tap hidden states (valid tokens)")
     # One layer late is far off: the check can fail.
-    assert (output.prefix_hidden_states[tap + 1][:, :num_image_tokens][valid] - expected[valid]).abs().max() > 1
+    late = training.prefix_hidden_states[tap + 1][:, :num_image_tokens]
+    assert (late[valid] - expected[valid]).abs().max() > 1
 
 
-def test_action_loss_over_real_dims_is_lerobots(golden: dict, golden_meta: dict, golden_inputs):
-    config = pi0_config_from_golden(golden_meta["config"], action_loss_dims="real")
-    output = training_output(golden_pi0(config), golden, golden_inputs)
+def test_action_loss_over_real_dims_is_lerobots(golden_meta: dict, training: Pi0Output):
     results = golden_meta["results"]
-    assert abs(output.loss.item() - results["loss_mean_first7"]) < TOLERANCE
-    assert abs(output.loss_elementwise.mean().item() - results["loss_mean_all32"]) < TOLERANCE
-    assert abs(output.loss.item() - results["loss_mean_all32"]) > 0.4  # the two objectives differ
+    real = pi0_config_from_golden(golden_meta["config"], action_loss_dims="real")
+    padded = pi0_config_from_golden(golden_meta["config"])
+    assert abs(action_loss(training.loss_elementwise, real).item() - results["loss_mean_first7"]) < TOLERANCE
+    assert abs(action_loss(training.loss_elementwise, padded).item() - results["loss_mean_all32"]) < TOLERANCE
+    assert abs(results["loss_mean_first7"] - results["loss_mean_all32"]) > 0.4  # two objectives, told apart
 
 
-def test_sampled_actions_match_golden_under_both_schedules(golden: dict, golden_model: Pi0Model, golden_inputs):
+def test_sampling_matches_golden_step_by_step_and_under_both_schedules(
+    golden: dict, golden_model: Pi0Model, golden_inputs: dict
+):
     openpi = golden_model.sample_actions(**golden_inputs, noise=golden["in.sample_noise"])
     assert_max_abs(openpi, golden["out.sample_actions_openpi_schedule"], TOLERANCE, "actions, openpi schedule")
-    lerobot = golden_model.sample_actions(**golden_inputs, noise=golden["in.sample_noise"], time_schedule="lerobot")
-    assert_max_abs(lerobot, golden["out.sample_actions"], TOLERANCE, "actions, lerobot schedule")
-    # The schedules differ by about 1e-4, ten times the tolerance: each test tells them apart.
-    assert (openpi - lerobot).abs().max() > 5e-5
-
-
-def test_every_denoising_step_matches_golden(golden: dict, golden_model: Pi0Model, golden_inputs):
-    inputs = {key: golden_inputs[key] for key in ("images", "image_masks", "lang_tokens", "lang_masks")}
+    # lerobot's schedule, one step at a time over one prefix cache.
+    prefix_inputs = {key: golden_inputs[key] for key in ("images", "image_masks", "lang_tokens", "lang_masks")}
     batch = golden_inputs["state"].shape[0]
+    dt = torch.tensor(-0.1)
     with torch.no_grad():
-        cache = golden_model.prefix_cache(**inputs)
+        cache = golden_model.prefix_cache(**prefix_inputs)
         actions = golden["in.sample_noise"]
-        times = golden_model.sampling_times(10, "lerobot", actions.device)
-        for step, time in enumerate(times):
+        for step, time in enumerate(golden_model.sampling_times(10, "lerobot", actions.device)):
             velocity = golden_model.denoise_step(golden_inputs["state"], cache, actions, time.expand(batch))
             assert_max_abs(velocity, golden["out.sample_v_steps"][step], TOLERANCE, f"velocity at step {step}")
-            actions = actions - 0.1 * velocity
-    # The cache is read, never extended.
+            actions = actions + dt * velocity
+    assert_max_abs(actions, golden["out.sample_actions"], TOLERANCE, "actions, lerobot schedule")
+    # The cache is read, never extended; the schedules differ by about 1e-4, ten times the tolerance.
     assert all(key.shape[2] == cache.pad_mask.shape[1] for key, _ in cache.key_values)
+    assert (openpi - actions).abs().max() > 5e-5
+
+
+def test_sample_actions_takes_the_lerobot_schedule_from_the_config(golden_meta: dict):
+    config = pi0_config_from_golden(golden_meta["config"], time_schedule="lerobot")
+    assert config.time_schedule == "lerobot"
+    with pytest.raises(ValueError, match="time_schedule"):
+        pi0_config_from_golden(golden_meta["config"], time_schedule="float64")
 
 
 def test_sampling_times_follow_each_schedule(golden_model: Pi0Model):
@@ -92,43 +112,55 @@ def test_sampling_times_follow_each_schedule(golden_model: Pi0Model):
     assert not torch.equal(openpi, lerobot)
 
 
-def test_prefix_only_pass_equals_the_joint_pass_on_valid_tokens(golden: dict, golden_model: Pi0Model, golden_inputs):
-    joint = training_output(golden_model, golden, golden_inputs, output_hidden_states=True)
-    towers = golden_model.paligemma_with_expert
+def test_prefix_only_pass_equals_the_joint_pass_on_valid_tokens(
+    golden_model: Pi0Model, golden_inputs: dict, training: Pi0Output
+):
     prefix, pad_mask, block_flags = golden_model.embed_prefix(
         golden_inputs["images"], golden_inputs["image_masks"], golden_inputs["lang_tokens"], golden_inputs["lang_masks"]
     )
     with torch.no_grad():
-        alone = towers(
+        alone = golden_model.paligemma_with_expert(
             [prefix, None],
             additive_mask(attention_mask_2d(pad_mask, block_flags)),
             pad_mask.cumsum(dim=1) - 1,
             output_hidden_states=True,
         )
-    for layer, (joint_hidden, alone_hidden) in enumerate(
-        zip(joint.prefix_hidden_states, alone.prefix_hidden_states, strict=True)
-    ):
-        assert torch.equal(joint_hidden[:, : pad_mask.shape[1]][pad_mask], alone_hidden[pad_mask]), layer
+    pairs = zip(training.prefix_hidden_states, alone.prefix_hidden_states, strict=True)
+    for layer, (joint_hidden, alone_hidden) in enumerate(pairs):
+        assert torch.equal(joint_hidden[pad_mask], alone_hidden[pad_mask]), layer
 
 
-def test_sdpa_attention_is_a_valid_variant(golden: dict, golden_meta: dict, golden_inputs):
+def test_block_mask_rules():
+    pad = torch.tensor([[True, True, False, True, True, True]])
+    flags = torch.tensor([[0, 0, 0, 1, 1, 0]])  # prefix (one padded token), state, two actions
+    visible = attention_mask_2d(pad, flags)[0]
+    assert visible[:2, :2].all() and not visible[:3, 3:].any()  # bidirectional prefix, never sees the suffix
+    assert not visible[3, 4:].any() and visible[3, 3]  # the state never sees the actions
+    assert visible[4:, [0, 1, 3, 4, 5]].all()  # the actions see everything valid
+    assert not visible[:, 2].any() and not visible[2].any()  # padding is masked as key and as query
+    bias = additive_mask(attention_mask_2d(pad, flags))
+    assert (
+        bias.shape == (1, 1, 6, 6) and torch.isfinite(bias).all() and bias.min().item() == pytest.approx(-2.3819763e38)
+    )
+
+
+def test_sdpa_attention_is_a_valid_variant(golden: dict, golden_meta: dict, golden_inputs: dict):
     config = pi0_config_from_golden(golden_meta["config"], attention_implementation="sdpa")
     output = training_output(golden_pi0(config), golden, golden_inputs)
     assert_max_abs(output.velocity, golden["out.v_t_train"], TOLERANCE, "v_t with SDPA")
 
 
-def test_stock_image_features_would_be_scaled(golden_model: Pi0Model, golden_inputs):
+def test_stock_image_features_would_be_scaled(golden_model: Pi0Model, golden_inputs: dict):
     """Why the image tokens bypass ``PaliGemmaModel.get_image_features``: stock divides them by sqrt(width)."""
-    images = golden_inputs["images"][:, 0]
+    images = golden_inputs["images"][:1, 0]
     with torch.no_grad():
         ours = golden_model.paligemma_with_expert.embed_images(images[:, None])
         stock = golden_model.paligemma_with_expert.paligemma.model.get_image_features(images)
     assert torch.allclose(ours, stock * golden_model.config.vlm_width**0.5, atol=1e-5)
 
 
-def test_bfloat16_policy_runs_close_to_float32(golden: dict, golden_meta: dict, golden_model: Pi0Model, golden_inputs):
-    config = pi0_config_from_golden(golden_meta["config"], param_dtype="bfloat16")
-    model = golden_pi0(config)
+def test_bfloat16_policy_runs_close_to_float32(golden: dict, golden_meta: dict, golden_inputs: dict):
+    model = golden_pi0(pi0_config_from_golden(golden_meta["config"], param_dtype="bfloat16"))
     dtypes = [tensor.dtype for tensor in model.state_dict().values()]
     assert dtypes.count(torch.float32) == 39 and dtypes.count(torch.bfloat16) == 162 - 39
     output = training_output(model, golden, golden_inputs)
@@ -137,7 +169,7 @@ def test_bfloat16_policy_runs_close_to_float32(golden: dict, golden_meta: dict, 
     assert 1e-4 < error < 0.5, error  # bf16 rounding, not float32 parity, and not a different model
 
 
-def test_config_full_size_defaults_are_the_released_pi0():
+def test_config_defaults_are_the_released_pi0():
     config = Pi0Config()
     assert (config.vlm_width, config.expert_width, config.depth, config.head_dim) == (2048, 1024, 18, 256)
     assert (config.chunk_size, config.max_action_dim, config.tokenizer_max_length) == (50, 32, 48)
