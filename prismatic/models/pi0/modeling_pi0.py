@@ -129,11 +129,14 @@ class PaliGemmaWithExpert(nn.Module):
         return self.language_model.layers[0].self_attn.q_proj.weight.dtype
 
     def apply_dtype_policy(self, dtype: torch.dtype) -> None:
-        """Cast the towers to ``dtype``, keeping ``FLOAT32_PARAMETERS`` in float32."""
-        self.to(dtype)
+        """Cast the towers' parameters to ``dtype``, keeping ``FLOAT32_PARAMETERS`` in float32.
+
+        Buffers are left alone, so RoPE's ``inv_freq`` stays float32 as in JAX openpi (openpi's PyTorch port casts
+        the whole module and so rounds it to bf16).
+        """
         for name, parameter in self.named_parameters():
-            if any(selector in name for selector in FLOAT32_PARAMETERS):
-                parameter.data = parameter.data.float()
+            if not any(selector in name for selector in FLOAT32_PARAMETERS):
+                parameter.data = parameter.data.to(dtype)
 
     def embed_images(self, images: Tensor) -> Tensor:
         """``[B, N, 3, H, W]`` in [-1, 1] -> image tokens ``[B, N * T, D_vlm]`` (not scaled)."""
