@@ -118,7 +118,7 @@ def sentencepiece_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(PROMPTS * 20),
         model_writer=model,
-        vocab_size=120,
+        vocab_size=50,
         model_type="unigram",
         pad_id=0,
         eos_id=1,
