@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
 from prismatic.models.pi0.loading_pi0 import EMBED_KEY, LEGACY_RENAMES, LEROBOT_PREFIX, LM_HEAD_KEY
 from prismatic.testing.golden import apply_pi0_golden_weights
 
@@ -52,6 +52,12 @@ def pi0_config_from_golden(config: dict, **overrides) -> Pi0Config:
 def golden_pi0(config: Pi0Config) -> Pi0Model:
     """A pi0 in eval mode with every weight set by rule ``pi0-golden-v1`` (the tied LM head drawn as the embedding)."""
     return apply_pi0_golden_weights(Pi0Model(config), {LM_HEAD_KEY: EMBED_KEY}).eval()
+
+
+def golden_training_output(model: Pi0Model, golden: dict, inputs: dict, **kwargs) -> Pi0Output:
+    """The training forward on the golden set's actions, noise and times (``inputs`` batch first, no gradient)."""
+    with torch.no_grad():
+        return model(**inputs, actions=golden["in.actions"], noise=golden["in.noise"], time=golden["in.time"], **kwargs)
 
 
 def released_state_dict(model: Pi0Model, layout: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:

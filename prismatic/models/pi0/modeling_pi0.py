@@ -246,6 +246,11 @@ class Pi0Model(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Image tokens of every camera, then the language tokens: embeddings ``[B, P, D_vlm]``, valid mask
         ``[B, P]`` and block flags ``[B, P]`` (all 0: the prefix is bidirectional)."""
+        if images.dim() != 5 or image_masks.shape != images.shape[:2]:
+            raise ValueError(
+                f"images must be [B, N, 3, H, W] with image_masks [B, N]; got {tuple(images.shape)} and "
+                f"{tuple(image_masks.shape)}"
+            )
         image_tokens = self.paligemma_with_expert.embed_images(images)
         language_tokens = self.paligemma_with_expert.embed_language(lang_tokens)
         embeds = torch.cat([image_tokens, language_tokens.to(image_tokens.dtype)], dim=1)

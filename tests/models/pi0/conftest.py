@@ -14,8 +14,8 @@ import sentencepiece
 import torch
 from safetensors.torch import load_file, save_file
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model
-from prismatic.testing.pi0_tiny import golden_pi0, pi0_config_from_golden
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
+from prismatic.testing.pi0_tiny import golden_pi0, golden_training_output, pi0_config_from_golden
 
 PROMPTS = (
     "pick up the black bowl between the plate and the ramekin and place it on the plate",
@@ -60,6 +60,12 @@ def golden_inputs(golden: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "lang_masks": golden["in.lang_masks"].bool(),
         "state": golden["in.state"],
     }
+
+
+@pytest.fixture(scope="session")
+def training(golden: dict, golden_model: Pi0Model, golden_inputs: dict) -> Pi0Output:
+    """The golden training forward with the prefix hidden states."""
+    return golden_training_output(golden_model, golden, golden_inputs, output_hidden_states=True)
 
 
 @pytest.fixture(scope="session")

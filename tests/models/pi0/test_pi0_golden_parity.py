@@ -9,7 +9,7 @@ import torch
 from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
 from prismatic.models.pi0.modeling_pi0 import action_loss, additive_mask, attention_mask_2d
 from prismatic.testing.golden import assert_max_abs, pi0_golden_value
-from prismatic.testing.pi0_tiny import golden_pi0, pi0_config_from_golden
+from prismatic.testing.pi0_tiny import golden_pi0, golden_training_output, pi0_config_from_golden
 
 pytestmark = pytest.mark.slow
 
@@ -18,16 +18,6 @@ ELEMENTWISE_LOSS_TOLERANCE = 1e-4
 # The tap: the golden tensor itself is 1.16e-5 from a float64 run of this model (ours 1.32e-5), so 1e-5 sits on
 # float32 rounding; which CPU kernels run moves ours between 6.5e-6 and 1.1e-5 (AMD EPYC, torch 2.14.1).
 TAP_TOLERANCE = 2e-5
-
-
-def training_output(model: Pi0Model, golden: dict, inputs: dict, **kwargs) -> Pi0Output:
-    with torch.no_grad():
-        return model(**inputs, actions=golden["in.actions"], noise=golden["in.noise"], time=golden["in.time"], **kwargs)
-
-
-@pytest.fixture(scope="module")
-def training(golden: dict, golden_model: Pi0Model, golden_inputs: dict) -> Pi0Output:
-    return training_output(golden_model, golden, golden_inputs, output_hidden_states=True)
 
 
 def test_weight_rule_reproduces_the_published_probes(golden_meta: dict, golden_model: Pi0Model):
@@ -146,7 +136,7 @@ def test_block_mask_rules():
 
 def test_sdpa_attention_is_a_valid_variant(golden: dict, golden_meta: dict, golden_inputs: dict):
     config = pi0_config_from_golden(golden_meta["config"], attention_implementation="sdpa")
-    output = training_output(golden_pi0(config), golden, golden_inputs)
+    output = golden_training_output(golden_pi0(config), golden, golden_inputs)
     assert_max_abs(output.velocity, golden["out.v_t_train"], TOLERANCE, "v_t with SDPA")
 
 
@@ -163,7 +153,7 @@ def test_bfloat16_policy_runs_close_to_float32(golden: dict, golden_meta: dict, 
     model = golden_pi0(pi0_config_from_golden(golden_meta["config"], param_dtype="bfloat16"))
     dtypes = [tensor.dtype for tensor in model.state_dict().values()]
     assert dtypes.count(torch.float32) == 39 and dtypes.count(torch.bfloat16) == 162 - 39
-    output = training_output(model, golden, golden_inputs)
+    output = golden_training_output(model, golden, golden_inputs)
     assert output.velocity.dtype == torch.float32 and torch.isfinite(output.velocity).all()
     error = (output.velocity - golden["out.v_t_train"]).abs().max().item()
     assert 1e-4 < error < 0.5, error  # bf16 rounding, not float32 parity, and not a different model

@@ -24,7 +24,9 @@ def test_openpi_format_cleans_adds_bos_and_a_separate_newline(sentencepiece_mode
     assert masks[0].tolist() == [True] * len(expected) + [False] * (48 - len(expected))
     assert (tokens[0, len(expected) :] == PAD).all()
     newline = len(processor.encode("\n"))
-    assert processor.decode(tokens[1, 1 : int(masks[1].sum()) - newline].tolist()) == "move the gripper to the red block"
+    assert (
+        processor.decode(tokens[1, 1 : int(masks[1].sum()) - newline].tolist()) == "move the gripper to the red block"
+    )
 
 
 def test_lerobot_format_encodes_the_prompt_with_its_newline(sentencepiece_model: Path):
