@@ -7,8 +7,7 @@ The tokenizer, the checkpoint's family and layout, and every tensor's shape agai
 the files' headers before any weight is read; a problem is one ``error:`` line and exit status 2.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: draccus reads the config class from the signature.
 import json
 from dataclasses import dataclass
 from pathlib import Path
