@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Observation, Pi0Output
 from prismatic.models.pi0.loading_pi0 import EMBED_KEY, LEGACY_RENAMES, LEROBOT_PREFIX, LM_HEAD_KEY
 from prismatic.testing.golden import apply_pi0_golden_weights
 
@@ -54,10 +54,22 @@ def golden_pi0(config: Pi0Config) -> Pi0Model:
     return apply_pi0_golden_weights(Pi0Model(config), {LM_HEAD_KEY: EMBED_KEY}).eval()
 
 
-def golden_training_output(model: Pi0Model, golden: dict, inputs: dict, **kwargs) -> Pi0Output:
-    """The training forward on the golden set's actions, noise and times (``inputs`` batch first, no gradient)."""
+def golden_observation(golden: dict[str, torch.Tensor]) -> Pi0Observation:
+    """The golden inputs batch first, images in [-1, 1] with every empty camera set to -1 (as the official run)."""
+    camera_present = golden["in.img_masks"].bool().T  # [B, N]
+    images = (golden["in.images_u8"].float() / 255 * 2 - 1).transpose(0, 1)  # [B, N, 3, H, W]
+    images = torch.where(camera_present[:, :, None, None, None], images, -1.0)
+    return Pi0Observation(
+        images, camera_present, golden["in.lang_tokens"], golden["in.lang_masks"].bool(), golden["in.state"]
+    )
+
+
+def golden_training_output(
+    model: Pi0Model, golden: dict[str, torch.Tensor], observation: Pi0Observation, **kwargs
+) -> Pi0Output:
+    """The training forward on the golden set's actions, noise and times (no gradient)."""
     with torch.no_grad():
-        return model(**inputs, actions=golden["in.actions"], noise=golden["in.noise"], time=golden["in.time"], **kwargs)
+        return model(observation, golden["in.actions"], noise=golden["in.noise"], time=golden["in.time"], **kwargs)
 
 
 def released_state_dict(model: Pi0Model, layout: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -85,6 +85,17 @@ def action_loss(loss_elementwise: Tensor, config: Pi0Config) -> Tensor:
 
 
 @dataclass
+class Pi0Observation:
+    """One batch of what pi0 sees, batch first and padded as the model expects."""
+
+    images: Tensor  # [B, N, 3, H, W] in [-1, 1], cameras in ``config.image_keys`` order
+    image_masks: Tensor  # [B, N] bool, camera present
+    lang_tokens: Tensor  # [B, L] int64, right-padded with 0
+    lang_masks: Tensor  # [B, L] bool, True on real tokens
+    state: Tensor  # [B, max_state_dim], zero-padded
+
+
+@dataclass
 class Pi0PrefixCache:
     """The prefix's keys and values per layer (after RoPE) and its valid-token mask ``[B, P]``."""
 
@@ -220,12 +231,8 @@ class PaliGemmaWithExpert(nn.Module):
 
 
 class Pi0Model(nn.Module):
-    """pi0: images, a prompt and the state in; a chunk of ``chunk_size`` actions (``max_action_dim`` wide) out.
-
-    Inputs, batch first: ``images`` ``[B, N, 3, H, W]`` in [-1, 1] (cameras in ``config.image_keys`` order),
-    ``image_masks`` ``[B, N]`` (camera present), ``lang_tokens`` / ``lang_masks`` ``[B, L]`` (right-padded),
-    ``state`` ``[B, max_state_dim]`` and ``actions`` ``[B, H, max_action_dim]``, zero-padded.
-    """
+    """pi0: a ``Pi0Observation`` (images, prompt, state) in; a chunk of ``chunk_size`` actions ``[B, H,
+    max_action_dim]`` (zero-padded past the embodiment's dims) out."""
 
     def __init__(self, config: Pi0Config):
         super().__init__()
@@ -241,21 +248,20 @@ class Pi0Model(nn.Module):
             self.paligemma_with_expert.apply_dtype_policy(torch.bfloat16)
 
     # --- Embeddings ------------------------------------------------------------------------------------------------
-    def embed_prefix(
-        self, images: Tensor, image_masks: Tensor, lang_tokens: Tensor, lang_masks: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def embed_prefix(self, observation: Pi0Observation) -> tuple[Tensor, Tensor, Tensor]:
         """Image tokens of every camera, then the language tokens: embeddings ``[B, P, D_vlm]``, valid mask
         ``[B, P]`` and block flags ``[B, P]`` (all 0: the prefix is bidirectional)."""
+        images, image_masks = observation.images, observation.image_masks
         if images.dim() != 5 or image_masks.shape != images.shape[:2]:
             raise ValueError(
                 f"images must be [B, N, 3, H, W] with image_masks [B, N]; got {tuple(images.shape)} and "
                 f"{tuple(image_masks.shape)}"
             )
         image_tokens = self.paligemma_with_expert.embed_images(images)
-        language_tokens = self.paligemma_with_expert.embed_language(lang_tokens)
+        language_tokens = self.paligemma_with_expert.embed_language(observation.lang_tokens)
         embeds = torch.cat([image_tokens, language_tokens.to(image_tokens.dtype)], dim=1)
         image_pad = image_masks.bool().repeat_interleave(self.config.num_image_tokens, dim=1)
-        pad_mask = torch.cat([image_pad, lang_masks.bool()], dim=1)
+        pad_mask = torch.cat([image_pad, observation.lang_masks.bool()], dim=1)
         return embeds, pad_mask, torch.zeros_like(pad_mask, dtype=torch.long)
 
     def embed_suffix(self, state: Tensor, noisy_actions: Tensor, time: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -291,11 +297,7 @@ class Pi0Model(nn.Module):
 
     def forward(
         self,
-        images: Tensor,
-        image_masks: Tensor,
-        lang_tokens: Tensor,
-        lang_masks: Tensor,
-        state: Tensor,
+        observation: Pi0Observation,
         actions: Tensor,
         noise: Tensor | None = None,
         time: Tensor | None = None,
@@ -309,8 +311,8 @@ class Pi0Model(nn.Module):
         t = time[:, None, None]
         noisy_actions = t * noise + (1 - t) * actions
         target = noise - actions
-        prefix, prefix_pad, prefix_flags = self.embed_prefix(images, image_masks, lang_tokens, lang_masks)
-        suffix, suffix_pad, suffix_flags = self.embed_suffix(state, noisy_actions, time)
+        prefix, prefix_pad, prefix_flags = self.embed_prefix(observation)
+        suffix, suffix_pad, suffix_flags = self.embed_suffix(observation.state, noisy_actions, time)
         pad_mask = torch.cat([prefix_pad, suffix_pad], dim=1)
         mask = additive_mask(attention_mask_2d(pad_mask, torch.cat([prefix_flags, suffix_flags], dim=1)))
         towers = self.paligemma_with_expert(
@@ -322,11 +324,9 @@ class Pi0Model(nn.Module):
         return Pi0Output(loss, loss_elementwise, velocity, towers.prefix_hidden_states)
 
     # --- Sampling --------------------------------------------------------------------------------------------------
-    def prefix_cache(
-        self, images: Tensor, image_masks: Tensor, lang_tokens: Tensor, lang_masks: Tensor
-    ) -> Pi0PrefixCache:
+    def prefix_cache(self, observation: Pi0Observation) -> Pi0PrefixCache:
         """Run the prefix once through the VLM alone and keep its keys and values."""
-        prefix, pad_mask, block_flags = self.embed_prefix(images, image_masks, lang_tokens, lang_masks)
+        prefix, pad_mask, block_flags = self.embed_prefix(observation)
         mask = additive_mask(attention_mask_2d(pad_mask, block_flags))
         towers = self.paligemma_with_expert([prefix, None], mask, pad_mask.cumsum(dim=1) - 1, return_key_values=True)
         return Pi0PrefixCache(towers.key_values, pad_mask)
@@ -366,21 +366,18 @@ class Pi0Model(nn.Module):
     @torch.no_grad()
     def sample_actions(
         self,
-        images: Tensor,
-        image_masks: Tensor,
-        lang_tokens: Tensor,
-        lang_masks: Tensor,
-        state: Tensor,
+        observation: Pi0Observation,
         noise: Tensor | None = None,
         num_steps: int | None = None,
         time_schedule: str | None = None,
     ) -> Tensor:
         """Euler integration of the velocity from ``noise`` (t = 1) to actions ``[B, H, max_action_dim]`` (t = 0)."""
         num_steps = num_steps or self.config.num_inference_steps
+        state = observation.state
         batch = state.shape[0]
         if noise is None:
             noise = torch.randn(batch, self.config.chunk_size, self.config.max_action_dim, device=state.device)
-        cache = self.prefix_cache(images, image_masks, lang_tokens, lang_masks)
+        cache = self.prefix_cache(observation)
         dt = torch.tensor(-1.0 / num_steps, dtype=torch.float32, device=state.device)
         actions = noise.float()
         for time in self.sampling_times(num_steps, time_schedule or self.config.time_schedule, state.device):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
-from prismatic.models.pi0.modeling_pi0 import Pi0Model, Pi0Output
+from prismatic.models.pi0.modeling_pi0 import Pi0Model, Pi0Observation, Pi0Output
 from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, TeacherFeatures, camera_token_mask
 
 SF_PI0_TAP_LAYER = 12  # openpi-SF ``vla_layers_align``
@@ -74,11 +74,7 @@ def pi0_spatial_forcing_loss(
     model: Pi0Model,
     aligner: SpatialForcingAligner,
     teacher: TeacherFeatures,
-    images: Tensor,
-    image_masks: Tensor,
-    lang_tokens: Tensor,
-    lang_masks: Tensor,
-    state: Tensor,
+    observation: Pi0Observation,
     actions: Tensor,
     letterbox_masks: Tensor | None = None,
     noise: Tensor | None = None,
@@ -86,10 +82,8 @@ def pi0_spatial_forcing_loss(
 ) -> Pi0AlignedLoss:
     """One SF-pi0 training loss. ``teacher`` holds VGGT's features of the un-augmented images (one per camera);
     the action loss is over the dims ``model.config.action_loss_dims`` selects."""
-    output = model(
-        images, image_masks, lang_tokens, lang_masks, state, actions, noise=noise, time=time, output_hidden_states=True
-    )
+    output = model(observation, actions, noise=noise, time=time, output_hidden_states=True)
     grid = image_grid(model.config)
-    mask = pi0_align_mask(image_masks, letterbox_masks, grid)
+    mask = pi0_align_mask(observation.image_masks, letterbox_masks, grid)
     align = aligner(image_token_hidden(aligner, output, model.config), *teacher, mask=mask, vla_grid_hw=grid)
     return Pi0AlignedLoss(output.loss + aligner.config.align_loss_coeff * align, output.loss, align)

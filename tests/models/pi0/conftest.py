@@ -14,8 +14,8 @@ import sentencepiece
 import torch
 from safetensors.torch import load_file, save_file
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
-from prismatic.testing.pi0_tiny import golden_pi0, golden_training_output, pi0_config_from_golden
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Observation, Pi0Output
+from prismatic.testing.pi0_tiny import golden_observation, golden_pi0, golden_training_output, pi0_config_from_golden
 
 PROMPTS = (
     "pick up the black bowl between the plate and the ramekin and place it on the plate",
@@ -48,22 +48,12 @@ def golden_model(golden_config: Pi0Config) -> Pi0Model:
 
 
 @pytest.fixture(scope="session")
-def golden_inputs(golden: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The golden inputs batch first, images in [-1, 1] with every empty camera set to -1 (as the official run)."""
-    camera_present = golden["in.img_masks"].bool().T  # [B, N]
-    images = (golden["in.images_u8"].float() / 255 * 2 - 1).transpose(0, 1)  # [B, N, 3, H, W]
-    images = torch.where(camera_present[:, :, None, None, None], images, -1.0)
-    return {
-        "images": images,
-        "image_masks": camera_present,
-        "lang_tokens": golden["in.lang_tokens"],
-        "lang_masks": golden["in.lang_masks"].bool(),
-        "state": golden["in.state"],
-    }
+def golden_inputs(golden: dict[str, torch.Tensor]) -> Pi0Observation:
+    return golden_observation(golden)
 
 
 @pytest.fixture(scope="session")
-def training(golden: dict, golden_model: Pi0Model, golden_inputs: dict) -> Pi0Output:
+def training(golden: dict, golden_model: Pi0Model, golden_inputs: Pi0Observation) -> Pi0Output:
     """The golden training forward with the prefix hidden states."""
     return golden_training_output(golden_model, golden, golden_inputs, output_hidden_states=True)
 

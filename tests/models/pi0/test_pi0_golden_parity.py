@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Observation, Pi0Output
 from prismatic.models.pi0.modeling_pi0 import action_loss, additive_mask, attention_mask_2d
 from prismatic.testing.golden import assert_max_abs, pi0_golden_value
 from prismatic.testing.pi0_tiny import golden_pi0, golden_training_output, pi0_config_from_golden
@@ -38,14 +38,14 @@ def test_training_forward_matches_golden(golden: dict, training: Pi0Output):
 
 
 def test_hidden_states_at_the_sf_tap_match_golden(
-    golden: dict, golden_meta: dict, golden_model: Pi0Model, golden_inputs: dict, training: Pi0Output
+    golden: dict, golden_meta: dict, golden_model: Pi0Model, golden_inputs: Pi0Observation, training: Pi0Output
 ):
     tap = golden_meta["config"]["tap_index"]
     tokens_per_camera = golden_model.config.num_image_tokens
-    num_image_tokens = golden_inputs["image_masks"].shape[1] * tokens_per_camera
+    num_image_tokens = golden_inputs.image_masks.shape[1] * tokens_per_camera
     assert len(training.prefix_hidden_states) == golden_model.config.depth + 1
     hidden = training.prefix_hidden_states[tap][:, :num_image_tokens]
-    valid = golden_inputs["image_masks"].repeat_interleave(tokens_per_camera, dim=1)
+    valid = golden_inputs.image_masks.repeat_interleave(tokens_per_camera, dim=1)
     expected = golden["out.prefix_image_hidden_in_layer_4"]
     assert_max_abs(hidden[valid], expected[valid], TAP_TOLERANCE, "tap hidden states (valid tokens)")
     # One layer late is far off: the check can fail.
@@ -63,19 +63,18 @@ def test_action_loss_over_real_dims_is_lerobots(golden_meta: dict, training: Pi0
 
 
 def test_sampling_matches_golden_step_by_step_and_under_both_schedules(
-    golden: dict, golden_model: Pi0Model, golden_inputs: dict
+    golden: dict, golden_model: Pi0Model, golden_inputs: Pi0Observation
 ):
-    openpi = golden_model.sample_actions(**golden_inputs, noise=golden["in.sample_noise"])
+    openpi = golden_model.sample_actions(golden_inputs, noise=golden["in.sample_noise"])
     assert_max_abs(openpi, golden["out.sample_actions_openpi_schedule"], TOLERANCE, "actions, openpi schedule")
     # lerobot's schedule, one step at a time over one prefix cache.
-    prefix_inputs = {key: golden_inputs[key] for key in ("images", "image_masks", "lang_tokens", "lang_masks")}
-    batch = golden_inputs["state"].shape[0]
+    batch = golden_inputs.state.shape[0]
     dt = torch.tensor(-0.1)
     with torch.no_grad():
-        cache = golden_model.prefix_cache(**prefix_inputs)
+        cache = golden_model.prefix_cache(golden_inputs)
         actions = golden["in.sample_noise"]
         for step, time in enumerate(golden_model.sampling_times(10, "lerobot", actions.device)):
-            velocity = golden_model.denoise_step(golden_inputs["state"], cache, actions, time.expand(batch))
+            velocity = golden_model.denoise_step(golden_inputs.state, cache, actions, time.expand(batch))
             assert_max_abs(velocity, golden["out.sample_v_steps"][step], TOLERANCE, f"velocity at step {step}")
             actions = actions + dt * velocity
     assert_max_abs(actions, golden["out.sample_actions"], TOLERANCE, "actions, lerobot schedule")
@@ -103,11 +102,9 @@ def test_sampling_times_follow_each_schedule(golden_model: Pi0Model):
 
 
 def test_prefix_only_pass_equals_the_joint_pass_on_valid_tokens(
-    golden_model: Pi0Model, golden_inputs: dict, training: Pi0Output
+    golden_model: Pi0Model, golden_inputs: Pi0Observation, training: Pi0Output
 ):
-    prefix, pad_mask, block_flags = golden_model.embed_prefix(
-        golden_inputs["images"], golden_inputs["image_masks"], golden_inputs["lang_tokens"], golden_inputs["lang_masks"]
-    )
+    prefix, pad_mask, block_flags = golden_model.embed_prefix(golden_inputs)
     with torch.no_grad():
         alone = golden_model.paligemma_with_expert(
             [prefix, None],
@@ -134,22 +131,22 @@ def test_block_mask_rules():
     )
 
 
-def test_sdpa_attention_is_a_valid_variant(golden: dict, golden_meta: dict, golden_inputs: dict):
+def test_sdpa_attention_is_a_valid_variant(golden: dict, golden_meta: dict, golden_inputs: Pi0Observation):
     config = pi0_config_from_golden(golden_meta["config"], attention_implementation="sdpa")
     output = golden_training_output(golden_pi0(config), golden, golden_inputs)
     assert_max_abs(output.velocity, golden["out.v_t_train"], TOLERANCE, "v_t with SDPA")
 
 
-def test_stock_image_features_would_be_scaled(golden_model: Pi0Model, golden_inputs: dict):
+def test_stock_image_features_would_be_scaled(golden_model: Pi0Model, golden_inputs: Pi0Observation):
     """Why the image tokens bypass ``PaliGemmaModel.get_image_features``: stock divides them by sqrt(width)."""
-    images = golden_inputs["images"][:1, 0]
+    images = golden_inputs.images[:1, 0]
     with torch.no_grad():
         ours = golden_model.paligemma_with_expert.embed_images(images[:, None])
         stock = golden_model.paligemma_with_expert.paligemma.model.get_image_features(images)
     assert torch.allclose(ours, stock * golden_model.config.vlm_width**0.5, atol=1e-5)
 
 
-def test_bfloat16_policy_runs_close_to_float32(golden: dict, golden_meta: dict, golden_inputs: dict):
+def test_bfloat16_policy_runs_close_to_float32(golden: dict, golden_meta: dict, golden_inputs: Pi0Observation):
     model = golden_pi0(pi0_config_from_golden(golden_meta["config"], param_dtype="bfloat16"))
     dtypes = [tensor.dtype for tensor in model.state_dict().values()]
     assert dtypes.count(torch.float32) == 39 and dtypes.count(torch.bfloat16) == 162 - 39

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Output
+from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Observation, Pi0Output
 from prismatic.models.pi0.spatial_forcing_pi0 import (
     image_grid,
     image_token_hidden,
@@ -36,14 +36,16 @@ def test_full_size_align_config_is_sf_pi0s():
     assert sum(p.numel() for p in SpatialForcingAligner(config).projector.parameters()) == 2 * 2048 * 2049 + 2 * 2048
 
 
-def test_align_mask_is_camera_present_and_letterbox(golden: dict, golden_config: Pi0Config, golden_inputs: dict):
-    mask = pi0_align_mask(golden_inputs["image_masks"], golden["in.sf_pad_mask"].bool(), image_grid(golden_config))
+def test_align_mask_is_camera_present_and_letterbox(
+    golden: dict, golden_config: Pi0Config, golden_inputs: Pi0Observation
+):
+    mask = pi0_align_mask(golden_inputs.image_masks, golden["in.sf_pad_mask"].bool(), image_grid(golden_config))
     assert torch.equal(mask, golden["out.sf_align_mask"].bool())
     assert mask.sum(dim=1).tolist() == [448, 704]
 
 
 def test_align_loss_matches_golden(
-    golden: dict, golden_config: Pi0Config, golden_inputs: dict, golden_aligner, training: Pi0Output
+    golden: dict, golden_config: Pi0Config, golden_inputs: Pi0Observation, golden_aligner, training: Pi0Output
 ):
     mask = golden["out.sf_align_mask"].bool()
     hidden = image_token_hidden(golden_aligner, training, golden_config)
@@ -62,15 +64,19 @@ def test_image_token_hidden_needs_hidden_states(golden_aligner, golden_config: P
         image_token_hidden(golden_aligner, without, golden_config)
 
 
-def small_batch(config: Pi0Config) -> dict[str, torch.Tensor]:
+def small_batch(config: Pi0Config) -> dict:
+    """An observation with camera 1 of sample 0 absent, actions, noise and times for ``pi0_spatial_forcing_loss``."""
     generator = torch.Generator().manual_seed(3)
     batch, cameras, size = 2, config.num_cameras, config.image_size
+    observation = Pi0Observation(
+        images=torch.rand(batch, cameras, 3, size, size, generator=generator) * 2 - 1,
+        image_masks=torch.tensor([[True, False], [True, True]]),
+        lang_tokens=torch.randint(1, config.vocab_size, (batch, config.tokenizer_max_length), generator=generator),
+        lang_masks=torch.arange(config.tokenizer_max_length)[None] < torch.tensor([[3], [8]]),
+        state=torch.randn(batch, config.max_state_dim, generator=generator),
+    )
     return {
-        "images": torch.rand(batch, cameras, 3, size, size, generator=generator) * 2 - 1,
-        "image_masks": torch.tensor([[True, False], [True, True]]),
-        "lang_tokens": torch.randint(1, config.vocab_size, (batch, config.tokenizer_max_length), generator=generator),
-        "lang_masks": torch.arange(config.tokenizer_max_length)[None] < torch.tensor([[3], [8]]),
-        "state": torch.randn(batch, config.max_state_dim, generator=generator),
+        "observation": observation,
         "actions": torch.randn(batch, config.chunk_size, config.max_action_dim, generator=generator),
         "noise": torch.randn(batch, config.chunk_size, config.max_action_dim, generator=generator),
         "time": torch.tensor([0.3, 0.7]),
@@ -107,7 +113,7 @@ def test_sf_training_loss_end_to_end(small_config: Pi0Config):
         model, aligner, TeacherFeatures(changed, 5, (56, 56)), **batch, letterbox_masks=letterbox
     )
     assert not torch.allclose(moved.align_loss, result.align_loss, atol=1e-3)
-    mask = pi0_align_mask(batch["image_masks"], letterbox, image_grid(config))
+    mask = pi0_align_mask(batch["observation"].image_masks, letterbox, image_grid(config))
     assert mask.tolist() == [
         [False, False, True, True, False, False, False, False],
         [False, False, True, True, True, True, True, True],
