@@ -18,17 +18,6 @@ from prismatic.testing.pi0_tiny import released_state_dict
 MODULE = "prismatic.models.pi0.check_checkpoint"
 
 
-def run_check(flags: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", [MODULE, *flags])
-    code = 0
-    try:
-        runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.fixture
 def config_file(tmp_path: Path, small_config: Pi0Config) -> Path:
     path = tmp_path / "pi0_config.json"
@@ -36,17 +25,31 @@ def config_file(tmp_path: Path, small_config: Pi0Config) -> Path:
     return path
 
 
-def test_good_checkpoint_is_checked_and_loaded(
-    small_model: Pi0Model,
-    write_checkpoint: Callable,
-    config_file: Path,
-    sentencepiece_model: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
-):
+@pytest.fixture
+def run_check(
+    config_file: Path, sentencepiece_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> Callable[[list[str]], tuple[int, str, str]]:
+    """Runs the module as ``python -m`` would, with the tiny tokenizer and config unless ``flags`` name their own;
+    returns the exit status, stdout and stderr."""
+
+    def run(flags: list[str]) -> tuple[int, str, str]:
+        defaults = {"--tokenizer": str(sentencepiece_model), "--config_file": str(config_file)}
+        extra = [item for flag, value in defaults.items() if flag not in flags for item in (flag, value)]
+        monkeypatch.setattr(sys, "argv", [MODULE, *flags, *extra])
+        code = 0
+        try:
+            runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_good_checkpoint_is_checked_and_loaded(small_model: Pi0Model, write_checkpoint: Callable, run_check):
     folder = write_checkpoint(released_state_dict(small_model, "lerobot", torch.float32), config={"type": "pi0"})
-    flags = ["--checkpoint", str(folder), "--tokenizer", str(sentencepiece_model), "--config_file", str(config_file)]
-    code, out, err = run_check(flags, monkeypatch, capsys)
+    code, out, err = run_check(["--checkpoint", str(folder)])
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].endswith(f"pi0, lerobot layout, {len(small_model.state_dict()) - 1} tensors; tokenizer 50 pieces")
@@ -58,10 +61,8 @@ def test_bad_input_is_one_line_exit_2_before_loading(
     small_config: Pi0Config,
     small_model: Pi0Model,
     write_checkpoint: Callable,
-    config_file: Path,
-    sentencepiece_model: Path,
+    run_check,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
 ):
     good = released_state_dict(small_model, "openpi", torch.float32)
     other_family = write_checkpoint({"vision_backbone.featurizer.cls_token": torch.zeros(1, 1, 4)}, "openvla")
@@ -71,24 +72,19 @@ def test_bad_input_is_one_line_exit_2_before_loading(
     openpi = write_checkpoint(good, "openpi")
     narrow_config = tmp_path / "narrow.json"
     narrow_config.write_text(json.dumps({**small_config.to_dict(), "max_action_dim": 24, "action_dim": 7}))
-    tokenizer = ["--tokenizer", str(sentencepiece_model)]
     cases = [
-        (["--checkpoint", str(other_family), *tokenizer], "no paligemma_with_expert.* tensors"),
-        (["--checkpoint", str(wrong_layout), *tokenizer], "3 of"),
+        (["--checkpoint", str(other_family)], "no paligemma_with_expert.* tensors"),
+        (["--checkpoint", str(wrong_layout)], "3 of"),
         (["--checkpoint", str(openpi), "--tokenizer", str(tmp_path / "missing.model")], "no such tokenizer file"),
-        (["--checkpoint", str(openpi), *tokenizer, "--config_file", str(narrow_config)], "expected [16, 24]"),
-        (["--checkpoint", str(tmp_path / "absent"), *tokenizer], "no such file"),
-        (["--checkpoint", str(openpi), *tokenizer, "--config_file", str(tmp_path / "x.json")], "--config_file"),
+        (["--checkpoint", str(openpi), "--config_file", str(narrow_config)], "expected [16, 24]"),
+        (["--checkpoint", str(tmp_path / "absent")], "no such file"),
+        (["--checkpoint", str(openpi), "--config_file", str(tmp_path / "x.json")], "--config_file"),
     ]
     monkeypatch.setattr(
         "prismatic.models.pi0.loading_pi0.load_pi0_weights", lambda *args, **kwargs: pytest.fail("weights loaded")
     )
     for flags, expected in cases:
-        code, out, err = run_check(
-            [*flags, "--config_file", str(config_file)][: len(flags) + 2] if "--config_file" not in flags else flags,
-            monkeypatch,
-            capsys,
-        )
+        code, out, err = run_check(flags)
         assert code == 2, (flags, err)
         assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, (flags, err)
         assert out == ""
