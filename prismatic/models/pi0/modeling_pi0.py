@@ -153,7 +153,7 @@ class PaliGemmaWithExpert(nn.Module):
         """``[B, N, 3, H, W]`` in [-1, 1] -> image tokens ``[B, N * T, D_vlm]`` (not scaled)."""
         vision = self.paligemma.model.vision_tower.vision_model
         tokens = []
-        # One camera at a time, as openpi does: batching the cameras changes float rounding (about 1e-5 at the tap).
+        # One camera at a time, as openpi runs SigLIP.
         for camera_images in images.unbind(dim=1):
             hidden = vision.embeddings(camera_images.to(vision.embeddings.patch_embedding.weight.dtype))  # [B, T, D]
             hidden = hidden.to(vision.post_layernorm.weight.dtype)

@@ -82,6 +82,11 @@ def pi0_spatial_forcing_loss(
 ) -> Pi0AlignedLoss:
     """One SF-pi0 training loss. ``teacher`` holds VGGT's features of the un-augmented images (one per camera);
     the action loss is over the dims ``model.config.action_loss_dims`` selects."""
+    if observation.images.shape[1] != model.config.num_cameras:
+        raise ValueError(
+            f"The observation has {observation.images.shape[1]} cameras; the config's image_keys name "
+            f"{model.config.num_cameras} ({model.config.image_keys}), which the aligned tokens are counted from"
+        )
     output = model(observation, actions, noise=noise, time=time, output_hidden_states=True)
     grid = image_grid(model.config)
     mask = pi0_align_mask(observation.image_masks, letterbox_masks, grid)

@@ -118,3 +118,11 @@ def test_sf_training_loss_end_to_end(small_config: Pi0Config):
         [False, False, True, True, False, False, False, False],
         [False, False, True, True, True, True, True, True],
     ]
+
+
+def test_sf_loss_refuses_a_camera_count_other_than_the_configs(small_config: Pi0Config, small_model: Pi0Model):
+    aligner = SpatialForcingAligner(pi0_align_config(small_config, tap_layer=1, vggt_dim=8))
+    batch = small_batch(Pi0Config(**{**small_config.to_dict(), "image_keys": ["a", "b"]}))
+    teacher = TeacherFeatures(torch.zeros(2, 2, 21, 16), 5, (56, 56))
+    with pytest.raises(ValueError, match="The observation has 2 cameras; the config's image_keys name 1"):
+        pi0_spatial_forcing_loss(small_model, aligner, teacher, **batch)
