@@ -46,7 +46,7 @@ def test_hidden_states_at_the_sf_tap_match_golden(
     assert len(training.prefix_hidden_states) == golden_model.config.depth + 1
     hidden = training.prefix_hidden_states[tap][:, :num_image_tokens]
     valid = golden_inputs.image_masks.repeat_interleave(tokens_per_camera, dim=1)
-    expected = golden["out.prefix_image_hidden_in_layer_4"]
+    expected = golden[f"out.prefix_image_hidden_in_layer_{tap}"]
     assert_max_abs(hidden[valid], expected[valid], TAP_TOLERANCE, "tap hidden states (valid tokens)")
     # One layer late is far off: the check can fail.
     late = training.prefix_hidden_states[tap + 1][:, :num_image_tokens]
@@ -69,11 +69,12 @@ def test_sampling_matches_golden_step_by_step_and_under_both_schedules(
     assert_max_abs(openpi, golden["out.sample_actions_openpi_schedule"], TOLERANCE, "actions, openpi schedule")
     # lerobot's schedule, one step at a time over one prefix cache.
     batch = golden_inputs.state.shape[0]
-    dt = torch.tensor(-0.1)
+    steps = golden_model.config.num_inference_steps
+    dt = torch.tensor(-1.0 / steps)
     with torch.no_grad():
         cache = golden_model.prefix_cache(golden_inputs)
         actions = golden["in.sample_noise"]
-        for step, time in enumerate(golden_model.sampling_times(10, "lerobot", actions.device)):
+        for step, time in enumerate(golden_model.sampling_times(steps, "lerobot", actions.device)):
             velocity = golden_model.denoise_step(golden_inputs.state, cache, actions, time.expand(batch))
             assert_max_abs(velocity, golden["out.sample_v_steps"][step], TOLERANCE, f"velocity at step {step}")
             actions = actions + dt * velocity

@@ -21,9 +21,10 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def golden_aligner(golden_meta: dict, golden_config: Pi0Config) -> SpatialForcingAligner:
+def golden_aligner(golden: dict, golden_meta: dict, golden_config: Pi0Config) -> SpatialForcingAligner:
     """SF's AlignProjector(llm_dim 64, vggt_dim 32, vlm norm) under rule pi0-golden-v1, tapping per the golden set."""
-    config = pi0_align_config(golden_config, tap_layer=golden_meta["config"]["tap_index"], vggt_dim=32)
+    vggt_dim = golden["in.sf_target"].shape[-1] // 2
+    config = pi0_align_config(golden_config, tap_layer=golden_meta["config"]["tap_index"], vggt_dim=vggt_dim)
     aligner = SpatialForcingAligner(config)
     apply_pi0_golden_weights(aligner.projector)
     return aligner
@@ -45,7 +46,7 @@ def test_align_mask_is_camera_present_and_letterbox(
 
 
 def test_align_loss_matches_golden(
-    golden: dict, golden_config: Pi0Config, golden_inputs: Pi0Observation, golden_aligner, training: Pi0Output
+    golden: dict, golden_meta: dict, golden_config: Pi0Config, golden_aligner, training: Pi0Output
 ):
     mask = golden["out.sf_align_mask"].bool()
     hidden = image_token_hidden(golden_aligner, training, golden_config)
@@ -53,7 +54,9 @@ def test_align_loss_matches_golden(
     assert_max_abs(loss[None], golden["out.sf_align_loss"], TOLERANCE, "align loss at our tap")
     # SF's side alone, on the golden hidden states.
     exact = align_loss(
-        golden_aligner.projector(golden["out.prefix_image_hidden_in_layer_4"]), golden["in.sf_target"], mask
+        golden_aligner.projector(golden[f"out.prefix_image_hidden_in_layer_{golden_meta['config']['tap_index']}"]),
+        golden["in.sf_target"],
+        mask,
     )
     assert_max_abs(exact[None], golden["out.sf_align_loss"], TOLERANCE, "align loss on the golden tap")
 
