@@ -133,6 +133,13 @@ def read_checkpoint(checkpoint: str | Path) -> Pi0Checkpoint:
             dtypes = {name: piece.get_dtype() for name, piece in slices.items()}
     except Exception as error:  # safetensors raises its own error types for a corrupt header
         raise Pi0CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    return parse_checkpoint_header(path, shapes, dtypes)
+
+
+def parse_checkpoint_header(path: Path, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str]) -> Pi0Checkpoint:
+    """Recognise the layout of the tensors named in a header (name -> shape, dtype) and map them to today's names;
+    refuse another family, pi05 and mixed layouts, naming ``path``."""
+    names = list(shapes)
     prefixed = [name.startswith(LEROBOT_PREFIX) for name in names]
     if any(prefixed) and not all(prefixed):
         raise Pi0CheckpointError(

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from prismatic.models.pi0 import Pi0Config, Pi0Model
-from prismatic.models.pi0.loading_pi0 import EMBED_KEY, EXPERT_HEAD_KEY, LEGACY_RENAMES, LEROBOT_PREFIX, LM_HEAD_KEY
+from prismatic.models.pi0.loading_pi0 import (
+    EMBED_KEY,
+    EXPERT_HEAD_KEY,
+    LEGACY_RENAMES,
+    LEROBOT_PREFIX,
+    LM_HEAD_KEY,
+    check_checkpoint,
+    parse_checkpoint_header,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +78,22 @@ def test_bfloat16_policy_keeps_87_float32_entries(full_size: Pi0Model):
     assert state["paligemma_with_expert.gemma_expert.model.norm.weight"].dtype == torch.float32
     assert state["action_time_mlp_in.weight"].dtype == torch.float32
     assert state[EMBED_KEY].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("manifest_name", ["pi0_state_dict.json", "pi0_lerobot033_state_dict.json"])
+def test_released_headers_pass_the_loader_checks_at_full_size(
+    full_size: Pi0Model, manifest_dir: Path, manifest_name: str
+):
+    """The 777 tensors a release holds on disk (the manifest less the tied name ``save_model`` drops), in lerobot's
+    layouts and openpi's bare one, match the full-size model with nothing missing or unexpected."""
+    manifest = json.loads((manifest_dir / manifest_name).read_text())
+    on_disk = [entry for entry in manifest["entries"] if entry["key"] not in manifest["save_model_drops"]]
+    assert len(on_disk) == manifest["n_on_disk_entries"] == 777
+    expected = {key: tuple(tensor.shape) for key, tensor in full_size.state_dict().items()}
+    headers = {"lerobot": {entry["key"]: tuple(entry["shape"]) for entry in on_disk}}
+    if manifest_name == "pi0_state_dict.json":
+        headers["openpi"] = {key.removeprefix(LEROBOT_PREFIX): shape for key, shape in headers["lerobot"].items()}
+    for layout, shapes in headers.items():
+        parsed = parse_checkpoint_header(Path(manifest_name), shapes, dict.fromkeys(shapes, "BF16"))
+        assert parsed.layout == (layout if manifest_name == "pi0_state_dict.json" else "lerobot033")
+        assert check_checkpoint(parsed, expected, full_size.config) == ([], [])
