@@ -201,10 +201,13 @@ def check_checkpoint(
     return missing, unexpected
 
 
-def missing_and_unexpected(checkpoint: Pi0Checkpoint, expected_shapes: dict[str, tuple[int, ...]]) -> tuple[list, list]:
-    """Model keys the file lacks (besides the tied embedding and the unused expert head) and file keys the model
-    lacks, both sorted."""
-    tolerated = {EXPERT_HEAD_KEY} | ({EMBED_KEY} if LM_HEAD_KEY in checkpoint.shapes else set())
+def missing_and_unexpected(
+    checkpoint: Pi0Checkpoint, expected_shapes: dict[str, tuple[int, ...]]
+) -> tuple[list[str], list[str]]:
+    """Model keys the file lacks (besides either name of the tied embedding and the unused expert head) and file keys
+    the model lacks, both sorted."""
+    tied = {EMBED_KEY: LM_HEAD_KEY, LM_HEAD_KEY: EMBED_KEY}
+    tolerated = {EXPERT_HEAD_KEY} | {key for key, alias in tied.items() if alias in checkpoint.shapes}
     missing = sorted(set(expected_shapes) - set(checkpoint.shapes) - tolerated)
     unexpected = sorted(set(checkpoint.shapes) - set(expected_shapes))
     return missing, unexpected
@@ -224,8 +227,11 @@ def load_pi0_weights(model: nn.Module, checkpoint: str | Path | Pi0Checkpoint, s
         for key, name in parsed.disk_names.items():
             if key in state:
                 state[key].copy_(handle.get_tensor(name))
-        if embedding_from_lm_head and state[EMBED_KEY].data_ptr() != state[LM_HEAD_KEY].data_ptr():
-            state[EMBED_KEY].copy_(handle.get_tensor(parsed.disk_names[LM_HEAD_KEY]))
+    # Either name of the tied pair fills the other when the model's tie was broken.
+    for target, source in ((EMBED_KEY, LM_HEAD_KEY), (LM_HEAD_KEY, EMBED_KEY)):
+        filled_by_source = target not in parsed.disk_names and source in parsed.disk_names
+        if filled_by_source and state[target].data_ptr() != state[source].data_ptr():
+            state[target].copy_(state[source])
     return Pi0LoadReport(
         layout=parsed.layout,
         loaded=len(parsed.disk_names) - len(unexpected),

@@ -80,6 +80,17 @@ def test_untied_embedding_is_filled_from_lm_head(
     assert torch.equal(model.state_dict()[EMBED_KEY], small_model.state_dict()[EMBED_KEY])
 
 
+def test_a_file_holding_only_the_embedding_name_fills_the_head(
+    small_config: Pi0Config, small_model: Pi0Model, write_checkpoint: Callable
+):
+    tensors = released_state_dict(small_model, "openpi", torch.float32)
+    tensors[EMBED_KEY] = tensors.pop(LM_HEAD_KEY)
+    model = fresh(small_config)
+    report = load_pi0_weights(model, write_checkpoint(tensors))
+    assert not report.embedding_from_lm_head and report.missing == []
+    assert_same_weights(model, small_model, torch.float32)
+
+
 def test_missing_expert_head_is_accepted_and_reported(
     small_config: Pi0Config, small_model: Pi0Model, write_checkpoint: Callable
 ):
