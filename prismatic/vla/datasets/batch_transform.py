@@ -25,8 +25,8 @@ class RLDSBatchTransform:
     Output: ``pixel_values`` [6, 224, 224] (primary camera), ``pixel_values_wrist`` [6, 224, 224] (with
     ``use_wrist_image``), ``input_ids``/``labels`` [L] int64, ``actions`` [C, A] float32 (normalised),
     ``proprio`` [1, P] float32 (with ``use_proprio``), ``dataset_name`` str, and ``camera_points`` [S, H, W, 3]
-    float32 (the cameras' point maps in image order) when the frame carries ``points_<view>``. Labels are IGNORE_INDEX except for
-    the last ``len(action_string) + 1`` tokens: the C*A action tokens and the stop token ``</s>``.
+    float32 (the cameras' point maps in image order) when the frame carries ``points_<view>``. Labels are
+    IGNORE_INDEX except for the last ``len(action_string) + 1`` tokens: the C*A action tokens and the stop token ``</s>``.
     """
 
     action_tokenizer: ActionTokenizer

@@ -256,7 +256,8 @@ def _check_geometry_features(
         for flag, key in (("--lerobot_depth_keys", depth_key), ("--lerobot_intrinsics_keys", intrinsics_key)):
             if key not in floats:
                 raise UserError(
-                    f"{info_path}: feature {key!r} ({flag}) is missing or not a float feature; expected one of {floats}."
+                    f"{info_path}: feature {key!r} ({flag}) is missing or not a float feature; expected one of "
+                    f"{floats}."
                 )
         depth_shape, intrinsics_shape = list(features[depth_key]["shape"]), list(features[intrinsics_key]["shape"])
         if len(depth_shape) not in (2, 3) or depth_shape[2:] not in ([], [1]) or intrinsics_shape not in ([3, 3], [9]):

@@ -30,13 +30,13 @@ from prismatic.util.cli import UserError
 from prismatic.vla.constants import NormalizationType, PlatformConstants
 from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig, holdout_episodes
+from prismatic.vla.datasets.geometry import points_from_depth
 from prismatic.vla.datasets.lerobot import (
     LeRobotMapping,
     get_lerobot_statistics,
     open_lerobot,
     split_episodes,
 )
-from prismatic.vla.datasets.geometry import points_from_depth
 from prismatic.vla.datasets.pipeline import derive_seed
 from prismatic.vla.datasets.video import VideoFrameReader
 
@@ -229,7 +229,8 @@ def _keys(flag_value: str) -> tuple[str, ...]:
 
 def mapping_from_flags(cfg: Any) -> LeRobotMapping:
     """The feature mapping of the training flags ``--lerobot_camera_keys`` (comma-separated), ``--lerobot_state_key``,
-    ``--lerobot_action_key`` and, where the config has them, ``--lerobot_depth_keys`` / ``--lerobot_intrinsics_keys``."""
+    ``--lerobot_action_key`` and, where the config has them, ``--lerobot_depth_keys`` /
+    ``--lerobot_intrinsics_keys``."""
     return LeRobotMapping(
         _keys(cfg.lerobot_camera_keys),
         cfg.lerobot_state_key,

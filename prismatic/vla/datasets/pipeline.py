@@ -65,8 +65,9 @@ def build_dataset(config: RLDSConfig, sources: list[DatasetSource], rank: int, w
     """The ``tf.data.Dataset`` of frames for this rank: infinite and shuffled for training, one ordered pass for val.
 
     Each frame: ``observation/image_<view>`` [1, H, W, 3] uint8, ``observation/proprio`` [1, P] float32 (with
-    ``use_proprio``), ``observation/points_<view>`` [1, H, W, 3] float32 (with ``with_camera_points``), ``observation/timestep`` [1] int32, ``task/language_instruction`` bytes, ``action`` [C, A]
-    float32 (normalised), ``dataset_name`` bytes.
+    ``use_proprio``), ``observation/points_<view>`` [1, H, W, 3] float32 (with ``with_camera_points``),
+    ``observation/timestep`` [1] int32, ``task/language_instruction`` bytes, ``action`` [C, A] float32
+    (normalised), ``dataset_name`` bytes.
     """
     tf = import_tensorflow(config.tf_num_threads)
     streams = []
