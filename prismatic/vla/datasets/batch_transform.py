@@ -26,7 +26,8 @@ class RLDSBatchTransform:
     ``use_wrist_image``), ``input_ids``/``labels`` [L] int64, ``actions`` [C, A] float32 (normalised),
     ``proprio`` [1, P] float32 (with ``use_proprio``), ``dataset_name`` str, and ``camera_points`` [S, H, W, 3]
     float32 (the cameras' point maps in image order) when the frame carries ``points_<view>``. Labels are
-    IGNORE_INDEX except for the last ``len(action_string) + 1`` tokens: the C*A action tokens and the stop token ``</s>``.
+    IGNORE_INDEX except for the last ``len(action_string) + 1`` tokens: the C*A action tokens and the stop token
+    ``</s>``.
     """
 
     action_tokenizer: ActionTokenizer
