@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from experiments.robot.image_utils import encode_jpeg, resize_lanczos3, round_to_uint8
-from prismatic.vla.datasets.augmentation import apply_augmentation, sample_params
+from experiments.robot.image_utils import encode_jpeg
+from prismatic.util.cli import UserError
 from prismatic.vla.datasets.config import ImageAugConfig
 from prismatic.vla.datasets.geometry import check_depth_follows_crop, points_from_depth
-from prismatic.vla.datasets.lerobot_dataset import LeRobotDataset
+from prismatic.vla.datasets.lerobot import LeRobotMapping
+from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset
 
 SOURCE = 48
 OUTPUT = (32, 32)
@@ -24,6 +31,11 @@ AUG = ImageAugConfig(
 )
 # Unit depth and focal length, principal point at the origin: a point's (x, y) is its source pixel's (col, row).
 IDENTITY_INTRINSICS = np.eye(3, dtype=np.float32)
+LEROBOT_FIXTURES = Path(__file__).resolve().parent / "lerobot_fixtures"
+LEROBOT_NAME = "libero_like_v30"
+CAMERA_KEY = "observation.images.image"
+DEPTH_KEY = "observation.images.image_depth"
+INTRINSICS_KEY = "observation.images.image_intrinsics"
 
 
 def _ramp_image() -> np.ndarray:
@@ -68,24 +80,64 @@ def test_tf_frame_transform_crops_points_with_the_image_box():
     assert len({tuple(np.round(box, 1)) for box in boxes}) > 1  # the boxes differ between samples
 
 
-def test_lerobot_point_maps_follow_the_image_crop():
-    """``LeRobotDataset.camera_points`` against the image chain of ``frame_at`` with the same parameters."""
-    dataset = LeRobotDataset.__new__(LeRobotDataset)  # only the per-camera depth path; its source is stood in for
+def _lerobot_with_depth(root: Path, depth_shape: tuple[int, int] = (SOURCE, SOURCE)) -> Path:
+    """The libero_like_v30 fixture plus a primary-camera depth ([H, W], nested lists as HF ``Array2D`` stores it)
+    and intrinsics ([3, 3]) column, declared in ``meta/info.json``."""
+    dataset_dir = root / LEROBOT_NAME
+    shutil.copytree(LEROBOT_FIXTURES / LEROBOT_NAME, dataset_dir)
+    data_file = dataset_dir / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(data_file)
+    depth = np.ones(depth_shape, np.float32).tolist()
+    nested = pa.list_(pa.list_(pa.float32()))
+    table = table.append_column(DEPTH_KEY, pa.array([depth] * table.num_rows, nested))
+    table = table.append_column(INTRINSICS_KEY, pa.array([IDENTITY_INTRINSICS.tolist()] * table.num_rows, nested))
+    pq.write_table(table, data_file)
+    info_path = dataset_dir / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info["features"][DEPTH_KEY] = {"dtype": "float32", "shape": list(depth_shape), "names": None}
+    info["features"][INTRINSICS_KEY] = {"dtype": "float32", "shape": [3, 3], "names": None}
+    info_path.write_text(json.dumps(info))
+    return root
 
-    class Source:
-        mapping = type("Mapping", (), {"depth_keys": ("depth",), "intrinsics_keys": ("k",)})
-        intrinsics = {"k": IDENTITY_INTRINSICS[None]}
 
-        @staticmethod
-        def depth_at(key: str, row: int) -> np.ndarray:
-            return np.ones((SOURCE, SOURCE), np.float32)
+def _lerobot_config(root: Path, **overrides) -> LeRobotConfig:
+    mapping = LeRobotMapping(camera_keys=(CAMERA_KEY,), depth_keys=(DEPTH_KEY,), intrinsics_keys=(INTRINSICS_KEY,))
+    fields = dict(
+        data_root_dir=root,
+        dataset_name=LEROBOT_NAME,
+        mapping=mapping,
+        num_images_in_input=1,
+        resize_resolution=OUTPUT,
+        image_aug=True,
+        image_aug_config=AUG,
+        with_camera_points=True,
+        statistics_cache_dir=root / "cache",
+    )
+    return LeRobotConfig(**{**fields, **overrides})
 
-    dataset.source = Source()
-    dataset.config = type("Config", (), {"resize_resolution": OUTPUT})
-    for sample_index in range(4):
-        params = sample_params(AUG, seed=5, sample_index=sample_index, camera_index=0)
-        image = apply_augmentation(round_to_uint8(resize_lanczos3(_ramp_image(), OUTPUT)), params)
-        _check_points_follow_image(image, dataset.camera_points(0, 0, params))
+
+def test_lerobot_frames_carry_point_maps_cropped_like_their_images(tmp_path, monkeypatch):
+    dataset = LeRobotDataset(_lerobot_config(_lerobot_with_depth(tmp_path)), batch_transform=lambda frame: frame)
+    monkeypatch.setattr(dataset, "decode_image", lambda camera, row: _ramp_image())  # pixels that name their place
+    for sample_index, row in enumerate((0, 7, 30, 74)):
+        observation = dataset.frame_at(row, sample_index)["observation"]
+        points = observation["points_primary"][0]
+        assert points.shape == (*OUTPUT, 3) and points.dtype == np.float32
+        _check_points_follow_image(observation["image_primary"][0], points)
+    assert dataset.policy_data()["depth_keys"] == [DEPTH_KEY]
+
+
+def test_lerobot_depth_problems_are_named(tmp_path):
+    root = _lerobot_with_depth(tmp_path / "wide", depth_shape=(SOURCE, 2 * SOURCE))
+    with pytest.raises(UserError, match=f"'{DEPTH_KEY}' is 48x96 but its image is 32x32: the image crop cannot"):
+        LeRobotDataset(_lerobot_config(root), batch_transform=lambda frame: frame)
+    root = _lerobot_with_depth(tmp_path / "plain")
+    without_depth = _lerobot_config(root, mapping=LeRobotMapping(camera_keys=(CAMERA_KEY,)))
+    with pytest.raises(UserError, match="--teacher geometry needs depth.*--lerobot_depth_keys"):
+        LeRobotDataset(without_depth, batch_transform=lambda frame: frame)
+    unknown = LeRobotMapping(camera_keys=(CAMERA_KEY,), depth_keys=("depth",), intrinsics_keys=(INTRINSICS_KEY,))
+    with pytest.raises(UserError, match="feature 'depth' \\(--lerobot_depth_keys\\) is missing"):
+        LeRobotDataset(_lerobot_config(root, mapping=unknown), batch_transform=lambda frame: frame)
 
 
 def test_points_from_depth_back_projects_through_the_intrinsics():
