@@ -77,3 +77,18 @@ def test_bad_teacher_choices_stop_with_one_line(tiny_checkpoints, tmp_path, over
     assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_rgb_control_run_trains_without_vggt_or_depth(tiny_checkpoints, tmp_path):
+    vla_dir, _ = tiny_checkpoints
+    data = _write(tmp_path / "data", with_depth=False)
+    flags = tiny_flags(
+        (vla_dir, "/nonexistent/not-needed.pt"), data, tmp_path, teacher="rgb", teacher_width=64, max_steps=2
+    )
+    result = run_script("finetune_align.py", flags)
+    assert result.returncode == 0, result.stderr[-4000:]
+    align = [m["align_loss"] for m in read_metrics(tmp_path / "tiny-run") if "align_loss" in m]
+    assert len(align) == 3 and all(0 < value < 2 for value in align)
+    policy_config = json.loads((tmp_path / "tiny-run--2_chkpt" / "policy_config.json").read_text())
+    assert policy_config["spatial_forcing"]["teacher"] == "rgb"
+    assert "geometry_workspace_min" not in policy_config["spatial_forcing"]
