@@ -152,3 +152,36 @@ def test_depth_of_another_aspect_ratio_cannot_follow_the_crop():
     check_depth_follows_crop((256, 256), (128, 128), "depth")
     with pytest.raises(ValueError, match="'depth' is 120x160 but its image is 256x256"):
         check_depth_follows_crop((256, 256), (120, 160), "'depth'")
+
+
+def _find(node: object, key: str) -> dict | None:
+    """The first dict under ``key`` anywhere in a JSON tree."""
+    if isinstance(node, dict):
+        if key in node:
+            return node[key]
+        children = node.values()
+    else:
+        children = node if isinstance(node, list) else []
+    for child in children:
+        found = _find(child, key)
+        if found is not None:
+            return found
+    return None
+
+
+def test_rlds_depth_of_another_aspect_ratio_is_named_before_reading(tmp_path):
+    from prismatic.vla.datasets.registry import DATASETS
+    from prismatic.vla.datasets.rlds import open_builder
+    from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, write_synthetic_libero
+
+    config = SyntheticLiberoConfig(data_root_dir=tmp_path, num_episodes=1, episode_length=9, image_size=16)
+    builder_dir = write_synthetic_libero(SyntheticLiberoConfig(**{**vars(config), "with_depth": True}))
+    spec = DATASETS[config.dataset_name]
+    open_builder(builder_dir, spec, ("primary", "wrist"), with_camera_points=True)
+    features_file = builder_dir / "features.json"
+    features = json.loads(features_file.read_text())
+    _find(features, "wrist_image_depth")["tensor"]["shape"]["dimensions"] = ["16", "24"]
+    features_file.write_text(json.dumps(features))
+    with pytest.raises(ValueError, match="'steps/observation/wrist_image_depth' is 16x24 but its image is 16x16"):
+        open_builder(builder_dir, spec, ("primary", "wrist"), with_camera_points=True)
+    open_builder(builder_dir, spec, ("primary", "wrist"))  # without the geometry teacher the depth is not read
