@@ -110,8 +110,8 @@ class AlignFinetuneConfig(FinetuneConfig):
     teacher_width: int = 2048                        # geometry | rgb: feature width (VGGT-1B's targets: 2048)
     teacher_patch_size: int = 14                     # geometry | rgb: pixels per patch of the VLA's images
     teacher_seed: int = 0                            # geometry | rgb: seed of the fixed random map
-    geometry_workspace_min: tuple[float, float, float] = (-1.5, -1.5, 0.0)  # camera-frame bounds (m): x, y, z
-    geometry_workspace_max: tuple[float, float, float] = (1.5, 1.5, 3.0)    # ... that normalise the geometry
+    geometry_workspace_min: tuple[float, float, float] = (-1.5, -1.5, 0.0)  # geometry: lower x, y, z bounds (m)
+    geometry_workspace_max: tuple[float, float, float] = (1.5, 1.5, 3.0)    # ... upper; camera frame, normalise
     lerobot_depth_keys: str = ""                     # LeRobot + geometry: depth feature per camera, camera order
     lerobot_intrinsics_keys: str = ""                # LeRobot + geometry: intrinsics [3, 3] feature per camera
     # fmt: on
