@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from experiments.robot.image_utils import encode_jpeg
+from prismatic.testing.depth_data import add_lerobot_depth
 from prismatic.util.cli import UserError
 from prismatic.vla.datasets.config import ImageAugConfig
 from prismatic.vla.datasets.geometry import check_depth_follows_crop, points_from_depth
@@ -85,18 +84,7 @@ def _lerobot_with_depth(root: Path, depth_shape: tuple[int, int] = (SOURCE, SOUR
     and intrinsics ([3, 3]) column, declared in ``meta/info.json``."""
     dataset_dir = root / LEROBOT_NAME
     shutil.copytree(LEROBOT_FIXTURES / LEROBOT_NAME, dataset_dir)
-    data_file = dataset_dir / "data/chunk-000/file-000.parquet"
-    table = pq.read_table(data_file)
-    depth = np.ones(depth_shape, np.float32).tolist()
-    nested = pa.list_(pa.list_(pa.float32()))
-    table = table.append_column(DEPTH_KEY, pa.array([depth] * table.num_rows, nested))
-    table = table.append_column(INTRINSICS_KEY, pa.array([IDENTITY_INTRINSICS.tolist()] * table.num_rows, nested))
-    pq.write_table(table, data_file)
-    info_path = dataset_dir / "meta/info.json"
-    info = json.loads(info_path.read_text())
-    info["features"][DEPTH_KEY] = {"dtype": "float32", "shape": list(depth_shape), "names": None}
-    info["features"][INTRINSICS_KEY] = {"dtype": "float32", "shape": [3, 3], "names": None}
-    info_path.write_text(json.dumps(info))
+    add_lerobot_depth(dataset_dir, DEPTH_KEY, INTRINSICS_KEY, np.ones(depth_shape, np.float32), IDENTITY_INTRINSICS)
     return root
 
 

@@ -4,16 +4,20 @@ with one line, exit 2, before any model loads."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from prismatic.testing.depth_data import add_lerobot_depth
 from prismatic.training.metrics import read_metrics
 from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, write_synthetic_libero
 
 from .conftest import DATASET_NAME, run_script, tiny_flags
 
 NUM_STEPS = 30
+LEROBOT_FIXTURES = Path(__file__).resolve().parents[1] / "data" / "lerobot_fixtures"
 
 
 def _write(root, with_depth: bool):
@@ -92,3 +96,25 @@ def test_rgb_control_run_trains_without_vggt_or_depth(tiny_checkpoints, tmp_path
     policy_config = json.loads((tmp_path / "tiny-run--2_chkpt" / "policy_config.json").read_text())
     assert policy_config["spatial_forcing"]["teacher"] == "rgb"
     assert "geometry_workspace_min" not in policy_config["spatial_forcing"]
+
+
+def test_geometry_teacher_on_lerobot_data_reads_the_named_depth(tiny_checkpoints, tmp_path):
+    vla_dir, _ = tiny_checkpoints
+    name, camera = "libero_like_v30", "observation.images.image"
+    shutil.copytree(LEROBOT_FIXTURES / name, tmp_path / "data" / name)
+    depth = np.full((32, 32), 1.3, np.float32)
+    intrinsics = np.array([[30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]], np.float32)
+    add_lerobot_depth(tmp_path / "data" / name, "depth", "intrinsics", depth, intrinsics)
+    common = dict(teacher="geometry", teacher_width=64, num_images_in_input=1, lerobot_camera_keys=camera)
+    flags = tiny_flags((vla_dir, "/nonexistent/not-needed.pt"), tmp_path / "data", tmp_path / "runs", **common)
+    flags = [flag for flag in flags if not flag.startswith("--dataset_name")] + [f"--dataset_name={name}"]
+
+    result = run_script("finetune_align.py", flags)  # no --lerobot_depth_keys
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "--lerobot_depth_keys" in errors[0], result.stderr[-3000:]
+
+    depth_flags = ["--lerobot_depth_keys=depth", "--lerobot_intrinsics_keys=intrinsics", "--max_steps=1"]
+    result = run_script("finetune_align.py", flags + depth_flags)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = read_metrics(tmp_path / "runs" / "tiny-run")
+    assert len(metrics) == 2 and all(np.isfinite(m["align_loss"]) for m in metrics)
