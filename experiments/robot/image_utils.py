@@ -99,6 +99,29 @@ def resize_lanczos3(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.einsum("hH,HWc,wW->hwc", height_weights, image.astype(np.float64), width_weights, optimize=True)
 
 
+@functools.lru_cache(maxsize=16)
+def bilinear_weights(input_size: int, output_size: int) -> np.ndarray:
+    """Resampling matrix ``[output_size, input_size]`` of ``tf.image.resize(method="bilinear", antialias=False)``
+    along one axis: half-pixel centres, the two nearest taps clamped to the image."""
+    sample = (np.arange(output_size) + 0.5) * (input_size / output_size) - 0.5
+    low = np.floor(sample)
+    lerp = sample - low
+    weights = np.zeros((output_size, input_size), dtype=np.float64)
+    rows = np.arange(output_size)
+    np.add.at(weights, (rows, np.clip(low, 0, input_size - 1).astype(np.int64)), 1.0 - lerp)
+    np.add.at(weights, (rows, np.clip(low + 1, 0, input_size - 1).astype(np.int64)), lerp)
+    weights.flags.writeable = False  # shared by the cache
+    return weights
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (no antialias) of an (H, W, C) float array to ``size`` = (height, width); float32."""
+    height_weights = bilinear_weights(image.shape[0], size[0])  # [h, H]
+    width_weights = bilinear_weights(image.shape[1], size[1])  # [w, W]
+    resized = np.einsum("hH,HWc,wW->hwc", height_weights, image.astype(np.float64), width_weights, optimize=True)
+    return resized.astype(np.float32)
+
+
 def round_to_uint8(image: np.ndarray) -> np.ndarray:
     """Round half to even (``tf.round``), clip to [0, 255] and cast, as upstream does after resizing."""
     return np.clip(np.round(image), 0, 255).astype(np.uint8)

@@ -17,7 +17,20 @@ class TeacherFeatures(NamedTuple):
     image_hw: tuple[int, int]  # size of the images the teacher saw
 
 
-class VGGTTeacher(nn.Module):
+class FrozenTeacher(nn.Module):
+    """Base of every teacher: it stays in eval mode whatever ``train`` says (nothing in it is trained).
+
+    A teacher is called as ``teacher(pixel_values, camera_points=None) -> TeacherFeatures``; ``camera_points``
+    ``[B, S, H, W, 3]`` are the camera-frame point maps of the images (``teachers.GeometryTeacher``), ignored by the
+    teachers that read pixels only.
+    """
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """The teacher stays in eval mode whatever ``mode`` says."""
+        return super().train(False)
+
+
+class VGGTTeacher(FrozenTeacher):
     """Wraps a VGGT model (or its aggregator) as a frozen feature extractor.
 
     ``model`` is anything with VGGT's aggregator interface ``aggregator(images [B, S, 3, H, W], output_layers=[i])
@@ -46,13 +59,11 @@ class VGGTTeacher(nn.Module):
         self.layer = layer
         self.train(False)
 
-    def train(self, mode: bool = True) -> VGGTTeacher:
-        """The teacher stays in eval mode whatever ``mode`` says."""
-        return super().train(False)
-
     @torch.no_grad()
-    def forward(self, pixel_values: Tensor) -> TeacherFeatures:
-        """VLA pixel values (or teacher images) -> features of layer ``self.layer`` ``[B, S, P, 2C]`` and metadata."""
+    def forward(self, pixel_values: Tensor, camera_points: Tensor | None = None) -> TeacherFeatures:
+        """VLA pixel values (or teacher images) -> features of layer ``self.layer`` ``[B, S, P, 2C]`` and metadata.
+
+        ``camera_points`` are not read (VGGT infers the geometry from the images)."""
         images = pixel_values if self.prepare_images is None else self.prepare_images(pixel_values)
         if images.dim() != 5 or images.shape[2] != 3:
             source = "the input" if self.prepare_images is None else "prepare_images"

@@ -104,7 +104,22 @@ class AlignFinetuneConfig(FinetuneConfig):
     gain_feat_1move: bool = True                     # Upstream's one-token shift of the VLA slice (see README)
     vggt_image_size: int = 518                       # Ours: side of the teacher's input images (518 = VGGT's)
     vggt_dtype: str = "float32"                      # Ours: teacher weights float32 (upstream) | bfloat16 (CUDA)
+    # Ours: the teacher. vggt (the paper) | geometry (true 3D structure from the data's depth and intrinsics;
+    # prismatic.spatial_forcing.teachers) | rgb (the control: a fixed random network on the pixels alone)
+    teacher: str = "vggt"
+    teacher_width: int = 2048                        # geometry | rgb: feature width (VGGT-1B's targets: 2048)
+    teacher_patch_size: int = 14                     # geometry | rgb: pixels per patch of the VLA's images
+    teacher_seed: int = 0                            # geometry | rgb: seed of the fixed random map
+    geometry_workspace_min: tuple[float, float, float] = (-1.5, -1.5, 0.0)  # geometry: lower x, y, z bounds (m)
+    geometry_workspace_max: tuple[float, float, float] = (1.5, 1.5, 3.0)    # ... upper; camera frame, normalise
+    lerobot_depth_keys: str = ""                     # LeRobot + geometry: depth feature per camera, camera order
+    lerobot_intrinsics_keys: str = ""                # LeRobot + geometry: intrinsics [3, 3] feature per camera
     # fmt: on
+
+    @property
+    def needs_camera_points(self) -> bool:
+        """Whether the batches must carry point maps from the data's depth (``--teacher geometry``)."""
+        return self.teacher == "geometry"
 
     def align_config(self, vla_dim: int, vggt_dim: int, vggt_patch_size: int) -> AlignConfig:
         """The plug-and-play alignment module's config for these flags."""

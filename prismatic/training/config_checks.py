@@ -6,12 +6,13 @@ import json
 import pickle
 from pathlib import Path
 
+from prismatic.spatial_forcing.teachers import check_teacher
 from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_model_weights, check_weights_file
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
-from prismatic.vla.datasets.lerobot_dataset import lerobot_platform
+from prismatic.vla.datasets.lerobot_dataset import lerobot_platform, mapping_from_flags, missing_depth_message
 from vggt.loading import infer_vggt_kwargs, read_state_dict
 
 
@@ -125,9 +126,36 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
                 f"so hidden_states has {num_layers + 1} entries (0 = embeddings, k = after layer k, -1 = last); "
                 f"expected {-(num_layers + 1)}..{num_layers}."
             )
-        if not Path(cfg.vggt_path).is_file():
-            raise FileNotFoundError(
-                f"--vggt_path {cfg.vggt_path} does not exist (expected facebook/VGGT-1B's model.pt, or .safetensors)."
-            )
-        check_vggt(cfg)
+        check_teacher(cfg.teacher)
+        if cfg.teacher == "vggt":
+            if not Path(cfg.vggt_path).is_file():
+                raise FileNotFoundError(
+                    f"--vggt_path {cfg.vggt_path} does not exist (expected facebook/VGGT-1B's model.pt, or "
+                    ".safetensors)."
+                )
+            check_vggt(cfg)
+        else:
+            check_fixed_teacher(cfg, specs)
     return platform
+
+
+def check_fixed_teacher(cfg: AlignFinetuneConfig, specs: list) -> None:
+    """The flags of ``--teacher geometry|rgb`` and, for geometry, the data's depth (before any model loads)."""
+    if cfg.teacher_width < 2 or cfg.teacher_width % 2:
+        raise ValueError(f"--teacher_width {cfg.teacher_width}: expected a positive even number")
+    _positive(cfg, "teacher_patch_size")
+    if not cfg.needs_camera_points:
+        return
+    if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
+        if not mapping_from_flags(cfg).depth_keys:
+            raise UserError(missing_depth_message(cfg.dataset_name))
+        return  # lerobot_platform opened the data with the depth features and checked them
+    from prismatic.vla.datasets.config import RLDSConfig
+    from prismatic.vla.datasets.rlds import find_builder_dir, open_builder
+
+    views = RLDSConfig(num_images_in_input=cfg.num_images_in_input).camera_views
+    for spec, _ in specs:
+        try:
+            open_builder(find_builder_dir(cfg.data_root_dir, spec.name), spec, views, with_camera_points=True)
+        except KeyError as error:
+            raise UserError(f"--teacher geometry needs each camera's depth and intrinsics: {error.args[0]}") from None

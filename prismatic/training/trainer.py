@@ -68,7 +68,7 @@ class Model:
     proprio_projector: nn.Module | None
     noisy_action_projector: nn.Module | None
     aligner: nn.Module | None  # SpatialForcingAligner; its .projector is wrapped like the VLA when distributed
-    teacher: nn.Module | None  # VGGTTeacher (frozen)
+    teacher: nn.Module | None  # VGGTTeacher, GeometryTeacher or RGBTeacher (frozen)
     processor: object
     num_patches: int  # visual tokens of all cameras
     policy_config: PolicyConfig  # what is saved as policy_config.json; selects the components below
@@ -119,7 +119,11 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
     spatial_forcing = None
     if isinstance(cfg, AlignFinetuneConfig):
         names = ("vla_layers_align", "vggt_layers_align", "use_vlm_norm", "use_vggt_pe", "gain_feat_1move")
-        names += ("pooling_func", "align_loss_type", "align_loss_coeff", "vggt_image_size")
+        names += ("pooling_func", "align_loss_type", "align_loss_coeff", "vggt_image_size", "teacher")
+        if cfg.teacher != "vggt":
+            names += ("teacher_width", "teacher_patch_size", "teacher_seed")
+        if cfg.teacher == "geometry":
+            names += ("geometry_workspace_min", "geometry_workspace_max")
         spatial_forcing = {name: getattr(cfg, name) for name in names}
     return PolicyConfig(
         action_head=head,
@@ -168,7 +172,9 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
 
     aligner = teacher = None
     if isinstance(cfg, AlignFinetuneConfig):
-        aligner, teacher = build_alignment(cfg, llm_dim, ctx.device)
+        aligner, teacher = build_alignment(
+            cfg, llm_dim, ctx.device, image_size=processor.image_processor.input_sizes[0][-1]
+        )
         aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
 
     return Model(
@@ -184,11 +190,31 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     )
 
 
-def build_alignment(cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Spatial Forcing: the trainable aligner (AlignProjector inside) and the frozen VGGT teacher."""
-    from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
+def build_alignment(
+    cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device, image_size: int
+) -> tuple[nn.Module, nn.Module]:
+    """Spatial Forcing: the trainable aligner (AlignProjector inside) and the frozen teacher of ``--teacher``
+    (``image_size``: the side of the VLA's square input images)."""
+    from prismatic.spatial_forcing import GeometryTeacher, RGBTeacher, SpatialForcingAligner, VGGTTeacher
     from vggt.models.vggt import VGGT
     from vggt.utils.load_fn import vla_pixels_to_vggt_images
+
+    if cfg.teacher != "vggt":
+        align_config = cfg.align_config(llm_dim, cfg.teacher_width // 2, cfg.teacher_patch_size)
+        if cfg.teacher == "geometry":
+            teacher = GeometryTeacher(
+                cfg.teacher_width,
+                cfg.teacher_patch_size,
+                cfg.geometry_workspace_min,
+                cfg.geometry_workspace_max,
+                cfg.teacher_seed,
+            )
+        else:  # the VLA's own images in [0, 1], at their own size
+            prepare_images = partial(
+                vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=image_size
+            )
+            teacher = RGBTeacher(cfg.teacher_width, cfg.teacher_patch_size, prepare_images, cfg.teacher_seed)
+        return SpatialForcingAligner(align_config).to(device), teacher.to(device)
 
     vggt = VGGT.from_checkpoint(cfg.vggt_path).to(device)
     teacher = VGGTTeacher(
@@ -234,6 +260,7 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
         num_images_in_input=cfg.num_images_in_input,
         use_proprio=cfg.use_proprio,
         seed=cfg.seed,
+        with_camera_points=isinstance(cfg, AlignFinetuneConfig) and cfg.needs_camera_points,
         skip_samples=skip_samples,
         rank=rank,
         world_size=world_size,
@@ -318,7 +345,10 @@ def compute_losses(
         visual_hidden = model.aligner.select_vision_tokens(
             output.hidden_states, num_prefix_tokens=1, num_vision_tokens=model.num_patches
         )  # [B, num_patches, D]; position 0 is BOS
-        teacher_features = model.teacher(batch["pixel_values"].to(device))
+        camera_points = batch.get("camera_points")  # [B, S, H, W, 3] with --teacher geometry
+        teacher_features = model.teacher(
+            batch["pixel_values"].to(device), None if camera_points is None else camera_points.to(device)
+        )
         with autocast:
             align_loss = model.aligner(visual_hidden, *teacher_features)
         losses["align_loss"] = align_loss

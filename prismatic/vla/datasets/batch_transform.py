@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -23,8 +24,10 @@ class RLDSBatchTransform:
 
     Output: ``pixel_values`` [6, 224, 224] (primary camera), ``pixel_values_wrist`` [6, 224, 224] (with
     ``use_wrist_image``), ``input_ids``/``labels`` [L] int64, ``actions`` [C, A] float32 (normalised),
-    ``proprio`` [1, P] float32 (with ``use_proprio``), ``dataset_name`` str. Labels are IGNORE_INDEX except for
-    the last ``len(action_string) + 1`` tokens: the C*A action tokens and the stop token ``</s>``.
+    ``proprio`` [1, P] float32 (with ``use_proprio``), ``dataset_name`` str, and ``camera_points`` [S, H, W, 3]
+    float32 (the cameras' point maps in image order) when the frame carries ``points_<view>``. Labels are
+    IGNORE_INDEX except for the last ``len(action_string) + 1`` tokens: the C*A action tokens and the stop token
+    ``</s>``.
     """
 
     action_tokenizer: ActionTokenizer
@@ -55,14 +58,19 @@ class RLDSBatchTransform:
             "dataset_name": rlds_batch["dataset_name"].decode(),
             "actions": actions,
         }
+        image_keys = ["image_primary"]
         if self.use_wrist_image:
-            wrist_keys = sorted(key for key in observation if "wrist" in key)
+            wrist_keys = sorted(key for key in observation if key.startswith("image_") and "wrist" in key)
             if not wrist_keys:
                 raise KeyError(
                     f"use_wrist_image is set but the frame has no wrist camera (keys {sorted(observation)})."
                 )
             wrist_pixels = [self.image_transform(Image.fromarray(observation[key][0])) for key in wrist_keys]
             sample["pixel_values_wrist"] = torch.cat(wrist_pixels, dim=0)
+            image_keys += wrist_keys
+        if "points_primary" in observation:
+            points = [observation[key.replace("image_", "points_", 1)][0] for key in image_keys]
+            sample["camera_points"] = torch.from_numpy(np.stack(points).astype(np.float32))  # [S, H, W, 3]
         if self.use_proprio:
             if "proprio" not in observation:
                 raise KeyError("use_proprio is set but the frame has no observation/proprio (RLDSConfig.use_proprio).")

@@ -17,8 +17,8 @@ from prismatic.vla.constants import IGNORE_INDEX
 class PaddedCollatorForActionPrediction:
     """Batch keys: ``pixel_values`` [B, 6n, H, W] (primary then wrist channels), ``proprio`` [B, P] float32 or
     None, ``input_ids`` [B, L] and ``labels`` [B, L] int64 (right-padded with ``pad_token_id`` / IGNORE_INDEX,
-    cut to ``model_max_length``), ``attention_mask`` [B, L] bool, ``actions`` [B, C, A] float32 and
-    ``dataset_names`` (list of str) when the samples carry them.
+    cut to ``model_max_length``), ``attention_mask`` [B, L] bool, ``actions`` [B, C, A] float32, and
+    ``dataset_names`` (list of str) and ``camera_points`` [B, S, H, W, 3] float32 when the samples carry them.
     """
 
     model_max_length: int
@@ -55,4 +55,6 @@ class PaddedCollatorForActionPrediction:
         }
         if "dataset_name" in instances[0]:
             batch["dataset_names"] = [x["dataset_name"] for x in instances]
+        if "camera_points" in instances[0]:
+            batch["camera_points"] = torch.stack([x["camera_points"] for x in instances])  # [B, S, H, W, 3]
         return batch

@@ -52,6 +52,10 @@ class RLDSConfig:
     image_aug_config: ImageAugConfig = field(default_factory=ImageAugConfig)
     num_images_in_input: int = 2  # 1: primary camera only; 2: primary + wrist
     use_proprio: bool = True  # frames carry observation/proprio
+    # Frames carry observation/points_<view>: camera-frame point maps from each camera's depth and intrinsics,
+    # resized and cropped like the image (datasets.geometry); the dataset must hold them. The shuffle buffer then
+    # also holds each camera's float32 depth (4 bytes per pixel).
+    with_camera_points: bool = False
 
     # Reproducibility, resumption and distributed sharding (see module docstring).
     seed: int = 7

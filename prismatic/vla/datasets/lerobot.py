@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from prismatic.util.cli import UserError
 from prismatic.vla.datasets.config import holdout_episodes
+from prismatic.vla.datasets.geometry import check_depth_follows_crop
 from prismatic.vla.datasets.statistics import cached_statistics, compute_statistics
 from prismatic.vla.datasets.video import check_video_file
 
@@ -44,12 +45,16 @@ class LeRobotMapping:
 
     ``camera_keys``: image/video features, primary camera first, then wrist cameras (empty: every image feature
     in ``info.json`` order). The language instruction is the episode frame's task (``task_index`` -> tasks file).
+    ``depth_keys`` / ``intrinsics_keys``: per camera, in camera order, the float32 depth ``[H, W]`` (or
+    ``[H, W, 1]``) and intrinsics ``[3, 3]`` (or ``[9]``) features (``datasets.geometry``); empty without depth.
     """
 
     camera_keys: tuple[str, ...] = ()
     state_key: str = "observation.state"
     action_key: str = "action"
     language_source: str = "task"
+    depth_keys: tuple[str, ...] = ()
+    intrinsics_keys: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +63,11 @@ class LeRobotMapping:
             "state_key": self.state_key,
             "action_key": self.action_key,
             "language_source": self.language_source,
+            **(
+                {"depth_keys": list(self.depth_keys), "intrinsics_keys": list(self.intrinsics_keys)}
+                if self.depth_keys
+                else {}
+            ),
         }
 
 
@@ -88,6 +98,16 @@ class LeRobotSource:
     instructions: list[str]  # per row
     images: dict[str, list[bytes]]  # per image-dtype camera: encoded frames per row (video cameras are absent)
     data_files: list[Path]
+    depths: dict[str, pa.ChunkedArray] = field(default_factory=dict)  # per depth key: one row per frame
+    depth_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # per depth key: (H, W)
+    intrinsics: dict[str, np.ndarray] = field(default_factory=dict)  # per intrinsics key: [N, 3, 3] float32
+
+    def depth_at(self, key: str, row: int) -> np.ndarray:
+        """The [H, W] float32 depth of feature ``key`` at data row ``row``."""
+        values = self.depths[key][row].values
+        while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type):
+            values = values.flatten()
+        return np.asarray(values, dtype=np.float32).reshape(self.depth_shapes[key])
 
     @property
     def action_dim(self) -> int:
@@ -131,7 +151,8 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
     data_files = sorted({root / meta["data_file"] for meta in episode_meta})
     columns = [mapping.state_key, mapping.action_key, "episode_index", "frame_index", "timestamp", "task_index"]
     image_cameras = [key for key in mapping.camera_keys if features[key]["dtype"] == "image"]
-    table = _read_parquet_files(data_files, columns + image_cameras)
+    geometry_columns = [*mapping.depth_keys, *mapping.intrinsics_keys]
+    table = _read_parquet_files(data_files, columns + image_cameras + geometry_columns)
     table = table.sort_by([("episode_index", "ascending"), ("frame_index", "ascending")])
 
     actions = _vector_column(table, mapping.action_key, features, data_files)
@@ -175,6 +196,11 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
         instructions=[tasks[int(index)] for index in task_index],
         images={key: [cell["bytes"] for cell in table.column(key).to_pylist()] for key in image_cameras},
         data_files=data_files,
+        depths={key: table.column(key) for key in mapping.depth_keys},
+        depth_shapes={key: tuple(features[key]["shape"][:2]) for key in mapping.depth_keys},
+        intrinsics={
+            key: _vector_column(table, key, features, data_files).reshape(-1, 3, 3) for key in mapping.intrinsics_keys
+        },
     )
 
 
@@ -199,7 +225,52 @@ def resolve_mapping(mapping: LeRobotMapping, features: dict[str, Any], info_path
             raise UserError(
                 f"{info_path}: feature {key!r} ({flag}) is missing or not a float vector; expected one of {vectors}."
             )
-    return LeRobotMapping(tuple(camera_keys), mapping.state_key, mapping.action_key, mapping.language_source)
+    _check_geometry_features(mapping, tuple(camera_keys), features, info_path)
+    return LeRobotMapping(
+        tuple(camera_keys),
+        mapping.state_key,
+        mapping.action_key,
+        mapping.language_source,
+        mapping.depth_keys,
+        mapping.intrinsics_keys,
+    )
+
+
+def _check_geometry_features(
+    mapping: LeRobotMapping, camera_keys: tuple[str, ...], features: dict[str, Any], info_path: Path
+) -> None:
+    """Depth and intrinsics features, one per camera, of the shapes ``datasets.geometry`` reads."""
+    if not mapping.depth_keys and not mapping.intrinsics_keys:
+        return
+    for flag, keys in (
+        ("--lerobot_depth_keys", mapping.depth_keys),
+        ("--lerobot_intrinsics_keys", mapping.intrinsics_keys),
+    ):
+        if len(keys) != len(camera_keys):
+            raise UserError(
+                f"{info_path}: {flag} names {len(keys)} features {list(keys)}; expected one per camera "
+                f"{list(camera_keys)}, in the same order."
+            )
+    floats = [key for key, spec in features.items() if str(spec.get("dtype", "")).startswith("float")]
+    for camera, depth_key, intrinsics_key in zip(camera_keys, mapping.depth_keys, mapping.intrinsics_keys, strict=True):
+        for flag, key in (("--lerobot_depth_keys", depth_key), ("--lerobot_intrinsics_keys", intrinsics_key)):
+            if key not in floats:
+                raise UserError(
+                    f"{info_path}: feature {key!r} ({flag}) is missing or not a float feature; expected one of "
+                    f"{floats}."
+                )
+        depth_shape, intrinsics_shape = list(features[depth_key]["shape"]), list(features[intrinsics_key]["shape"])
+        if len(depth_shape) not in (2, 3) or depth_shape[2:] not in ([], [1]) or intrinsics_shape not in ([3, 3], [9]):
+            raise UserError(
+                f"{info_path}: depth {depth_key!r} has shape {depth_shape} and intrinsics {intrinsics_key!r} shape "
+                f"{intrinsics_shape}: expected depth [H, W] (or [H, W, 1]) and intrinsics [3, 3] (or [9])"
+            )
+        try:
+            check_depth_follows_crop(
+                tuple(features[camera]["shape"][:2]), tuple(depth_shape[:2]), f"{info_path}: {depth_key!r}"
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
 
 def _read_v21_meta(root: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[int, str]]:
@@ -283,8 +354,8 @@ def _read_parquet_files(paths: list[Path], columns: list[str] | None) -> pa.Tabl
 
 
 def _vector_column(table: pa.Table, key: str, features: dict[str, Any], data_files: list[Path]) -> np.ndarray:
-    expected = int(features[key]["shape"][0])
-    rows = table.column(key).to_pylist()
+    expected = int(np.prod(features[key]["shape"]))
+    rows = [np.ravel(row) for row in table.column(key).to_pylist()]
     lengths = sorted({len(row) for row in rows})
     if lengths != [expected]:
         files = ", ".join(str(path) for path in data_files)

@@ -23,13 +23,14 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from experiments.robot.image_utils import resize_lanczos3, round_to_uint8
+from experiments.robot.image_utils import crop_and_resize_bilinear, resize_bilinear, resize_lanczos3, round_to_uint8
 from prismatic.policy.config import EmbodimentConfig
 from prismatic.policy.normalization import normalize
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import NormalizationType, PlatformConstants
-from prismatic.vla.datasets.augmentation import apply_augmentation, sample_params
+from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig, holdout_episodes
+from prismatic.vla.datasets.geometry import points_from_depth
 from prismatic.vla.datasets.lerobot import (
     LeRobotMapping,
     get_lerobot_statistics,
@@ -64,6 +65,7 @@ class LeRobotConfig:
     rank: int = 0
     world_size: int = 1
     statistics_cache_dir: Path | None = None
+    with_camera_points: bool = False  # frames carry points_<view> (needs mapping.depth_keys; datasets.geometry)
 
 
 class LeRobotDataset(IterableDataset):
@@ -87,6 +89,8 @@ class LeRobotDataset(IterableDataset):
         if config.num_actions_chunk < 1:
             raise UserError(f"--num_actions_chunk must be >= 1, got {config.num_actions_chunk}.")
         self.cameras = cameras[: config.num_images_in_input]
+        if config.with_camera_points and not self.source.mapping.depth_keys:
+            raise UserError(missing_depth_message(config.dataset_name))
         self.statistics = get_lerobot_statistics(self.source, config.statistics_cache_dir)
         self.dataset_statistics = {config.dataset_name: self.statistics}
         self.episodes = self._rank_episodes()
@@ -154,18 +158,32 @@ class LeRobotDataset(IterableDataset):
         for camera_index, (camera, view) in enumerate(zip(self.cameras, CAMERA_VIEWS, strict=False)):
             image = self.decode_image(camera, row)
             image = round_to_uint8(resize_lanczos3(image, config.resize_resolution))
+            params = None
             if config.image_aug:
                 params = sample_params(
                     config.image_aug_config, derive_seed(config.seed, config.rank), sample_index, camera_index
                 )
                 image = apply_augmentation(image, params)
             observation[f"image_{view}"] = image[None]  # [1, H, W, 3]
+            if config.with_camera_points:
+                observation[f"points_{view}"] = self.camera_points(camera_index, row, params)[None]  # [1, H, W, 3]
         return {
             "observation": observation,
             "task": {"language_instruction": source.instructions[row].encode()},
             "action": actions.astype(np.float32),  # [C, A]
             "dataset_name": config.dataset_name.encode(),
         }
+
+    def camera_points(self, camera_index: int, row: int, params: AugmentationParams | None) -> np.ndarray:
+        """The [H, W, 3] float32 point map of camera ``camera_index`` at data row ``row``, resized and cropped like
+        its image (``datasets.geometry``)."""
+        mapping, size = self.source.mapping, self.config.resize_resolution
+        depth = self.source.depth_at(mapping.depth_keys[camera_index], row)
+        intrinsics = self.source.intrinsics[mapping.intrinsics_keys[camera_index]][row]
+        points = resize_bilinear(points_from_depth(depth, intrinsics), size)
+        if params is not None:
+            points = crop_and_resize_bilinear(points, params.crop_box, size[0])
+        return points
 
     def decode_image(self, camera: str, row: int) -> np.ndarray:
         """The stored [H, W, 3] uint8 frame of ``camera`` at data row ``row``."""
@@ -205,11 +223,30 @@ class LeRobotDataset(IterableDataset):
         return int(self.statistics["num_transitions"])
 
 
+def _keys(flag_value: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in flag_value.split(",") if key.strip())
+
+
 def mapping_from_flags(cfg: Any) -> LeRobotMapping:
     """The feature mapping of the training flags ``--lerobot_camera_keys`` (comma-separated), ``--lerobot_state_key``,
-    ``--lerobot_action_key``."""
-    cameras = tuple(key.strip() for key in cfg.lerobot_camera_keys.split(",") if key.strip())
-    return LeRobotMapping(cameras, cfg.lerobot_state_key, cfg.lerobot_action_key)
+    ``--lerobot_action_key`` and, where the config has them, ``--lerobot_depth_keys`` /
+    ``--lerobot_intrinsics_keys``."""
+    return LeRobotMapping(
+        _keys(cfg.lerobot_camera_keys),
+        cfg.lerobot_state_key,
+        cfg.lerobot_action_key,
+        depth_keys=_keys(getattr(cfg, "lerobot_depth_keys", "")),
+        intrinsics_keys=_keys(getattr(cfg, "lerobot_intrinsics_keys", "")),
+    )
+
+
+def missing_depth_message(dataset_name: str) -> str:
+    """The one line for LeRobot data read without depth where the teacher needs it."""
+    return (
+        f"--teacher geometry needs depth, and LeRobot dataset {dataset_name!r} is read without it: expected "
+        f"--lerobot_depth_keys and --lerobot_intrinsics_keys naming each camera's depth [H, W] and intrinsics [3, 3] "
+        f"features"
+    )
 
 
 def lerobot_platform(cfg: Any) -> PlatformConstants:

@@ -42,7 +42,9 @@ def load_sources(config: RLDSConfig) -> list[DatasetSource]:
     import_tensorflow(config.tf_num_threads)
     sources = []
     for spec, weight in resolve_data_mix(config.data_mix):
-        builder = open_builder(find_builder_dir(config.data_root_dir, spec.name), spec, config.camera_views)
+        builder = open_builder(
+            find_builder_dir(config.data_root_dir, spec.name), spec, config.camera_views, config.with_camera_points
+        )
         statistics = get_dataset_statistics(builder, spec, config.statistics_cache_dir, config.num_parallel_calls)
         sources.append(DatasetSource(spec, builder, statistics, weight * statistics["num_transitions"]))
     platforms = {source.spec.platform for source in sources}
@@ -63,8 +65,9 @@ def build_dataset(config: RLDSConfig, sources: list[DatasetSource], rank: int, w
     """The ``tf.data.Dataset`` of frames for this rank: infinite and shuffled for training, one ordered pass for val.
 
     Each frame: ``observation/image_<view>`` [1, H, W, 3] uint8, ``observation/proprio`` [1, P] float32 (with
-    ``use_proprio``), ``observation/timestep`` [1] int32, ``task/language_instruction`` bytes, ``action`` [C, A]
-    float32 (normalised), ``dataset_name`` bytes.
+    ``use_proprio``), ``observation/points_<view>`` [1, H, W, 3] float32 (with ``with_camera_points``),
+    ``observation/timestep`` [1] int32, ``task/language_instruction`` bytes, ``action`` [C, A] float32
+    (normalised), ``dataset_name`` bytes.
     """
     tf = import_tensorflow(config.tf_num_threads)
     streams = []
@@ -73,7 +76,13 @@ def build_dataset(config: RLDSConfig, sources: list[DatasetSource], rank: int, w
         shuffle_seed = derive_seed(config.seed, rank, index, 0) if config.train else None
         platform = source.spec.platform
         trajectories = read_trajectories(
-            source.builder, source.spec, config.camera_views, split, shuffle_seed, config.num_parallel_calls
+            source.builder,
+            source.spec,
+            config.camera_views,
+            split,
+            shuffle_seed,
+            config.num_parallel_calls,
+            config.with_camera_points,
         )
         normalize = partial(
             normalize_trajectory,
@@ -109,6 +118,7 @@ def build_dataset(config: RLDSConfig, sources: list[DatasetSource], rank: int, w
         config.image_aug_config if config.image_aug else None,
         derive_seed(config.seed, rank, 0, 3),
         keep_proprio=config.use_proprio,
+        with_camera_points=config.with_camera_points,
     )
     dataset = dataset.enumerate().skip(config.skip_samples)
     dataset = dataset.map(without_autograph(frame_transform), num_parallel_calls=config.num_parallel_calls)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prismatic.vla.constants import LIBERO, PlatformConstants
+from prismatic.vla.datasets.geometry import DEPTH_SUFFIX, INTRINSICS_SUFFIX
 from prismatic.vla.datasets.transforms import standardize_libero
 
 CAMERA_VIEWS = ("primary", "wrist")
@@ -28,10 +29,18 @@ class RLDSDatasetSpec:
     action_normalization_mask: tuple[bool, ...]  # False: the dim passes through normalisation unchanged
     platform: PlatformConstants
 
-    def required_step_keys(self, camera_views: tuple[str, ...]) -> tuple[str, ...]:
-        """Feature paths under ``steps`` that reading this dataset with ``camera_views`` needs."""
+    def required_step_keys(self, camera_views: tuple[str, ...], with_camera_points: bool = False) -> tuple[str, ...]:
+        """Feature paths under ``steps`` that reading this dataset with ``camera_views`` (and their depth) needs."""
         image_keys = tuple(f"observation/{self.image_obs_keys[view]}" for view in camera_views)
-        return (*image_keys, f"observation/{self.state_obs_key}", "action", "language_instruction")
+        geometry_keys = tuple(
+            f"observation/{key}" for view in camera_views if with_camera_points for key in self.geometry_obs_keys(view)
+        )
+        return (*image_keys, *geometry_keys, f"observation/{self.state_obs_key}", "action", "language_instruction")
+
+    def geometry_obs_keys(self, view: str) -> tuple[str, str]:
+        """(depth key, intrinsics key) of a camera view under ``steps/observation`` (``datasets.geometry``)."""
+        image_key = self.image_obs_keys[view]
+        return image_key + DEPTH_SUFFIX, image_key + INTRINSICS_SUFFIX
 
 
 def _libero_spec(name: str) -> RLDSDatasetSpec:

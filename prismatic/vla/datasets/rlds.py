@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from prismatic.vla.datasets.config import holdout_episodes
+from prismatic.vla.datasets.geometry import check_depth_follows_crop
 from prismatic.vla.datasets.registry import RLDSDatasetSpec
 from prismatic.vla.datasets.statistics import cached_statistics, compute_statistics
 from prismatic.vla.datasets.tf_runtime import import_tensorflow, import_tensorflow_datasets, without_autograph
@@ -44,15 +45,21 @@ def find_builder_dir(data_root_dir: Path, name: str) -> Path:
     return versions[-1]
 
 
-def open_builder(builder_dir: Path, spec: RLDSDatasetSpec, camera_views: tuple[str, ...]) -> Any:
+def open_builder(
+    builder_dir: Path, spec: RLDSDatasetSpec, camera_views: tuple[str, ...], with_camera_points: bool = False
+) -> Any:
     """The tfds builder of ``builder_dir``, after checking its features and tfrecord files.
 
-    Raises ``KeyError`` naming ``features.json`` and the missing feature, or ``ValueError`` naming a missing or
-    truncated tfrecord file.
+    Raises ``KeyError`` naming ``features.json`` and the missing feature (with ``with_camera_points``: each camera's
+    depth and intrinsics, ``datasets.geometry``), or ``ValueError`` naming a missing or truncated tfrecord file or a
+    depth map the image crop cannot follow.
     """
     tfds = import_tensorflow_datasets()
     builder = tfds.builder_from_directory(str(builder_dir))
-    _check_features(builder.info.features, spec.required_step_keys(camera_views), builder_dir / "features.json")
+    features_file = builder_dir / "features.json"
+    _check_features(builder.info.features, spec.required_step_keys(camera_views, with_camera_points), features_file)
+    if with_camera_points:
+        _check_geometry_shapes(builder.info.features["steps"]["observation"], spec, camera_views, features_file)
     for split_info in builder.info.splits.values():
         for filename, num_records in zip(split_info.filenames, split_info.shard_lengths, strict=True):
             check_tfrecord_file(builder_dir / filename, num_records)
@@ -68,6 +75,22 @@ def _check_features(features: Any, required_step_keys: tuple[str, ...], features
             if part not in node:
                 raise KeyError(f"{features_file}: missing feature 'steps/{key_path}' (the dataset lacks {part!r}).")
             node = node[part]
+
+
+def _check_geometry_shapes(
+    observation: Any, spec: RLDSDatasetSpec, camera_views: tuple[str, ...], features_file: Path
+) -> None:
+    for view in camera_views:
+        depth_key, intrinsics_key = spec.geometry_obs_keys(view)
+        image_shape, depth_shape = observation[spec.image_obs_keys[view]].shape, observation[depth_key].shape
+        intrinsics_size = int(np.prod(observation[intrinsics_key].shape))
+        if len(depth_shape) not in (2, 3) or depth_shape[2:] not in ((), (1,)) or intrinsics_size != 9:
+            raise ValueError(
+                f"{features_file}: 'steps/observation/{depth_key}' has shape {list(depth_shape)} and "
+                f"'{intrinsics_key}' shape {list(observation[intrinsics_key].shape)}: expected depth [H, W] (or "
+                f"[H, W, 1]) and intrinsics [3, 3]"
+            )
+        check_depth_follows_crop(image_shape[:2], depth_shape[:2], f"{features_file}: 'steps/observation/{depth_key}'")
 
 
 def check_tfrecord_file(path: Path, expected_records: int) -> None:
@@ -154,6 +177,7 @@ def read_trajectories(
     split: Any,
     shuffle_seed: int | None,
     num_parallel_calls: int,
+    with_camera_points: bool = False,
 ) -> Any:
     """A ``tf.data.Dataset`` of standardised trajectories (see ``transforms.restructure_trajectory``).
 
@@ -168,7 +192,9 @@ def read_trajectories(
         decoders={"steps": tfds.decode.SkipDecoding()},
         read_config=read_config,
     )
-    restructure = without_autograph(lambda episode: restructure_trajectory(episode, spec, camera_views))
+    restructure = without_autograph(
+        lambda episode: restructure_trajectory(episode, spec, camera_views, with_camera_points)
+    )
     return episodes.map(restructure, num_parallel_calls=num_parallel_calls)
 
 

@@ -7,6 +7,12 @@ move in its view as the gripper moves. The expert action is a function of what t
 instruction: the planar action points from the gripper to the named block (saturating at 1), the gripper
 descends once above it and closes on it. Distractor colour, positions and the start pose vary per episode.
 
+With ``with_depth`` the episodes also carry each camera's metric depth and pinhole intrinsics
+(``datasets.geometry``): the agentview camera hangs ``AGENTVIEW_CAMERA_HEIGHT`` above the table centre, the wrist
+camera ``WRIST_CAMERA_OFFSET`` above the gripper; the table is at height 0, the floor around it at ``FLOOR_HEIGHT``,
+block tops at ``2 * BLOCK_HALF_SIZE`` and the gripper (disk or fingers) at its own height. (The colour images are
+drawn orthographically; the pinhole intrinsics agree with them on the table plane.)
+
 Actions follow LIBERO's raw convention (EEF deltas in [-1, 1]; gripper -1 open, +1 close) and the state is
 LIBERO's 8-D layout (EEF position 3, axis-angle 3, gripper joint positions 2).
 """
@@ -43,6 +49,10 @@ ACTION_GAIN_DISTANCE = 0.15  # distance at which the planar action saturates at 
 DESCEND_RADIUS, GRASP_RADIUS = 0.1, 0.05
 GRIPPER_OPEN_QPOS = 0.04
 GRIPPER_AXIS_ANGLE = (np.pi, 0.0, 0.0)  # pointing down, fixed
+AGENTVIEW_CAMERA_HEIGHT = 2.0
+WRIST_CAMERA_OFFSET = 0.5  # above the gripper; with the wrist view's half extent 0.5 * (0.5 + z): a pinhole
+FLOOR_HEIGHT = -0.5
+FINGER_DEPTH = 0.45  # the fingers' distance from the wrist camera
 
 
 @dataclass
@@ -57,6 +67,7 @@ class SyntheticLiberoConfig:
     step_size: float = 0.075  # world units moved per unit action and step
     seed: int = 0
     overwrite: bool = False
+    with_depth: bool = False  # also store each camera's depth and intrinsics (for --teacher geometry)
 
 
 class ReachScene:
@@ -119,21 +130,57 @@ class ReachScene:
         """[S, S, 3] uint8 top-down view of the whole table, gripper drawn as a disk."""
         x, y = self._world_grid(np.zeros(2), AGENTVIEW_HALF_EXTENT)
         image = self._render_table_and_blocks(x, y)
-        radius = 0.05 + 0.1 * self.eef[2]
-        image[(x - self.eef[0]) ** 2 + (y - self.eef[1]) ** 2 < radius**2] = GRIPPER_COLOUR
+        image[self._gripper_disk(x, y)] = GRIPPER_COLOUR
         return image
+
+    def render_agentview_depth(self) -> np.ndarray:
+        """[S, S] float32 metric depth of the agentview camera."""
+        x, y = self._world_grid(np.zeros(2), AGENTVIEW_HALF_EXTENT)
+        heights = self._surface_heights(x, y)
+        heights[self._gripper_disk(x, y)] = self.eef[2]
+        return (AGENTVIEW_CAMERA_HEIGHT - heights).astype(np.float32)
 
     def render_wrist(self) -> np.ndarray:
         """[S, S, 3] uint8 view looking down from the gripper, with its two fingers at the bottom."""
-        half_extent = WRIST_HALF_EXTENT * (0.5 + self.eef[2])  # the view widens as the gripper rises
-        x, y = self._world_grid(self.eef[:2], half_extent)
+        x, y = self._world_grid(self.eef[:2], self._wrist_half_extent)
         image = self._render_table_and_blocks(x, y)
+        image[self._fingers()] = GRIPPER_COLOUR
+        return image
+
+    def render_wrist_depth(self) -> np.ndarray:
+        """[S, S] float32 metric depth of the wrist camera."""
+        x, y = self._world_grid(self.eef[:2], self._wrist_half_extent)
+        depth = self.eef[2] + WRIST_CAMERA_OFFSET - self._surface_heights(x, y)
+        depth[self._fingers()] = FINGER_DEPTH
+        return depth.astype(np.float32)
+
+    def intrinsics(self, half_extent_at_unit_depth: float) -> np.ndarray:
+        """[3, 3] float32 pinhole intrinsics of a camera centred on the image seeing ``+-half_extent`` at depth 1."""
+        focal = self.image_size / 2 / half_extent_at_unit_depth
+        centre = (self.image_size - 1) / 2
+        return np.array([[focal, 0, centre], [0, focal, centre], [0, 0, 1]], np.float32)
+
+    @property
+    def agentview_intrinsics(self) -> np.ndarray:
+        return self.intrinsics(AGENTVIEW_HALF_EXTENT / AGENTVIEW_CAMERA_HEIGHT)
+
+    @property
+    def wrist_intrinsics(self) -> np.ndarray:
+        return self.intrinsics(WRIST_HALF_EXTENT)
+
+    @property
+    def _wrist_half_extent(self) -> float:
+        return WRIST_HALF_EXTENT * (WRIST_CAMERA_OFFSET + self.eef[2])  # the view widens as the gripper rises
+
+    def _gripper_disk(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        radius = 0.05 + 0.1 * self.eef[2]
+        return (x - self.eef[0]) ** 2 + (y - self.eef[1]) ** 2 < radius**2
+
+    def _fingers(self) -> np.ndarray:
         columns = np.arange(self.image_size)[None, :] / self.image_size - 0.5  # [1, S] in [-0.5, 0.5)
         rows = np.arange(self.image_size)[:, None] / self.image_size  # [S, 1] in [0, 1)
         finger_offset = 0.08 + 2.0 * self.gripper_qpos
-        fingers = (rows > 0.75) & (np.abs(np.abs(columns) - finger_offset) < 0.04)
-        image[fingers] = GRIPPER_COLOUR
-        return image
+        return (rows > 0.75) & (np.abs(np.abs(columns) - finger_offset) < 0.04)
 
     def _world_grid(self, center: np.ndarray, half_extent: float) -> tuple[np.ndarray, np.ndarray]:
         """World (x, y) of every pixel centre, x to the right, y up: two [S, S] arrays."""
@@ -143,14 +190,30 @@ class ReachScene:
     def _render_table_and_blocks(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         image = np.empty((*x.shape, 3), np.uint8)
         image[:] = FLOOR_COLOUR
-        on_table = (np.abs(x) <= TABLE_HALF_EXTENT) & (np.abs(y) <= TABLE_HALF_EXTENT)
+        on_table = _on_table(x, y)
         image[on_table] = TABLE_COLOUR
         near_line = lambda v: np.abs((v + GRID_SPACING / 2) % GRID_SPACING - GRID_SPACING / 2) < 0.01
         image[on_table & (near_line(x) | near_line(y))] = GRID_COLOUR
-        for colour, (block_x, block_y) in self.blocks.items():
-            inside = (np.abs(x - block_x) < BLOCK_HALF_SIZE) & (np.abs(y - block_y) < BLOCK_HALF_SIZE)
+        for colour, inside in self._block_masks(x, y).items():
             image[inside] = COLOURS[colour]
         return image
+
+    def _surface_heights(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """World height of the surface under every pixel: floor, table or block top."""
+        heights = np.where(_on_table(x, y), 0.0, FLOOR_HEIGHT)
+        for inside in self._block_masks(x, y).values():
+            heights[inside] = 2 * BLOCK_HALF_SIZE
+        return heights
+
+    def _block_masks(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            colour: (np.abs(x - block_x) < BLOCK_HALF_SIZE) & (np.abs(y - block_y) < BLOCK_HALF_SIZE)
+            for colour, (block_x, block_y) in self.blocks.items()
+        }
+
+
+def _on_table(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (np.abs(x) <= TABLE_HALF_EXTENT) & (np.abs(y) <= TABLE_HALF_EXTENT)
 
 
 def generate_synthetic_episodes(config: SyntheticLiberoConfig) -> Iterator[LiberoEpisode]:
@@ -159,9 +222,13 @@ def generate_synthetic_episodes(config: SyntheticLiberoConfig) -> Iterator[Liber
     for index in range(config.num_episodes):
         scene = ReachScene(rng, config.image_size, config.step_size)
         images, wrist_images, states, joint_states, actions = [], [], [], [], []
+        depths, wrist_depths = [], []
         for _ in range(config.episode_length):
             images.append(scene.render_agentview())
             wrist_images.append(scene.render_wrist())
+            if config.with_depth:
+                depths.append(scene.render_agentview_depth())
+                wrist_depths.append(scene.render_wrist_depth())
             states.append(scene.state)
             joint_states.append(scene.joint_state)
             actions.append(scene.expert_action())
@@ -174,6 +241,16 @@ def generate_synthetic_episodes(config: SyntheticLiberoConfig) -> Iterator[Liber
             actions=np.stack(actions),
             language_instruction=scene.instruction,
             file_path=f"synthetic/seed{config.seed}/episode_{index:05d}",
+            **(
+                dict(
+                    depths=np.stack(depths),
+                    wrist_depths=np.stack(wrist_depths),
+                    intrinsics=np.stack([scene.agentview_intrinsics] * config.episode_length),
+                    wrist_intrinsics=np.stack([scene.wrist_intrinsics] * config.episode_length),
+                )
+                if config.with_depth
+                else {}
+            ),
         )
 
 
@@ -185,4 +262,5 @@ def write_synthetic_libero(config: SyntheticLiberoConfig) -> Path:
         config.dataset_name,
         image_size=config.image_size,
         overwrite=config.overwrite,
+        with_depth=config.with_depth,
     )

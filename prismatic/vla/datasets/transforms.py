@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prismatic.policy.normalization import normalize
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.config import ImageAugConfig
+from prismatic.vla.datasets.geometry import points_from_depth
 from prismatic.vla.datasets.tf_runtime import import_tensorflow
 
 if TYPE_CHECKING:
@@ -33,17 +34,26 @@ def standardize_libero(action: Any, state: Any) -> tuple[Any, Any]:
     return tf.concat([action[:, :6], gripper], axis=-1), tf.concat([state[:, :6], state[:, -2:]], axis=-1)
 
 
-def restructure_trajectory(episode: Trajectory, spec: RLDSDatasetSpec, camera_views: tuple[str, ...]) -> Trajectory:
+def restructure_trajectory(
+    episode: Trajectory, spec: RLDSDatasetSpec, camera_views: tuple[str, ...], with_camera_points: bool = False
+) -> Trajectory:
     """A raw RLDS episode (image bytes undecoded) -> the pipeline's trajectory layout.
 
     Output: ``observation/image_<view>`` [T] JPEG bytes, ``observation/proprio`` [T, P],
-    ``observation/timestep`` [T], ``task/language_instruction`` [T], ``action`` [T, A], ``dataset_name`` [T].
+    ``observation/timestep`` [T], ``task/language_instruction`` [T], ``action`` [T, A], ``dataset_name`` [T]; with
+    ``with_camera_points`` also ``observation/depth_<view>`` [T, H, W] and ``observation/intrinsics_<view>`` [T, 3, 3].
     """
     tf = import_tensorflow()
     steps = episode["steps"]
     action, proprio = spec.standardize(steps["action"], steps["observation"][spec.state_obs_key])
     traj_len = tf.shape(action)[0]
     observation = {f"image_{view}": steps["observation"][spec.image_obs_keys[view]] for view in camera_views}
+    if with_camera_points:
+        for view in camera_views:
+            depth_key, intrinsics_key = spec.geometry_obs_keys(view)
+            depth = steps["observation"][depth_key]  # [T, H, W] or [T, H, W, 1]
+            observation[f"depth_{view}"] = depth[..., 0] if depth.shape.rank == 4 else depth
+            observation[f"intrinsics_{view}"] = tf.reshape(steps["observation"][intrinsics_key], [traj_len, 3, 3])
     observation["proprio"] = proprio
     observation["timestep"] = tf.range(traj_len, dtype=tf.int32)
     return {
@@ -107,10 +117,10 @@ def _clip_unit(image: Any) -> Any:
     return import_tensorflow().clip_by_value(image, 0.0, 1.0)
 
 
-def random_resized_crop(
-    image: Any, seed: Any, scale: tuple[float, float], ratio: tuple[float, float], independent_draws: bool = False
+def random_crop_box(
+    seed: Any, scale: tuple[float, float], ratio: tuple[float, float], independent_draws: bool = False
 ) -> Any:
-    """Crops a random box of ``scale`` area fraction and ``ratio`` aspect, resized (bilinear) to the input size.
+    """The normalised box ``[1, 4]`` (y1, x1, y2, x2) of a random crop of ``scale`` area fraction and ``ratio`` aspect.
 
     By default as upstream's dlimp ``random_resized_crop``, which passes one seed to all four of its uniform draws
     (area, aspect, height offset, width offset): one number u ~ U[0, 1) fixes the whole box, area
@@ -129,8 +139,32 @@ def random_resized_crop(
     height = tf.clip_by_value(tf.sqrt(area / tf.exp(log_ratio)), 0.0, 1.0)  # fractions of the image side
     width = tf.clip_by_value(tf.sqrt(area * tf.exp(log_ratio)), 0.0, 1.0)
     top, left = height_u * (1.0 - height), width_u * (1.0 - width)
-    box = tf.stack([top, left, top + height, left + width])[None]  # [1, 4] (y1, x1, y2, x2)
+    return tf.stack([top, left, top + height, left + width])[None]  # [1, 4]
+
+
+def crop_and_resize(image: Any, box: Any) -> Any:
+    """``[H, W, C]`` float -> the ``box`` ``[1, 4]`` cut out and resized (bilinear) back to ``[H, W, C]``."""
+    tf = import_tensorflow()
     return tf.image.crop_and_resize(image[None], box, [0], tf.shape(image)[:2])[0]
+
+
+def random_resized_crop(
+    image: Any, seed: Any, scale: tuple[float, float], ratio: tuple[float, float], independent_draws: bool = False
+) -> Any:
+    """Crops the ``random_crop_box`` of ``seed`` out of ``image``, resized (bilinear) to the input size."""
+    return crop_and_resize(image, random_crop_box(seed, scale, ratio, independent_draws))
+
+
+def augmentation_seeds(seed: Any) -> list[Any]:
+    """The five op seeds of one image's augmentation: crop, brightness, contrast, saturation, hue."""
+    tf = import_tensorflow()
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num=5))
+
+
+def augmentation_crop_box(seed: Any, aug: ImageAugConfig) -> Any:
+    """The crop box ``[1, 4]`` that ``augment_image`` with ``seed`` cuts (for maps that must follow the image)."""
+    scale, ratio = aug.random_resized_crop_scale, aug.random_resized_crop_ratio
+    return random_crop_box(augmentation_seeds(seed)[0], scale, ratio, aug.crop_independent_draws)
 
 
 def augment_image(image: Any, seed: Any, aug: ImageAugConfig) -> Any:
@@ -140,19 +174,9 @@ def augment_image(image: Any, seed: Any, aug: ImageAugConfig) -> Any:
     the same ``seed`` ([2] int64) always gives the same augmentation.
     """
     tf = import_tensorflow()
-    crop_seed, brightness_seed, contrast_seed, saturation_seed, hue_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=5)
-    )
+    _, brightness_seed, contrast_seed, saturation_seed, hue_seed = augmentation_seeds(seed)
     image = tf.image.convert_image_dtype(image, tf.float32)
-    image = _clip_unit(
-        random_resized_crop(
-            image,
-            crop_seed,
-            aug.random_resized_crop_scale,
-            aug.random_resized_crop_ratio,
-            aug.crop_independent_draws,
-        )
-    )
+    image = _clip_unit(crop_and_resize(image, augmentation_crop_box(seed, aug)))
     image = _clip_unit(tf.image.stateless_random_brightness(image, aug.brightness_max_delta, brightness_seed))
     image = _clip_unit(tf.image.stateless_random_contrast(image, *aug.contrast_range, contrast_seed))
     image = _clip_unit(tf.image.stateless_random_saturation(image, *aug.saturation_range, saturation_seed))
@@ -166,12 +190,15 @@ def make_frame_transform(
     aug: ImageAugConfig | None,
     seed: int,
     keep_proprio: bool = True,
+    with_camera_points: bool = False,
 ) -> Callable[[Any, Trajectory], Trajectory]:
     """``(sample_index, frame) -> frame`` decoding every camera to [1, H, W, 3] uint8, augmented when ``aug`` is set
     (and dropping ``observation/proprio`` unless ``keep_proprio``).
 
     The augmentation seed of camera k of a sample is derived from (``seed``, ``sample_index``, k), so a
-    sample's augmentation does not depend on how many samples were drawn before it.
+    sample's augmentation does not depend on how many samples were drawn before it. With ``with_camera_points`` the
+    frame's ``depth_<view>`` and ``intrinsics_<view>`` become ``points_<view>`` [1, H, W, 3] float32, resized and
+    cropped like the image (``prismatic.vla.datasets.geometry``).
     """
     tf = import_tensorflow()
 
@@ -182,9 +209,17 @@ def make_frame_transform(
         sample_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(sample_index, tf.int64)])
         for camera_index, view in enumerate(camera_views):
             image = decode_and_resize(observation[f"image_{view}"][0], resize_resolution)  # window of one
+            camera_seed = tf.random.experimental.stateless_fold_in(sample_seed, camera_index)
             if aug is not None:
-                image = augment_image(image, tf.random.experimental.stateless_fold_in(sample_seed, camera_index), aug)
+                image = augment_image(image, camera_seed, aug)
             observation[f"image_{view}"] = image[None]  # [W=1, H, W, 3]
+            if with_camera_points:
+                depth, intrinsics = observation.pop(f"depth_{view}")[0], observation.pop(f"intrinsics_{view}")[0]
+                points = points_from_depth(depth, intrinsics, xp=tf.experimental.numpy)  # [H0, W0, 3]
+                points = tf.image.resize(points, resize_resolution, method="bilinear")
+                if aug is not None:
+                    points = crop_and_resize(points, augmentation_crop_box(camera_seed, aug))
+                observation[f"points_{view}"] = points[None]  # [W=1, H, W, 3]
         return {**frame, "observation": observation}
 
     return transform

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from prismatic.util.cli import UserError
+from prismatic.vla.datasets.geometry import DEPTH_SUFFIX, INTRINSICS_SUFFIX
 from prismatic.vla.datasets.tf_runtime import import_tensorflow_datasets
 
 LIBERO_STATE_DIM = 8  # EEF position 3, axis-angle 3, gripper joint positions 2
@@ -36,8 +37,14 @@ class LiberoEpisode:
     actions: np.ndarray  # [T, 7] float32
     language_instruction: str
     file_path: str  # provenance, stored as episode_metadata/file_path
+    # Optional camera geometry (datasets.geometry), all four or none: metric z-depth [T, S, S] float32 and pinhole
+    # intrinsics [T, 3, 3] float32 of each camera, stored as observation/{image,wrist_image}_{depth,intrinsics}.
+    depths: np.ndarray | None = None
+    wrist_depths: np.ndarray | None = None
+    intrinsics: np.ndarray | None = None
+    wrist_intrinsics: np.ndarray | None = None
 
-    def validate(self, image_size: int) -> None:
+    def validate(self, image_size: int, with_depth: bool = False) -> None:
         """Raises ``ValueError`` naming the episode and field whose shape or dtype is wrong."""
         num_steps = len(self.actions)
         expected = {
@@ -47,6 +54,13 @@ class LiberoEpisode:
             "joint_states": ((num_steps, LIBERO_JOINT_STATE_DIM), None),
             "actions": ((num_steps, LIBERO_ACTION_DIM), None),
         }
+        if with_depth:
+            expected.update(
+                depths=((num_steps, image_size, image_size), np.float32),
+                wrist_depths=((num_steps, image_size, image_size), np.float32),
+                intrinsics=((num_steps, 3, 3), np.float32),
+                wrist_intrinsics=((num_steps, 3, 3), np.float32),
+            )
         for name, (shape, dtype) in expected.items():
             value = np.asarray(getattr(self, name))
             if value.shape != shape or (dtype is not None and value.dtype != dtype):
@@ -57,9 +71,15 @@ class LiberoEpisode:
         if num_steps == 0:
             raise ValueError(f"Episode {self.file_path!r} has no steps.")
 
-    def to_example(self) -> dict[str, Any]:
-        """The nested dict tensorflow-datasets encodes as one RLDS episode."""
+    def to_example(self, with_depth: bool = False) -> dict[str, Any]:
+        """The nested dict tensorflow-datasets encodes as one RLDS episode (``with_depth``: with its geometry)."""
         num_steps = len(self.actions)
+        geometry = {
+            "image" + DEPTH_SUFFIX: self.depths,
+            "wrist_image" + DEPTH_SUFFIX: self.wrist_depths,
+            "image" + INTRINSICS_SUFFIX: self.intrinsics,
+            "wrist_image" + INTRINSICS_SUFFIX: self.wrist_intrinsics,
+        }
         steps = [
             {
                 "observation": {
@@ -67,6 +87,7 @@ class LiberoEpisode:
                     "wrist_image": self.wrist_images[t],
                     "state": np.asarray(self.states[t], np.float32),
                     "joint_state": np.asarray(self.joint_states[t], np.float32),
+                    **({key: value[t] for key, value in geometry.items()} if with_depth else {}),
                 },
                 "action": np.asarray(self.actions[t], np.float32),
                 "discount": 1.0,
@@ -81,24 +102,27 @@ class LiberoEpisode:
         return {"steps": steps, "episode_metadata": {"file_path": self.file_path}}
 
 
-def libero_features(image_size: int = 256) -> Any:
-    """The ``tfds.features.FeaturesDict`` of ``openvla/modified_libero_rlds``."""
+def libero_features(image_size: int = 256, with_depth: bool = False) -> Any:
+    """The ``tfds.features.FeaturesDict`` of ``openvla/modified_libero_rlds`` (``with_depth``: plus each camera's
+    depth and intrinsics, ``datasets.geometry``)."""
     tfds = import_tensorflow_datasets()
     features = tfds.features
 
     def camera() -> Any:
         return features.Image(shape=(image_size, image_size, 3), dtype=np.uint8, encoding_format="jpeg")
 
-    observation = features.FeaturesDict(
-        {
-            "image": camera(),
-            "wrist_image": camera(),
-            "state": features.Tensor(shape=(LIBERO_STATE_DIM,), dtype=np.float32),
-            "joint_state": features.Tensor(shape=(LIBERO_JOINT_STATE_DIM,), dtype=np.float32),
-        }
-    )
+    observation = {
+        "image": camera(),
+        "wrist_image": camera(),
+        "state": features.Tensor(shape=(LIBERO_STATE_DIM,), dtype=np.float32),
+        "joint_state": features.Tensor(shape=(LIBERO_JOINT_STATE_DIM,), dtype=np.float32),
+    }
+    if with_depth:
+        for key in ("image", "wrist_image"):
+            observation[key + DEPTH_SUFFIX] = features.Tensor(shape=(image_size, image_size), dtype=np.float32)
+            observation[key + INTRINSICS_SUFFIX] = features.Tensor(shape=(3, 3), dtype=np.float32)
     step = {
-        "observation": observation,
+        "observation": features.FeaturesDict(observation),
         "action": features.Tensor(shape=(LIBERO_ACTION_DIM,), dtype=np.float32),
         "discount": features.Scalar(dtype=np.float32),
         "reward": features.Scalar(dtype=np.float32),
@@ -129,8 +153,11 @@ def write_libero_rlds(
     version: str = "1.0.0",
     image_size: int = 256,
     overwrite: bool = False,
+    with_depth: bool = False,
 ) -> Path:
-    """Writes ``episodes`` (consumed lazily) as the single ``train`` split; returns the dataset's version folder."""
+    """Writes ``episodes`` (consumed lazily) as the single ``train`` split; returns the dataset's version folder.
+
+    ``with_depth``: every episode carries depth and intrinsics, stored per camera (``datasets.geometry``)."""
     tfds = import_tensorflow_datasets()
     builder_dir = Path(data_root_dir) / dataset_name / version
     if builder_dir.exists():
@@ -140,8 +167,8 @@ def write_libero_rlds(
 
     def generate_examples() -> Iterator[tuple[str, dict[str, Any]]]:
         for index, episode in enumerate(episodes):
-            episode.validate(image_size)
-            yield f"episode_{index:06d}", episode.to_example()
+            episode.validate(image_size, with_depth)
+            yield f"episode_{index:06d}", episode.to_example(with_depth)
 
     with tfds.core.registered.skip_registration():
 
@@ -151,7 +178,7 @@ def write_libero_rlds(
             code_path = None  # no checksums/metadata files next to this module (tfds would look for them)
 
             def _info(self) -> Any:
-                return tfds.core.DatasetInfo(builder=self, features=libero_features(image_size))
+                return tfds.core.DatasetInfo(builder=self, features=libero_features(image_size, with_depth))
 
             def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
                 return {"train": generate_examples()}
