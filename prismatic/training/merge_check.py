@@ -65,6 +65,7 @@ from prismatic.policy.components import build_heads, component_names, load_compo
 from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.training.lora import merge_lora
 from prismatic.training.run_guard import remove_stale_temporaries
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import (
     check_model_weights,
@@ -436,6 +437,7 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
     if not cfg.lora_finetuned_checkpoint_dir:
         raise ValueError("--lora_finetuned_checkpoint_dir is required (the checkpoint folder holding lora_adapter/).")
     checkpoint_dir = Path(cfg.lora_finetuned_checkpoint_dir)
+    settle_pending_install(checkpoint_dir, "--lora_finetuned_checkpoint_dir")
     adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
     for required in (adapter_dir / "adapter_config.json", adapter_dir / ADAPTER_WEIGHTS_NAME):
         if not required.is_file():

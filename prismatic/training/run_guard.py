@@ -6,7 +6,9 @@
   that changes the training (``--learning_rate``, ``--batch_size``, ...) is refused, one that does not
   (``--max_steps``, ``--save_freq``, logging) is applied and said in one line.
 - Temporary folders of dead processes (an interrupted save's ``*.tmp-<pid>``, ``*.trash-<pid>``, a merge's
-  ``.merged-staging-<pid>``) are removed when the next run starts.
+  ``.merged-staging-<pid>``) and a latest-only save's partial ``.checkpoint-staging/`` (a full disk) are removed
+  when the next run starts; a latest-only install a kill interrupted is finished before ``--resume`` looks for the
+  checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from prismatic.models.base_model_record import verify_base_model
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import FinetuneConfig
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir, read_json_file
 from prismatic.util.io import write_json_atomic
@@ -95,6 +98,7 @@ def check_run_folder(cfg: FinetuneConfig, run_dir: Path) -> list[str]:
         return []
     if cfg.overwrite_run:
         raise UserError("--overwrite_run True with --resume True: expected one of them (resume or replace)")
+    settle_pending_install(run_dir, "--resume True: run folder")  # a kill during a latest-only save's install
     try:
         folder, _ = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
     except FileNotFoundError as error:
@@ -152,6 +156,10 @@ def prepare_run_folder(cfg: FinetuneConfig, run_dir: Path, resume_changes: list[
     """Main process, after every check passed: removes leftovers (and, with ``--overwrite_run``, the earlier run),
     creates the run folder and saves the flags."""
     remove_stale_temporaries(run_dir.parent)
+    staging = run_dir / ckpt.STAGING_DIR  # a latest-only save that failed (a full disk) or was killed while assembled
+    if staging.exists():
+        ckpt.discard(staging)
+        logger.info("Removed %s, left by an interrupted save", staging)
     if cfg.overwrite_run and not cfg.resume:
         for path in _run_artifacts(run_dir):
             if path.is_dir():

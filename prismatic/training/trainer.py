@@ -349,9 +349,6 @@ def _train(
     k % save_freq == 0) holds k + 1 updates, and training stops after update ``max_steps`` (max_steps + 1 updates;
     ``--max_steps 150005 --save_freq 10000`` ends with the step-150000 checkpoint, holding 150,001 updates)."""
     seed_everything(cfg.seed + ctx.rank)
-    if ctx.is_main and run_dir.is_dir():
-        ckpt.finish_pending_install(run_dir)  # a latest-only save interrupted by kill -9
-    ctx.barrier()
     model = build_model(cfg, platform, ctx)
     trainable = [p for module in model.trainable_modules() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
