@@ -8,6 +8,7 @@ config is an ``AlignFinetuneConfig``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -53,7 +54,7 @@ from prismatic.training.strategy import (
     load_optimizer_state_dict,
     prepare_for_training,
 )
-from prismatic.util.cli import user_errors, writing
+from prismatic.util.cli import UserError, user_errors, writing
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
@@ -388,17 +389,24 @@ def _train(
         optimizer.zero_grad(set_to_none=True)
         learning_rate = optimizer.param_groups[0]["lr"]  # the rate of this update
         step_losses: dict[str, float] = {}
-        for _ in range(cfg.grad_accumulation_steps):
+        first_bad_batch = None
+        for micro_batch in range(cfg.grad_accumulation_steps):
             losses = compute_losses(cfg, model, next(batches), platform, ctx.device)
             (losses["loss"] / cfg.grad_accumulation_steps).backward()
-            for name, value in losses.items():
-                step_losses[name] = step_losses.get(name, 0.0) + value.item() / cfg.grad_accumulation_steps
-        optimizer.step()
-        scheduler.step()
+            values = {name: value.item() for name, value in losses.items()}
+            if first_bad_batch is None and not all(math.isfinite(value) for value in values.values()):
+                first = step * samples_per_step + micro_batch * cfg.batch_size
+                last = first + cfg.batch_size - 1
+                first_bad_batch = f"micro-batch {micro_batch} (samples {first}..{last} of rank {ctx.rank}'s stream)"
+            for name, value in values.items():
+                step_losses[name] = step_losses.get(name, 0.0) + value / cfg.grad_accumulation_steps
 
         names = sorted(step_losses)  # one all-reduce for all metrics, on the device (nccl needs CUDA tensors)
         means = all_reduce_mean(torch.tensor([step_losses[n] for n in names], device=ctx.device)).tolist()
         metrics = dict(zip(names, means, strict=True))
+        check_finite_losses(step, metrics, first_bad_batch)  # every rank sees the same means, so all stop
+        optimizer.step()
+        scheduler.step()
         step_time = time.perf_counter() - step_start
         metrics.update(
             lr=learning_rate,
@@ -414,6 +422,18 @@ def _train(
             logger.write(step, run_validation(cfg, model, platform, ctx))
     logger.close()
     return last_checkpoint
+
+
+def check_finite_losses(step: int, losses: dict[str, float], first_bad_batch: str | None) -> None:
+    """Stops training at a NaN or infinite loss, before the update it would poison, naming the step and the batch
+    (``first_bad_batch``: this rank's first such batch; None when another rank's loss was the one)."""
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        raise UserError(
+            f"step {step}: non-finite loss {bad} in {first_bad_batch or 'a batch of another rank'}: expected finite "
+            "losses; training stopped before this update (the last checkpoint is intact): check that batch's data, "
+            "or lower --learning_rate"
+        )
 
 
 @torch.no_grad()
