@@ -49,7 +49,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor, PreTrainedModel
 
 from prismatic.models.action_heads import L1RegressionActionHead
-from prismatic.models.base_model_record import read_base_model_record, verify_base_model
+from prismatic.models.base_model_record import verify_base_model
 from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.load import (
     LORA_ADAPTER_DIR,
@@ -455,8 +455,8 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
 
 
 def _refuse_to_replace_disagreeing_merge(cfg: ConvertConfig, checkpoint_dir: Path, existing: ProbeDifference) -> None:
-    """Without a recorded base, merged weights that disagree with base + adapter may be the right ones (and
-    --base_checkpoint the wrong base): they are kept unless --overwrite_merged."""
+    """Merged weights that disagree with base + adapter may be the right ones (and --base_checkpoint the wrong base,
+    in a way no record tells): they are kept unless --overwrite_merged, whether or not the base was verified."""
     tolerance = cfg.tolerance if existing.max_action_diff is not None else cfg.hidden_tolerance
     if existing.judged_value > tolerance and not cfg.overwrite_merged:
         raise UserError(
@@ -474,7 +474,6 @@ def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
         merge_dtype = parse_dtype(cfg.dtype, "dtype")
         _check_files(cfg, checkpoint_dir, adapter_dir)
     remove_stale_temporaries(checkpoint_dir)
-    base_verified = not cfg.ignore_base_model_check and read_base_model_record(checkpoint_dir) is not None
     if has_merged_weights(checkpoint_dir) and not cfg.verify_only and cfg.skip_verify and not cfg.overwrite_merged:
         raise UserError(
             f"--skip_verify True would replace the merged weights in {checkpoint_dir} unchecked: expected the check "
@@ -496,7 +495,7 @@ def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
             "Probing %s + %s (unmerged) in %s on %s", cfg.base_checkpoint, adapter_dir, cfg.probe_dtype, prober.device
         )
         reference, adapter_effect = prober.run_fine_tuned(cfg.base_checkpoint, adapter_dir)
-        if has_merged_weights(checkpoint_dir) and not cfg.verify_only and not base_verified:
+        if has_merged_weights(checkpoint_dir) and not cfg.verify_only:
             _refuse_to_replace_disagreeing_merge(
                 cfg,
                 checkpoint_dir,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,11 @@ from pathlib import Path
 import draccus
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from prismatic.models.base_model_record import base_model_record, verify_base_model, write_base_model_record
+from prismatic.models.load import WEIGHTS_INDEX_NAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
@@ -185,7 +189,47 @@ def test_base_model_record_survives_a_copy_and_tells_another_base(cli_world, tmp
     verify_base_model(checkpoint, copied, "--base_checkpoint")
     with pytest.raises(UserError, match="--base_checkpoint .*other-openvla is not the base model .*its weights differ"):
         verify_base_model(checkpoint, cli_world.other_base, "--base_checkpoint")
-    assert len(base_model_record(cli_world.base)["tensor_sha256"]) == 4
+    with safe_open(str(next(cli_world.base.glob("*.safetensors"))), framework="pt") as handle:
+        some_tensor = next(iter(handle.keys()))
+    record = base_model_record(cli_world.base)["tensor_sha256"]
+    assert len(record) == len(json.loads((cli_world.base / WEIGHTS_INDEX_NAME).read_text())["weight_map"])
+    assert some_tensor in record
+
+
+def perturbed_copy(base: Path, target: Path, tensor_suffix: str) -> tuple[Path, str]:
+    """A copy of ``base`` whose one tensor ending in ``tensor_suffix`` (the middle one) has one element moved."""
+    copied = Path(shutil.copytree(base, target))
+    weight_map = json.loads((copied / WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+    names = sorted(name for name in weight_map if name.endswith(tensor_suffix))
+    name = names[len(names) // 2]
+    shard = copied / weight_map[name]
+    tensors = load_file(shard)
+    tensors[name].view(-1)[0] += 1e-3
+    save_file(tensors, shard, metadata={"format": "pt"})
+    return copied, name
+
+
+def test_a_base_that_differs_in_one_q_proj_is_not_the_recorded_base(cli_world, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    write_base_model_record(checkpoint, base_model_record(cli_world.base))
+    perturbed, name = perturbed_copy(cli_world.base, tmp_path / "perturbed-base", "self_attn.q_proj.weight")
+
+    with pytest.raises(UserError, match=rf"its weights differ: 1 tensor\(s\), e.g. {re.escape(name)} from the"):
+        verify_base_model(checkpoint, perturbed, "--base_checkpoint")
+
+
+def test_with_a_verified_base_merged_weights_that_disagree_with_base_plus_adapter_are_kept(cli_world, tmp_path):
+    checkpoint = Path(shutil.copytree(cli_world.adapter_checkpoint, tmp_path / "run--2_chkpt"))  # recorded base
+    merged = {path.name: path.read_bytes() for path in checkpoint.glob("model*.safetensors*")}
+    cfg = ConvertConfig(
+        base_checkpoint=str(cli_world.base), lora_finetuned_checkpoint_dir=str(checkpoint), device="cpu"
+    )
+
+    with pytest.raises(UserError, match=r"the merged weights already in .* disagree with --base_checkpoint"):
+        merge_lora_checkpoint(cfg)
+
+    assert {path.name: path.read_bytes() for path in checkpoint.glob("model*.safetensors*")} == merged
 
 
 def test_merge_into_another_base_is_refused_and_the_merged_weights_stay(cli_world, tmp_path):
