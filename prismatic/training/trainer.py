@@ -43,7 +43,7 @@ from prismatic.training.distributed import (
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.quantization import check_quantization_flags, quantize_base
-from prismatic.training.run_guard import check_run_folder, prepare_run_folder
+from prismatic.training.run_guard import check_run_folder, check_same_statistics, content_digests, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.strategy import (
     check_strategy_flags,
@@ -333,18 +333,25 @@ def train(cfg: FinetuneConfig) -> Path:
     with user_errors():
         platform = validate_config(cfg)
     run_dir = Path(cfg.run_root_dir) / run_id(cfg)
-    resume_changes = check_run_folder(cfg, run_dir)
+    with user_errors():
+        content = content_digests(cfg)
+    resume_changes = check_run_folder(cfg, run_dir, content)
     check_strategy_flags(cfg)
     check_quantization_flags(cfg)
     ctx = init_distributed()
     try:
-        return _train(cfg, platform, ctx, run_dir, resume_changes)
+        return _train(cfg, platform, ctx, run_dir, resume_changes, content)
     finally:
         shutdown_distributed()
 
 
 def _train(
-    cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext, run_dir: Path, resume_changes: list[str]
+    cfg: FinetuneConfig,
+    platform: PlatformConstants,
+    ctx: DistributedContext,
+    run_dir: Path,
+    resume_changes: list[str],
+    content: dict[str, str],
 ) -> Path | None:
     """Upstream's step accounting: update k (0-based) is logged as step k, the checkpoint of step k (k > 0,
     k % save_freq == 0) holds k + 1 updates, and training stops after update ``max_steps`` (max_steps + 1 updates;
@@ -361,8 +368,10 @@ def _train(
         start_update = saved_step + 1
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
+    if cfg.resume:
+        check_same_statistics(run_dir, dataset.dataset_statistics)
     if ctx.is_main:
-        prepare_run_folder(cfg, run_dir, resume_changes)
+        prepare_run_folder(cfg, run_dir, resume_changes, content)
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
     # The checkpoint describes the data it was trained on: embodiment (dims, cameras, gripper) and source.
     episode_counts = dataset.episode_counts()

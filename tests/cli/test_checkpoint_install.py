@@ -22,7 +22,7 @@ from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.merge_check import ConvertConfig, _check_flags
-from prismatic.training.run_guard import check_run_folder, prepare_run_folder
+from prismatic.training.run_guard import check_run_folder, content_digests, prepare_run_folder
 from prismatic.util.cli import UserError
 
 from .conftest import NORM_STATS, CliWorld
@@ -119,7 +119,8 @@ def test_resume_finishes_the_first_latest_only_save_killed_while_moved_into_plac
             save_latest(run_dir, 1)
     assert (run_dir / ckpt.READY_DIR).is_dir()
 
-    check_run_folder(resume_flags(cli_world, runs), run_dir)
+    cfg = resume_flags(cli_world, runs)
+    check_run_folder(cfg, run_dir, content_digests(cfg))
 
     assert not (run_dir / ckpt.READY_DIR).exists()
     assert ckpt.find_resume_checkpoint(run_dir, None) == (run_dir, None)
@@ -134,7 +135,8 @@ def test_a_partial_staging_folder_left_by_a_full_disk_is_removed_at_start(cli_wo
     (writer.tmp_dir / "action_head--latest_checkpoint.pt").write_bytes(b"\0" * 4096)  # then ENOSPC: no commit
     cfg = resume_flags(cli_world, runs)
 
-    prepare_run_folder(cfg, run_dir, check_run_folder(cfg, run_dir))
+    content = content_digests(cfg)
+    prepare_run_folder(cfg, run_dir, check_run_folder(cfg, run_dir, content), content)
 
     assert not (run_dir / ckpt.STAGING_DIR).exists()
     assert not list(run_dir.glob(f"{ckpt.STAGING_DIR}*"))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import draccus
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -24,15 +25,19 @@ from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
 from prismatic.training.run_guard import (
+    CONTENT_KEY,
     TRAINING_CONFIG_NAME,
     check_run_folder,
+    check_same_statistics,
+    content_digests,
     prepare_run_folder,
     remove_stale_temporaries,
 )
 from prismatic.util.cli import UserError, run_cli, writing
 from prismatic.util.locking import hold_run_lock
+from prismatic.vla.datasets.statistics import compute_statistics, save_dataset_statistics
 
-from .conftest import CLI_ENV, REPO_ROOT, run_cases, run_script
+from .conftest import CLI_ENV, DATASET_NAME, REPO_ROOT, run_cases, run_script
 
 FILES_PER_SAVE = ("training_state--latest_checkpoint.pt", "action_head--latest_checkpoint.pt", "payload")
 
@@ -161,19 +166,48 @@ def test_resume_applies_and_reports_flags_that_do_not_change_training(cli_world,
     runs = Path(shutil.copytree(cli_world.runs, tmp_path / "runs"))
     cfg = parsed_flags(cli_world, run_id_override="r1", resume=True, max_steps=10, run_root_dir=runs)
 
-    changes = check_run_folder(cfg, runs / "r1")
-    prepare_run_folder(cfg, runs / "r1", changes)
+    changes = check_run_folder(cfg, runs / "r1", content_digests(cfg))
+    prepare_run_folder(cfg, runs / "r1", changes, content_digests(cfg))
 
     assert changes == [f"--run_root_dir {str(cli_world.runs)!r} -> {str(runs)!r}", "--max_steps 4 -> 10"]
     saved = json.loads((runs / "r1" / TRAINING_CONFIG_NAME).read_text())
     assert (saved["max_steps"], saved["resume"]) == (10, True)
+    assert saved[CONTENT_KEY] == content_digests(cfg) and set(saved[CONTENT_KEY]) == {"data", "teacher"}
+
+
+def test_resume_accepts_data_and_teacher_moved_elsewhere_with_the_same_content(cli_world, tmp_path):
+    runs = Path(shutil.copytree(cli_world.runs, tmp_path / "runs"))
+    data = Path(shutil.copytree(cli_world.data, tmp_path / "moved" / "data"))
+    (data / DATASET_NAME / "1.0.0" / "dataset_statistics_0123456789abcdef.json").write_text("{}")  # a cache
+    vggt = Path(shutil.copy(cli_world.vggt, tmp_path / "moved" / "model.pt"))
+    cfg = parsed_flags(
+        cli_world, run_id_override="r1", resume=True, run_root_dir=runs, data_root_dir=data, vggt_path=vggt
+    )
+
+    changes = check_run_folder(cfg, runs / "r1", content_digests(cfg))
+
+    assert f"--data_root_dir {str(cli_world.data)!r} -> {str(data)!r}" in changes
+    assert f"--vggt_path {str(cli_world.vggt)!r} -> {str(vggt)!r}" in changes
+
+
+def test_resume_refuses_data_whose_statistics_differ_from_the_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    statistics = {DATASET_NAME: compute_statistics([np.linspace(0, 1, 21).reshape(3, 7)], [np.ones((3, 8))])}
+    save_dataset_statistics(statistics, run_dir)
+    check_same_statistics(run_dir, statistics)
+
+    statistics[DATASET_NAME]["action"]["q99"][0] += 1e-9
+    with pytest.raises(UserError, match=r"--resume: the statistics of the data now differ from those run 'run' saved"):
+        check_same_statistics(run_dir, statistics)
 
 
 def test_overwrite_run_replaces_the_earlier_run_only_when_asked(cli_world, tmp_path):
     runs = Path(shutil.copytree(cli_world.runs, tmp_path / "runs"))
     cfg = parsed_flags(cli_world, run_id_override="r1", run_root_dir=runs, overwrite_run=True)
 
-    prepare_run_folder(cfg, runs / "r1", check_run_folder(cfg, runs / "r1"))
+    content = content_digests(cfg)
+    prepare_run_folder(cfg, runs / "r1", check_run_folder(cfg, runs / "r1", content), content)
 
     assert not (runs / "r1--2_chkpt").exists() and not (runs / "r1" / "metrics.jsonl").exists()
     assert json.loads((runs / "r1" / TRAINING_CONFIG_NAME).read_text())["overwrite_run"] is True
