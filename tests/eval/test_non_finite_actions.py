@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,9 +20,8 @@ from experiments.robot.serving.config import ServeConfig, build_server
 from experiments.robot.serving.server import server_in_thread
 from experiments.robot.vla_policy import VLAPolicy
 
+from .conftest import run_in_fresh_process
 from .test_serving import INSTRUCTION, request_payload  # noqa: F401 - the request fixture
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_finite_chunks_pass_unchanged_and_the_first_non_finite_entry_is_named():
@@ -124,10 +120,5 @@ except PolicyError as error:
 
 @pytest.mark.sim
 def test_the_evaluation_worker_stops_before_executing_a_nan_action(tmp_path: Path) -> None:
-    env = {**os.environ, "USE_TF": "0", "LIBERO_CONFIG_PATH": str(tmp_path / "libero_config")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    completed = subprocess.run(
-        [sys.executable, "-c", WORKER_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    assert "STOPPED policy: the predicted action chunk [8, 7] holds nan at [0, 3]" in completed.stdout
+    stdout = run_in_fresh_process(WORKER_SCRIPT, tmp_path)
+    assert "STOPPED policy: the predicted action chunk [8, 7] holds nan at [0, 3]" in stdout
