@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prismatic.models.base_model_record import HASH_CHUNK_BYTES, verify_base_model
+from prismatic.models.base_model_record import verify_base_model
 from prismatic.models.checkpoint_checks import DATASET_STATISTICS_NAME
 from prismatic.policy.config import POLICY_CONFIG_NAME
 from prismatic.training import checkpointing as ckpt
@@ -87,25 +87,21 @@ def _dataset_folders(cfg: FinetuneConfig) -> list[Path]:
     return [Path(cfg.data_root_dir) / spec.name for spec, _ in resolve_data_mix(cfg.dataset_name)]
 
 
-def _file_sha256(path: Path, digest: Any = None) -> Any:
-    digest = digest or hashlib.sha256()
+def _file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def content_digests(cfg: FinetuneConfig) -> dict[str, str]:
-    """SHA-256 of what the run learns from besides its flags: ``data`` (every file of the dataset folders, by relative
-    path, statistics caches aside) and, with alignment, ``teacher`` (the VGGT weights file)."""
+    """SHA-256 of what the run learns from besides its flags: ``data`` (of the relative path and SHA-256 of every file
+    of the dataset folders, statistics caches aside) and, with alignment, ``teacher`` (the VGGT weights file)."""
     data = hashlib.sha256()
     for folder in _dataset_folders(cfg):
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.match(STATISTICS_CACHE)):
-            data.update(f"{folder.name}/{path.relative_to(folder)}\0".encode())
-            _file_sha256(path, data)
+            data.update(f"{folder.name}/{path.relative_to(folder)}:{_file_sha256(path)}\n".encode())
     digests = {"data": data.hexdigest()}
     if isinstance(cfg, AlignFinetuneConfig):
-        digests["teacher"] = _file_sha256(Path(cfg.vggt_path)).hexdigest()
+        digests["teacher"] = _file_sha256(Path(cfg.vggt_path))
     return digests
 
 

@@ -79,6 +79,12 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
             "--vla_path",
         ),
         (
+            "resume_changed_alignment",
+            FINETUNE_ALIGN,
+            align(run_id_override="r1", resume=True, vla_layers_align=0),
+            "--vla_layers_align 1 -> 0",
+        ),
+        (
             "resume_other_data",
             FINETUNE_ALIGN,
             align(run_id_override="r1", resume=True, data_root_dir=root / "other_data"),
