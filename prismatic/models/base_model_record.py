@@ -3,29 +3,31 @@
 A LoRA adapter only makes sense on the exact weights it was trained on; another base of the same shapes loads
 without complaint and silently yields a different policy. Training records the base's identity in the checkpoint
 (``base_model.json``, and ``PolicyConfig.base_model``): a checksum of its ``config.json`` (minus its own path) and
-of the leading elements of a few weight matrices read straight from its safetensors files. The record survives
-copying the base anywhere; it does not survive re-saving the base in another dtype (which is another base).
-Checkpoints without a record (the released ones) are not checked.
+a SHA-256 of every tensor, read straight from its safetensors files (``benchmarks/bench_base_model_record.py``
+measures the cost). The record survives copying the base anywhere; it does not survive re-saving the base in
+another dtype (which is another base). Checkpoints without a record (the released ones) are not checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import torch
-from safetensors import safe_open
 
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import read_json_file
 from prismatic.util.io import write_json_atomic
 
+logger = logging.getLogger(__name__)
+
 BASE_MODEL_RECORD_NAME = "base_model.json"
-RECORD_VERSION = 1
-NUM_SAMPLED_TENSORS = 4
-SAMPLED_ELEMENTS = 65_536  # per tensor: leading rows, enough to tell two initialisations or trainings apart
+RECORD_VERSION = 2  # 1: digests of the leading rows of 4 sampled tensors (only the config is checked against it)
+HASH_CHUNK_BYTES = 16 * 2**20
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 _WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 _WEIGHTS_NAME = "model.safetensors"
@@ -39,46 +41,53 @@ def _config_digest(model_dir: Path) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
-def _tensor_files(model_dir: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file holding it (empty when the base has no safetensors weights)."""
+def _weight_files(model_dir: Path) -> list[Path]:
+    """The base's safetensors files (empty when it has none)."""
     index_path = model_dir / _WEIGHTS_INDEX_NAME
     if index_path.is_file():
-        weight_map = read_json_file(index_path).get("weight_map", {})
-        return {name: model_dir / shard for name, shard in weight_map.items()}
+        return sorted({model_dir / shard for shard in read_json_file(index_path).get("weight_map", {}).values()})
     single = model_dir / _WEIGHTS_NAME
-    if single.is_file():
-        with safe_open(str(single), framework="pt") as handle:
-            return dict.fromkeys(handle.keys(), single)
-    return {}
+    return [single] if single.is_file() else []
 
 
-def _tensor_digest(path: Path, name: str) -> str:
-    with safe_open(str(path), framework="pt") as handle:
-        tensor_slice = handle.get_slice(name)
-        shape = tensor_slice.get_shape()
-        row_elements = max(1, int(torch.tensor(shape[1:]).prod().item()) if len(shape) > 1 else 1)
-        rows = min(shape[0], -(-SAMPLED_ELEMENTS // row_elements))
-        sample = tensor_slice[:rows].contiguous()
-    data = sample.view(torch.uint8) if sample.dtype != torch.bool else sample.to(torch.uint8)
-    return hashlib.sha256(f"{name}:{list(shape)}:{sample.dtype}".encode() + data.numpy().tobytes()).hexdigest()
+def _file_tensor_digests(path: Path) -> dict[str, str]:
+    """SHA-256 of every tensor of a safetensors file (name, dtype, shape and all its bytes), read in chunks straight
+    from the file's data section (no tensor is materialised)."""
+    digests = {}
+    with open(path, "rb") as handle:
+        header_size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(header_size))
+        data_start = 8 + header_size
+        buffer = bytearray(HASH_CHUNK_BYTES)
+        for name, entry in sorted(header.items()):
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            digest = hashlib.sha256(f"{name}:{entry['shape']}:{entry['dtype']}".encode())
+            handle.seek(data_start + begin)
+            remaining = end - begin
+            while remaining:
+                read = handle.readinto(memoryview(buffer)[: min(remaining, HASH_CHUNK_BYTES)])
+                if not read:
+                    raise UserError(f"{path} is truncated: tensor {name!r} ends past the file's end")
+                digest.update(memoryview(buffer)[:read])
+                remaining -= read
+            digests[name] = digest.hexdigest()
+    return digests
 
 
 def base_model_record(model_dir: str | Path) -> dict[str, Any]:
-    """The identity of the base model in ``model_dir``: config checksum and checksums of a few weight matrices."""
+    """The identity of the base model in ``model_dir``: config checksum and a checksum of every tensor (the files are
+    hashed in parallel threads; hashlib releases the GIL)."""
     model_dir = Path(model_dir)
-    files = _tensor_files(model_dir)
-    with_rows = []
-    for name, path in sorted(files.items()):
-        with safe_open(str(path), framework="pt") as handle:
-            if len(handle.get_slice(name).get_shape()) >= 2:
-                with_rows.append(name)
-    count = len(with_rows)
-    picks = sorted({with_rows[i * (count - 1) // max(1, NUM_SAMPLED_TENSORS - 1)] for i in range(NUM_SAMPLED_TENSORS)})
+    files = _weight_files(model_dir)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
+        per_file = list(pool.map(_file_tensor_digests, files))
     return {
         "format_version": RECORD_VERSION,
         "name": model_dir.resolve().name,
         "config_sha256": _config_digest(model_dir),
-        "tensor_sha256": {name: _tensor_digest(files[name], name) for name in picks} if count else {},
+        "tensor_sha256": {name: digest for digests in per_file for name, digest in sorted(digests.items())},
     }
 
 
@@ -107,10 +116,21 @@ def verify_base_model(checkpoint_dir: str | Path, base_dir: str | Path, flag: st
     if not record:
         return
     actual = base_model_record(base_dir)
+    recorded_tensors = record.get("tensor_sha256") or {}
     if actual["config_sha256"] != record.get("config_sha256"):
         what = "its config.json differs"
-    elif actual["tensor_sha256"] != record.get("tensor_sha256"):
-        what = "its weights differ"
+    elif record.get("format_version", 1) < RECORD_VERSION:
+        logger.warning(
+            "%s: its %s predates whole-tensor digests: only the config of %s was compared",
+            checkpoint_dir,
+            BASE_MODEL_RECORD_NAME,
+            base_dir,
+        )
+        return
+    elif actual["tensor_sha256"] != recorded_tensors:
+        names = sorted(set(actual["tensor_sha256"]) | set(recorded_tensors))
+        differing = [name for name in names if actual["tensor_sha256"].get(name) != recorded_tensors.get(name)]
+        what = f"its weights differ: {len(differing)} tensor(s), e.g. {differing[0]}"
     else:
         return
     raise UserError(

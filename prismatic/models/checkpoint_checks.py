@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prismatic.models.base_model_record import verify_base_model
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import (
     WEIGHTS_INDEX_NAME,
@@ -32,6 +33,7 @@ def check_policy_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise UserError(f"{flag} {checkpoint_dir} does not exist: expected a checkpoint folder")
+    settle_pending_install(checkpoint_dir, flag)
     adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
     if (checkpoint_dir / WEIGHTS_INDEX_NAME).is_file() or (checkpoint_dir / WEIGHTS_NAME).is_file():
         check_model_weights(checkpoint_dir, flag)

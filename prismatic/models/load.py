@@ -31,6 +31,7 @@ from prismatic.policy.components import (  # the component-file functions, re-ex
 )
 from prismatic.policy.config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
 from prismatic.training.quantization import quantize_base
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.vla.constants import PlatformConstants
 
 logger = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ def load_vla(
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise FileNotFoundError(f"Checkpoint folder {checkpoint_dir} does not exist.")
+    settle_pending_install(checkpoint_dir, "checkpoint folder")
     policy_config = apply_flag_overrides(
         load_policy_config(checkpoint_dir, platform.name if platform is not None else "libero"),
         use_l1_regression=use_l1_regression,

@@ -25,6 +25,7 @@ from prismatic.policy.config import PolicyConfig, load_policy_config
 from prismatic.policy.normalization import normalize
 from prismatic.policy.policy import policy_device, resolve_unnorm_key
 from prismatic.probing.data import ProbeData
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.vla.prompt import build_prompt
 
@@ -123,6 +124,7 @@ def load_probed_vla(checkpoint_dir: str | Path, name: str, data_suites: Sequence
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise UserError(f"--checkpoint {checkpoint_dir}: not a folder; expected a checkpoint in the released layout")
+    settle_pending_install(checkpoint_dir, "--checkpoint")
     policy_config = checkpoint_policy_config(checkpoint_dir)
     if policy_config.model_family != "openvla-oft":
         raise UserError(

@@ -14,8 +14,8 @@ Where, as upstream: ``{run_dir}--{step}_chkpt/``, or with ``--save_latest_checkp
 itself (``{run_dir}/``, beside metrics.jsonl). A step folder is assembled under a temporary name and renamed into
 place. In the run folder, the new checkpoint is assembled in ``.checkpoint-staging/``, renamed to
 ``.checkpoint-ready/`` once complete, then its entries are moved over the old ones (training state last); a move
-interrupted by ``kill -9`` is finished by :func:`finish_pending_install` before resuming, so a complete
-checkpoint is always recoverable.
+interrupted by ``kill -9`` is finished by ``prismatic.util.checkpoint_install.finish_pending_install`` before
+resuming and before any reader reads the folder, so a complete checkpoint is always recoverable.
 Folders are only ever renamed into place, and deleted only after an atomic rename to ``*.trash-<pid>``; a "latest"
 step folder being replaced is first renamed to ``*.old``, so ``kill -9`` at any point of any sequence of saves leaves
 a complete checkpoint (leftovers of dead processes are removed by ``run_guard.remove_stale_temporaries``).
@@ -33,10 +33,13 @@ import numpy as np
 import torch
 
 from prismatic.policy.components import component_path
-
-TRAINING_STATE = "training_state"
-STAGING_DIR = ".checkpoint-staging"
-READY_DIR = ".checkpoint-ready"
+from prismatic.util.checkpoint_install import (
+    READY_DIR,
+    STAGING_DIR,
+    TRAINING_STATE,
+    discard,
+    finish_pending_install,
+)
 
 
 def checkpoint_dir(run_dir: Path, step: int | None) -> Path:
@@ -79,21 +82,6 @@ def set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def finish_pending_install(run_dir: Path) -> None:
-    """Moves the entries of a complete ``.checkpoint-ready/`` into ``run_dir`` (idempotent; training state last)."""
-    ready = run_dir / READY_DIR
-    if not ready.is_dir():
-        return
-    for entry in sorted(ready.iterdir(), key=lambda path: path.name.startswith(TRAINING_STATE)):
-        target = run_dir / entry.name
-        if entry.is_dir():
-            discard(target)
-            os.rename(entry, target)
-        else:
-            os.replace(entry, target)
-    ready.rmdir()
-
-
 class CheckpointWriter:
     """Assembles one checkpoint under a temporary name; ``commit()`` moves it into place.
 
@@ -124,16 +112,6 @@ class CheckpointWriter:
         os.rename(self.tmp_dir, self.final_dir)
         discard(old_dir)
         return self.final_dir
-
-
-def discard(folder: Path) -> None:
-    """Deletes ``folder`` after renaming it to ``*.trash-<pid>`` (atomic), so a kill never leaves it half deleted."""
-    if not folder.exists():
-        return
-    trash = folder.with_name(f"{folder.name}.trash-{os.getpid()}")
-    shutil.rmtree(trash, ignore_errors=True)  # an earlier interrupted deletion under the same name
-    os.rename(folder, trash)
-    shutil.rmtree(trash)
 
 
 def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path, int | None]:

@@ -49,7 +49,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor, PreTrainedModel
 
 from prismatic.models.action_heads import L1RegressionActionHead
-from prismatic.models.base_model_record import read_base_model_record, verify_base_model
+from prismatic.models.base_model_record import verify_base_model
 from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.load import (
     LORA_ADAPTER_DIR,
@@ -65,6 +65,7 @@ from prismatic.policy.components import build_heads, component_names, load_compo
 from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.training.lora import merge_lora
 from prismatic.training.run_guard import remove_stale_temporaries
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import (
     check_model_weights,
@@ -436,6 +437,7 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
     if not cfg.lora_finetuned_checkpoint_dir:
         raise ValueError("--lora_finetuned_checkpoint_dir is required (the checkpoint folder holding lora_adapter/).")
     checkpoint_dir = Path(cfg.lora_finetuned_checkpoint_dir)
+    settle_pending_install(checkpoint_dir, "--lora_finetuned_checkpoint_dir")
     adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
     for required in (adapter_dir / "adapter_config.json", adapter_dir / ADAPTER_WEIGHTS_NAME):
         if not required.is_file():
@@ -453,8 +455,8 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
 
 
 def _refuse_to_replace_disagreeing_merge(cfg: ConvertConfig, checkpoint_dir: Path, existing: ProbeDifference) -> None:
-    """Without a recorded base, merged weights that disagree with base + adapter may be the right ones (and
-    --base_checkpoint the wrong base): they are kept unless --overwrite_merged."""
+    """Merged weights that disagree with base + adapter may be the right ones (and --base_checkpoint the wrong base,
+    in a way no record tells): they are kept unless --overwrite_merged, whether or not the base was verified."""
     tolerance = cfg.tolerance if existing.max_action_diff is not None else cfg.hidden_tolerance
     if existing.judged_value > tolerance and not cfg.overwrite_merged:
         raise UserError(
@@ -472,7 +474,6 @@ def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
         merge_dtype = parse_dtype(cfg.dtype, "dtype")
         _check_files(cfg, checkpoint_dir, adapter_dir)
     remove_stale_temporaries(checkpoint_dir)
-    base_verified = not cfg.ignore_base_model_check and read_base_model_record(checkpoint_dir) is not None
     if has_merged_weights(checkpoint_dir) and not cfg.verify_only and cfg.skip_verify and not cfg.overwrite_merged:
         raise UserError(
             f"--skip_verify True would replace the merged weights in {checkpoint_dir} unchecked: expected the check "
@@ -494,7 +495,7 @@ def merge_lora_checkpoint(cfg: ConvertConfig) -> MergeReport:
             "Probing %s + %s (unmerged) in %s on %s", cfg.base_checkpoint, adapter_dir, cfg.probe_dtype, prober.device
         )
         reference, adapter_effect = prober.run_fine_tuned(cfg.base_checkpoint, adapter_dir)
-        if has_merged_weights(checkpoint_dir) and not cfg.verify_only and not base_verified:
+        if has_merged_weights(checkpoint_dir) and not cfg.verify_only:
             _refuse_to_replace_disagreeing_merge(
                 cfg,
                 checkpoint_dir,

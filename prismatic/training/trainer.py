@@ -8,6 +8,7 @@ config is an ``AlignFinetuneConfig``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -42,7 +43,7 @@ from prismatic.training.distributed import (
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.quantization import check_quantization_flags, quantize_base
-from prismatic.training.run_guard import check_run_folder, prepare_run_folder
+from prismatic.training.run_guard import check_run_folder, check_same_statistics, content_digests, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.strategy import (
     check_strategy_flags,
@@ -53,7 +54,7 @@ from prismatic.training.strategy import (
     load_optimizer_state_dict,
     prepare_for_training,
 )
-from prismatic.util.cli import user_errors, writing
+from prismatic.util.cli import UserError, user_errors, writing
 from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
@@ -362,26 +363,30 @@ def train(cfg: FinetuneConfig) -> Path:
     with user_errors():
         platform = validate_config(cfg)
     run_dir = Path(cfg.run_root_dir) / run_id(cfg)
-    resume_changes = check_run_folder(cfg, run_dir)
+    with user_errors():
+        content = content_digests(cfg)
+    resume_changes = check_run_folder(cfg, run_dir, content)
     check_strategy_flags(cfg)
     check_quantization_flags(cfg)
     ctx = init_distributed()
     try:
-        return _train(cfg, platform, ctx, run_dir, resume_changes)
+        return _train(cfg, platform, ctx, run_dir, resume_changes, content)
     finally:
         shutdown_distributed()
 
 
 def _train(
-    cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext, run_dir: Path, resume_changes: list[str]
+    cfg: FinetuneConfig,
+    platform: PlatformConstants,
+    ctx: DistributedContext,
+    run_dir: Path,
+    resume_changes: list[str],
+    content: dict[str, str],
 ) -> Path | None:
     """Upstream's step accounting: update k (0-based) is logged as step k, the checkpoint of step k (k > 0,
     k % save_freq == 0) holds k + 1 updates, and training stops after update ``max_steps`` (max_steps + 1 updates;
     ``--max_steps 150005 --save_freq 10000`` ends with the step-150000 checkpoint, holding 150,001 updates)."""
     seed_everything(cfg.seed + ctx.rank)
-    if ctx.is_main and run_dir.is_dir():
-        ckpt.finish_pending_install(run_dir)  # a latest-only save interrupted by kill -9
-    ctx.barrier()
     model = build_model(cfg, platform, ctx)
     trainable = [p for module in model.trainable_modules() for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
@@ -393,8 +398,10 @@ def _train(
         start_update = saved_step + 1
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
+    if cfg.resume:
+        check_same_statistics(run_dir, dataset.dataset_statistics)
     if ctx.is_main:
-        prepare_run_folder(cfg, run_dir, resume_changes)
+        prepare_run_folder(cfg, run_dir, resume_changes, content)
         save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
     # The checkpoint describes the data it was trained on: embodiment (dims, cameras, gripper) and source.
     episode_counts = dataset.episode_counts()
@@ -421,17 +428,24 @@ def _train(
         optimizer.zero_grad(set_to_none=True)
         learning_rate = optimizer.param_groups[0]["lr"]  # the rate of this update
         step_losses: dict[str, float] = {}
-        for _ in range(cfg.grad_accumulation_steps):
+        first_bad_batch = None
+        for micro_batch in range(cfg.grad_accumulation_steps):
             losses = compute_losses(cfg, model, next(batches), platform, ctx.device)
             (losses["loss"] / cfg.grad_accumulation_steps).backward()
-            for name, value in losses.items():
-                step_losses[name] = step_losses.get(name, 0.0) + value.item() / cfg.grad_accumulation_steps
-        optimizer.step()
-        scheduler.step()
+            values = {name: value.item() for name, value in losses.items()}
+            if first_bad_batch is None and not all(math.isfinite(value) for value in values.values()):
+                first = step * samples_per_step + micro_batch * cfg.batch_size
+                last = first + cfg.batch_size - 1
+                first_bad_batch = f"micro-batch {micro_batch} (samples {first}..{last} of rank {ctx.rank}'s stream)"
+            for name, value in values.items():
+                step_losses[name] = step_losses.get(name, 0.0) + value / cfg.grad_accumulation_steps
 
         names = sorted(step_losses)  # one all-reduce for all metrics, on the device (nccl needs CUDA tensors)
         means = all_reduce_mean(torch.tensor([step_losses[n] for n in names], device=ctx.device)).tolist()
         metrics = dict(zip(names, means, strict=True))
+        check_finite_losses(step, metrics, first_bad_batch)  # every rank sees the same means, so all stop
+        optimizer.step()
+        scheduler.step()
         step_time = time.perf_counter() - step_start
         metrics.update(
             lr=learning_rate,
@@ -447,6 +461,18 @@ def _train(
             logger.write(step, run_validation(cfg, model, platform, ctx))
     logger.close()
     return last_checkpoint
+
+
+def check_finite_losses(step: int, losses: dict[str, float], first_bad_batch: str | None) -> None:
+    """Stops training at a NaN or infinite loss, before the update it would poison, naming the step and the batch
+    (``first_bad_batch``: this rank's first such batch; None when another rank's loss was the one)."""
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        raise UserError(
+            f"step {step}: non-finite loss {bad} in {first_bad_batch or 'a batch of another rank'}: expected finite "
+            "losses; training stopped before this update (the last checkpoint is intact): check that batch's data, "
+            "or lower --learning_rate"
+        )
 
 
 @torch.no_grad()

@@ -12,16 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import draccus
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForVision2Seq
 
 from prismatic.models.base_model_record import base_model_record, write_base_model_record
+from prismatic.policy.config import write_policy_config
 from prismatic.testing.tiny_checkpoints import tiny_finetune_flags, write_tiny_base_checkpoints
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.lora import apply_lora
-from prismatic.training.run_guard import TRAINING_CONFIG_NAME, flags_as_dict
+from prismatic.training.run_guard import CONTENT_KEY, TRAINING_CONFIG_NAME, content_digests, flags_as_dict
+from prismatic.training.trainer import training_policy_config
+from prismatic.vla.constants import constants_for
+from vggt.loading import save_vggt_weights
+from vggt.models.vggt import VGGT
+from vggt.presets import tiny_vggt_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "case_runner.py"
@@ -32,6 +40,7 @@ NORM_STATS = {
         "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8, "min": [-1.0] * 8, "max": [1.0] * 8},
     }
 }
+LEROBOT_FIXTURES = REPO_ROOT / "tests" / "data" / "lerobot_fixtures"
 CLI_ENV = {"USE_TF": "0", "WANDB_MODE": "disabled", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
 
 
@@ -111,7 +120,21 @@ def cli_world(tmp_path_factory: pytest.TempPathFactory) -> CliWorld:
     (runs / "r1").mkdir()
     (runs / "r1" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n')
     saved = draccus.parse(AlignFinetuneConfig, args=world.train_flags(run_id_override="r1"))
-    (runs / "r1" / TRAINING_CONFIG_NAME).write_text(json.dumps(flags_as_dict(saved)))
+    record = {**flags_as_dict(saved), CONTENT_KEY: content_digests(saved)}
+    (runs / "r1" / TRAINING_CONFIG_NAME).write_text(json.dumps(record))
+    # A run "r2" without training_config.json: its checkpoint's policy_config.json records what the policy is.
+    write_policy_config(
+        Path(shutil.copytree(checkpoint, runs / "r2--2_chkpt")),
+        training_policy_config(saved, constants_for(DATASET_NAME)),
+    )
+    # What a resumed run must not swap in under a path: other data, another teacher.
+    write_synthetic_libero(
+        SyntheticLiberoConfig(
+            data_root_dir=root / "other_data", dataset_name=DATASET_NAME, num_episodes=2, episode_length=8, seed=1
+        )
+    )
+    torch.manual_seed(1)
+    save_vggt_weights(VGGT(**tiny_vggt_kwargs()), root / "other_vggt.pt")
 
     adapter_checkpoint = _write_adapter_checkpoint(world.adapter_checkpoint, base)
     save_tiny_vla_checkpoint(world.eval_checkpoint, seed=2, norm_stats=NORM_STATS, with_heads=True)
@@ -142,6 +165,18 @@ def cli_world(tmp_path_factory: pytest.TempPathFactory) -> CliWorld:
         json.dumps({**json.loads(adapter_config.read_text()), "base_model_name_or_path": str(other_base)})
     )
     (root / "broken" / "states_corrupt.json").write_text('{"task": [1, 2')
+    truncate(  # its index is at the front: the container opens, the last episode's frames are gone
+        copy_tree(LEROBOT_FIXTURES / "libero_like_v30", root / "lerobot_truncated" / "libero_like_v30")
+        / "videos/observation.images.image/chunk-000/file-000.mp4",
+        keep=0.7,
+    )
+    nan_state = copy_tree(LEROBOT_FIXTURES / "libero_like_v21", root / "lerobot_nan" / "libero_like_v21")
+    table = pq.read_table(nan_state / "data/chunk-000/episode_000001.parquet")
+    states = table.column("observation.state").to_pylist()
+    states[4][7] = float("nan")
+    column = pa.array(states, type=table.schema.field("observation.state").type)
+    table = table.set_column(table.schema.get_field_index("observation.state"), "observation.state", column)
+    pq.write_table(table, nan_state / "data/chunk-000/episode_000001.parquet")
     (root / "empty_dir").mkdir()
     corrupt_data = root / "corrupt_cache_data"
     shutil.copytree(data, corrupt_data)

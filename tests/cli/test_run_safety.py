@@ -6,29 +6,38 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import draccus
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from prismatic.models.base_model_record import base_model_record, verify_base_model, write_base_model_record
+from prismatic.models.load import WEIGHTS_INDEX_NAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
 from prismatic.training.run_guard import (
+    CONTENT_KEY,
     TRAINING_CONFIG_NAME,
     check_run_folder,
+    check_same_statistics,
+    content_digests,
     prepare_run_folder,
     remove_stale_temporaries,
 )
 from prismatic.util.cli import UserError, run_cli, writing
 from prismatic.util.locking import hold_run_lock
+from prismatic.vla.datasets.statistics import compute_statistics, save_dataset_statistics
 
-from .conftest import CLI_ENV, REPO_ROOT, run_cases, run_script
+from .conftest import CLI_ENV, DATASET_NAME, REPO_ROOT, run_cases, run_script
 
 FILES_PER_SAVE = ("training_state--latest_checkpoint.pt", "action_head--latest_checkpoint.pt", "payload")
 
@@ -157,19 +166,48 @@ def test_resume_applies_and_reports_flags_that_do_not_change_training(cli_world,
     runs = Path(shutil.copytree(cli_world.runs, tmp_path / "runs"))
     cfg = parsed_flags(cli_world, run_id_override="r1", resume=True, max_steps=10, run_root_dir=runs)
 
-    changes = check_run_folder(cfg, runs / "r1")
-    prepare_run_folder(cfg, runs / "r1", changes)
+    changes = check_run_folder(cfg, runs / "r1", content_digests(cfg))
+    prepare_run_folder(cfg, runs / "r1", changes, content_digests(cfg))
 
     assert changes == [f"--run_root_dir {str(cli_world.runs)!r} -> {str(runs)!r}", "--max_steps 4 -> 10"]
     saved = json.loads((runs / "r1" / TRAINING_CONFIG_NAME).read_text())
     assert (saved["max_steps"], saved["resume"]) == (10, True)
+    assert saved[CONTENT_KEY] == content_digests(cfg) and set(saved[CONTENT_KEY]) == {"data", "teacher"}
+
+
+def test_resume_accepts_data_and_teacher_moved_elsewhere_with_the_same_content(cli_world, tmp_path):
+    runs = Path(shutil.copytree(cli_world.runs, tmp_path / "runs"))
+    data = Path(shutil.copytree(cli_world.data, tmp_path / "moved" / "data"))
+    (data / DATASET_NAME / "1.0.0" / "dataset_statistics_0123456789abcdef.json").write_text("{}")  # a cache
+    vggt = Path(shutil.copy(cli_world.vggt, tmp_path / "moved" / "model.pt"))
+    cfg = parsed_flags(
+        cli_world, run_id_override="r1", resume=True, run_root_dir=runs, data_root_dir=data, vggt_path=vggt
+    )
+
+    changes = check_run_folder(cfg, runs / "r1", content_digests(cfg))
+
+    assert f"--data_root_dir {str(cli_world.data)!r} -> {str(data)!r}" in changes
+    assert f"--vggt_path {str(cli_world.vggt)!r} -> {str(vggt)!r}" in changes
+
+
+def test_resume_refuses_data_whose_statistics_differ_from_the_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    statistics = {DATASET_NAME: compute_statistics([np.linspace(0, 1, 21).reshape(3, 7)], [np.ones((3, 8))])}
+    save_dataset_statistics(statistics, run_dir)
+    check_same_statistics(run_dir, statistics)
+
+    statistics[DATASET_NAME]["action"]["q99"][0] += 1e-9
+    with pytest.raises(UserError, match=r"--resume: the statistics of the data now differ from those run 'run' saved"):
+        check_same_statistics(run_dir, statistics)
 
 
 def test_overwrite_run_replaces_the_earlier_run_only_when_asked(cli_world, tmp_path):
     runs = Path(shutil.copytree(cli_world.runs, tmp_path / "runs"))
     cfg = parsed_flags(cli_world, run_id_override="r1", run_root_dir=runs, overwrite_run=True)
 
-    prepare_run_folder(cfg, runs / "r1", check_run_folder(cfg, runs / "r1"))
+    content = content_digests(cfg)
+    prepare_run_folder(cfg, runs / "r1", check_run_folder(cfg, runs / "r1", content), content)
 
     assert not (runs / "r1--2_chkpt").exists() and not (runs / "r1" / "metrics.jsonl").exists()
     assert json.loads((runs / "r1" / TRAINING_CONFIG_NAME).read_text())["overwrite_run"] is True
@@ -185,7 +223,47 @@ def test_base_model_record_survives_a_copy_and_tells_another_base(cli_world, tmp
     verify_base_model(checkpoint, copied, "--base_checkpoint")
     with pytest.raises(UserError, match="--base_checkpoint .*other-openvla is not the base model .*its weights differ"):
         verify_base_model(checkpoint, cli_world.other_base, "--base_checkpoint")
-    assert len(base_model_record(cli_world.base)["tensor_sha256"]) == 4
+    with safe_open(str(next(cli_world.base.glob("*.safetensors"))), framework="pt") as handle:
+        some_tensor = next(iter(handle.keys()))
+    record = base_model_record(cli_world.base)["tensor_sha256"]
+    assert len(record) == len(json.loads((cli_world.base / WEIGHTS_INDEX_NAME).read_text())["weight_map"])
+    assert some_tensor in record
+
+
+def perturbed_copy(base: Path, target: Path, tensor_suffix: str) -> tuple[Path, str]:
+    """A copy of ``base`` whose one tensor ending in ``tensor_suffix`` (the middle one) has one element moved."""
+    copied = Path(shutil.copytree(base, target))
+    weight_map = json.loads((copied / WEIGHTS_INDEX_NAME).read_text())["weight_map"]
+    names = sorted(name for name in weight_map if name.endswith(tensor_suffix))
+    name = names[len(names) // 2]
+    shard = copied / weight_map[name]
+    tensors = load_file(shard)
+    tensors[name].view(-1)[0] += 1e-3
+    save_file(tensors, shard, metadata={"format": "pt"})
+    return copied, name
+
+
+def test_a_base_that_differs_in_one_q_proj_is_not_the_recorded_base(cli_world, tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    write_base_model_record(checkpoint, base_model_record(cli_world.base))
+    perturbed, name = perturbed_copy(cli_world.base, tmp_path / "perturbed-base", "self_attn.q_proj.weight")
+
+    with pytest.raises(UserError, match=rf"its weights differ: 1 tensor\(s\), e.g. {re.escape(name)} from the"):
+        verify_base_model(checkpoint, perturbed, "--base_checkpoint")
+
+
+def test_with_a_verified_base_merged_weights_that_disagree_with_base_plus_adapter_are_kept(cli_world, tmp_path):
+    checkpoint = Path(shutil.copytree(cli_world.adapter_checkpoint, tmp_path / "run--2_chkpt"))  # recorded base
+    merged = {path.name: path.read_bytes() for path in checkpoint.glob("model*.safetensors*")}
+    cfg = ConvertConfig(
+        base_checkpoint=str(cli_world.base), lora_finetuned_checkpoint_dir=str(checkpoint), device="cpu"
+    )
+
+    with pytest.raises(UserError, match=r"the merged weights already in .* disagree with --base_checkpoint"):
+        merge_lora_checkpoint(cfg)
+
+    assert {path.name: path.read_bytes() for path in checkpoint.glob("model*.safetensors*")} == merged
 
 
 def test_merge_into_another_base_is_refused_and_the_merged_weights_stay(cli_world, tmp_path):

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from prismatic.util.cli import UserError
@@ -46,6 +48,29 @@ def _overwrite(relative: str) -> Callable[[Path], None]:
         (root / relative).write_bytes(b"this is not the expected file format" * 8)
 
     return corrupt
+
+
+def _truncate(relative: str, keep: float) -> Callable[[Path], None]:
+    """Cuts a copied video (or file) to its first ``keep`` share of bytes, as an interrupted download does."""
+
+    def cut(root: Path) -> None:
+        data = (root / relative).read_bytes()
+        (root / relative).write_bytes(data[: int(len(data) * keep)])
+
+    return cut
+
+
+def _set_action(data_file: str, row: int, dimension: int, value: float) -> Callable[[Path], None]:
+    """Writes ``value`` into one cell of the ``action`` column of a copied parquet file."""
+
+    def edit(root: Path) -> None:
+        table = pq.read_table(root / data_file)
+        actions = table.column("action").to_pylist()
+        actions[row][dimension] = value
+        column = pa.array(actions, type=table.schema.field("action").type)
+        pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", column), root / data_file)
+
+    return edit
 
 
 CASES = {
@@ -84,6 +109,31 @@ CASES = {
         _overwrite("videos/chunk-000/observation.images.wrist_image/episode_000002.mp4"),
         {},
         ["observation.images.wrist_image/episode_000002.mp4", "unreadable video"],
+    ),
+    # The container opens (its index is at the front); the frames of the last episode are gone.
+    "truncated concatenated video": (
+        "libero_like_v30",
+        _truncate("videos/observation.images.image/chunk-000/file-000.mp4", 0.7),
+        {},
+        ["observation.images.image/chunk-000/file-000.mp4", "5.900 s", "episode 3", "complete video"],
+    ),
+    "truncated episode video": (
+        "libero_like_v21",
+        _truncate("videos/chunk-000/observation.images.wrist_image/episode_000002.mp4", 0.8),
+        {},
+        ["observation.images.wrist_image/episode_000002.mp4", "1.100 s", "episode 2", "complete video"],
+    ),
+    "nan action": (
+        "libero_like_v21",
+        _set_action("data/chunk-000/episode_000003.parquet", 5, 2, float("nan")),
+        {},
+        ["data/chunk-000/episode_000003.parquet", "column 'action' of episode 3, frame 5 (dimension 2) is nan"],
+    ),
+    "infinite action": (
+        "libero_like_v30",
+        _set_action("data/chunk-000/file-000.parquet", 20, 0, float("-inf")),
+        {},
+        ["data/chunk-000/file-000.parquet", "column 'action' of episode 1, frame 6 (dimension 0) is -inf"],
     ),
     "unreadable parquet": (
         "aloha_like_v30",

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from prismatic.policy.normalization import unnormalize
+from prismatic.util.cli import UserError
 from prismatic.vla.datasets import rlds
 from prismatic.vla.datasets.registry import DATASETS
 from prismatic.vla.datasets.statistics import (
+    compute_statistics,
     load_dataset_statistics,
+    read_statistics_cache,
     save_dataset_statistics,
+    statistics_to_json,
 )
 
 SPEC = DATASETS["libero_spatial_no_noops"]
@@ -54,3 +59,26 @@ def test_unnormalize_inverts_bounds_q99_on_masked_dims_only():
     stats = {"q01": np.array([-2.0, 0.0]), "q99": np.array([2.0, 1.0]), "mask": np.array([True, False])}
     normalized = np.array([[-1.0, 0.25], [0.5, 1.0]])
     np.testing.assert_allclose(unnormalize(normalized, stats, "bounds_q99"), [[-2.0, 0.25], [1.0, 1.0]], atol=1e-7)
+
+
+def test_a_nan_in_the_data_stops_the_statistics_naming_column_episode_and_frame():
+    actions = [np.zeros((5, 7)), np.zeros((4, 7))]
+    proprios = [np.zeros((5, 8)), np.zeros((4, 8))]
+    proprios[1][3, 6] = np.nan
+
+    with pytest.raises(UserError) as error:
+        compute_statistics(actions, proprios, where="dataset /data/libero_spatial_no_noops/1.0.0")
+
+    assert str(error.value).startswith(
+        "dataset /data/libero_spatial_no_noops/1.0.0: column 'proprio' of episode 1, frame 3 (dimension 6) is nan: "
+    )
+
+
+def test_a_statistics_cache_holding_nan_is_refused_naming_the_file(tmp_path):
+    statistics = compute_statistics([np.ones((3, 7))], [np.ones((3, 8))])
+    statistics["action"]["q99"][4] = np.nan
+    path = tmp_path / "dataset_statistics_0123.json"
+    path.write_text(json.dumps(statistics_to_json(statistics)))
+
+    with pytest.raises(UserError, match=f"statistics cache {path}: action q99 holds NaN or infinity"):
+        read_statistics_cache(path)

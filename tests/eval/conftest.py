@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +13,8 @@ import pytest
 from PIL import Image
 
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -61,3 +66,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, libero_norm_stats:
     """A tiny randomly initialised checkpoint in the released fine-tuned layout (merged model, heads, stats)."""
     out_dir = tmp_path_factory.mktemp("checkpoints") / "tiny-sf-libero-spatial"
     return save_tiny_vla_checkpoint(out_dir, seed=0, norm_stats=libero_norm_stats, with_heads=True)
+
+
+def run_in_fresh_process(code: str, tmp_path: Path) -> str:
+    """Runs Python ``code`` (simulator-worker code) in a fresh process without TensorFlow, with its own LIBERO config;
+    asserts it succeeded and returns its stdout."""
+    env = {**os.environ, "USE_TF": "0", "LIBERO_CONFIG_PATH": str(tmp_path / "libero_config")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed.stdout

@@ -10,9 +10,6 @@ policy half checks that the policy's answers do not depend on the order in which
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ import pytest
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.vla_policy import VLAPolicy
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .conftest import run_in_fresh_process
 
 WORKER_SCRIPT = r"""
 import json, random
@@ -88,13 +85,8 @@ print("RESULTS " + json.dumps(outputs))
 
 @pytest.mark.sim
 def test_worker_history_does_not_change_an_episode(tmp_path: Path) -> None:
-    env = {**os.environ, "USE_TF": "0", "LIBERO_CONFIG_PATH": str(tmp_path / "libero_config")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    completed = subprocess.run(
-        [sys.executable, "-c", WORKER_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULTS "))
+    stdout = run_in_fresh_process(WORKER_SCRIPT, tmp_path)
+    line = next(line for line in stdout.splitlines() if line.startswith("RESULTS "))
     outputs = {
         name: [tuple(map(_freeze, record)) for record in records] for name, records in json.loads(line[8:]).items()
     }

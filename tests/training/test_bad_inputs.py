@@ -9,6 +9,11 @@ import pytest
 
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.config_checks import validate_config
+from prismatic.training.metrics import read_metrics
+from prismatic.training.trainer import check_finite_losses
+from prismatic.util.cli import UserError
+
+from .conftest import run_script, tiny_flags
 
 
 @pytest.fixture
@@ -65,3 +70,29 @@ def test_plain_finetune_needs_no_teacher(valid_config):
         dataset_name=valid_config.dataset_name,
     )
     assert validate_config(plain).proprio_dim == 8
+
+
+def test_finite_losses_pass_and_a_nan_loss_names_the_step_and_the_batch():
+    check_finite_losses(3, {"loss": 0.5, "action_loss": 0.25}, None)
+    with pytest.raises(UserError) as error:
+        check_finite_losses(3, {"loss": float("nan"), "action_loss": 0.25}, "micro-batch 1 (samples 6..7 of rank 0)")
+    assert str(error.value).startswith(
+        "step 3: non-finite loss {'loss': nan} in micro-batch 1 (samples 6..7 of rank 0): expected finite losses"
+    )
+
+
+@pytest.mark.slow
+def test_training_that_diverges_stops_at_the_first_nan_loss_before_the_update_and_saves_nothing(
+    tiny_checkpoints, synthetic_data, tmp_path
+):
+    flags = tiny_flags(tiny_checkpoints, synthetic_data, tmp_path, learning_rate=1e30, max_steps=3, save_freq=2)
+
+    result = run_script("finetune_align.py", flags)
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    [error_line] = [line for line in result.stderr.splitlines() if "error: " in line]
+    assert "error: step 1: non-finite loss {" in error_line
+    assert "in micro-batch 0 (samples 2..3 of rank 0's stream)" in error_line
+    assert "Traceback" not in result.stderr
+    assert [m["step"] for m in read_metrics(tmp_path / "tiny-run")] == [0]
+    assert not list(tmp_path.glob("tiny-run--*_chkpt*"))

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from prismatic.training import checkpointing as ckpt
 from prismatic.training.metrics import read_metrics
+from prismatic.training.run_guard import METRICS_NAME, TRAINING_CONFIG_NAME
 
 from .conftest import REPO_ROOT, run_script, tiny_flags
 
@@ -30,6 +32,7 @@ RELEASED_FILES = {
     "training_state--{s}_checkpoint.pt",  # ours: optimizer, scheduler, RNG, data position
     "base_model.json",  # ours: which base the adapter was trained on
 }
+RUN_FILES = {METRICS_NAME, TRAINING_CONFIG_NAME}  # the run's own files beside a latest-only checkpoint
 MERGED_MODEL_FILES = {"config.json"}  # + model.safetensors, or shards and their index
 
 
@@ -111,4 +114,37 @@ def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(tiny_checkpo
     expected, resumed = read_metrics(uninterrupted_root / "tiny-run"), read_metrics(resumed_root / "tiny-run")
     assert [m["step"] for m in resumed] == list(range(0, 7))
     for name in ("loss", "action_loss", "align_loss", "curr_action_l1_loss", "next_actions_l1_loss", "lr"):
+        np.testing.assert_allclose([m[name] for m in resumed], [m[name] for m in expected], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_kill_during_the_first_latest_only_install_resumes_with_the_losses_of_an_uninterrupted_run(
+    tiny_checkpoints, synthetic_data, tmp_path
+):
+    uninterrupted_root, resumed_root = tmp_path / "a", tmp_path / "b"
+    common = {"max_steps": 6, "save_freq": 3, "save_latest_checkpoint_only": True}
+    result = run_script("finetune_align.py", tiny_flags(tiny_checkpoints, synthetic_data, uninterrupted_root, **common))
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    flags = tiny_flags(tiny_checkpoints, synthetic_data, resumed_root, **common)
+    run_dir = resumed_root / "tiny-run"
+    _run_until_checkpoint_then_kill(flags, run_dir / "training_state--latest_checkpoint.pt")
+    # The folder as a kill after the install's first two moves leaves it: the rest of the checkpoint still in
+    # .checkpoint-ready/ (training state included), no complete checkpoint in the run folder.
+    ready = run_dir / ckpt.READY_DIR
+    ready.mkdir()
+    entries = sorted(
+        (path for path in run_dir.iterdir() if path.name not in RUN_FILES and not path.name.startswith(".")),
+        key=lambda path: path.name.startswith(ckpt.TRAINING_STATE),
+    )
+    for entry in entries[2:]:
+        entry.rename(ready / entry.name)
+
+    result = run_script("finetune_align.py", [*flags, "--resume=True"])
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    assert not ready.exists()
+    expected, resumed = read_metrics(uninterrupted_root / "tiny-run"), read_metrics(run_dir)
+    assert [m["step"] for m in resumed] == list(range(0, 7))
+    for name in ("loss", "action_loss", "align_loss", "lr"):
         np.testing.assert_allclose([m[name] for m in resumed], [m[name] for m in expected], rtol=1e-5, err_msg=name)

@@ -43,7 +43,7 @@ from experiments.robot.libero.libero_utils import (
     video_file_name,
 )
 from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
-from experiments.robot.policy import Observation
+from experiments.robot.policy import NonFiniteActionError, Observation, check_finite_actions
 from experiments.robot.results import EpisodeResult
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from prismatic.util.io import atomic_output
@@ -210,7 +210,10 @@ def _run_unit(
             raise PolicyError(
                 f"policy returned an action chunk of shape {chunk.shape}; expected [chunk, {settings.action_dim}]"
             )
-        return chunk
+        try:
+            return check_finite_actions(chunk)
+        except NonFiniteActionError as error:
+            raise PolicyError(f"policy: {error}") from None
 
     for spec in unit.episodes:
         started = time.perf_counter()

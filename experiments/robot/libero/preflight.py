@@ -20,6 +20,7 @@ from prismatic.models.checkpoint_checks import check_policy_checkpoint
 from prismatic.policy.components import component_names
 from prismatic.policy.config import POLICY_FLAGS, apply_flag_overrides, load_policy_config
 from prismatic.policy.policy import evaluation_flags, resolve_unnorm_key
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import check_writable_dir, read_json_file
 
@@ -58,6 +59,7 @@ def _check_policy(cfg: GenerateConfig) -> dict[str, Any] | None:
         return None
     if not cfg.pretrained_checkpoint:
         raise UserError("--pretrained_checkpoint is empty: expected a checkpoint folder")
+    settle_pending_install(cfg.pretrained_checkpoint, "--pretrained_checkpoint")
     if cfg.model_family != "openvla":
         if not Path(cfg.pretrained_checkpoint).is_dir():
             raise UserError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint} does not exist: expected a folder")

@@ -12,6 +12,7 @@ from experiments.robot.serving.observation import ObservationSpec, to_robot_unit
 from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.policy.config import PolicyConfig, read_policy_config
+from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 
 PROTOCOL = "openpi-websocket"
@@ -51,6 +52,7 @@ def validate_serve_config(cfg: ServeConfig) -> None:
     """Raise :class:`UserError` naming the flag before anything is loaded or bound."""
     if not cfg.pretrained_checkpoint or not Path(cfg.pretrained_checkpoint).is_dir():
         raise UserError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint!r}: expected a checkpoint folder")
+    settle_pending_install(cfg.pretrained_checkpoint, "--pretrained_checkpoint")
     if not is_loopback(cfg.host) and not cfg.api_key:
         raise UserError(
             f"--host {cfg.host} exposes the server beyond this machine: pass --api_key KEY (clients send "

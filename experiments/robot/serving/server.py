@@ -28,7 +28,7 @@ import numpy as np
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from experiments.robot.policy import Observation
+from experiments.robot.policy import Observation, check_finite_actions
 from experiments.robot.serving.http_act import UNAUTHORIZED_MESSAGE, start_act_server
 from experiments.robot.serving.observation import ObservationError, ObservationSpec
 from experiments.robot.serving.wire import WireError, packb, unpackb
@@ -125,7 +125,8 @@ class PolicyServer:
         assert self._queue is not None
         request = _Request(query, time.perf_counter(), asyncio.get_running_loop().create_future())
         await self._queue.put(request)
-        return await request.future
+        chunk, timing = await request.future
+        return check_finite_actions(chunk), timing
 
     def infer_threadsafe(self, query: tuple[Observation, str]) -> tuple[np.ndarray, dict[str, float]]:
         """:meth:`infer` from another thread (the HTTP endpoint's)."""

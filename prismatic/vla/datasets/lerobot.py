@@ -29,8 +29,13 @@ import pyarrow.parquet as pq
 from prismatic.util.cli import UserError
 from prismatic.vla.datasets.config import holdout_episodes
 from prismatic.vla.datasets.geometry import check_depth_follows_crop
-from prismatic.vla.datasets.statistics import cached_statistics, compute_statistics
-from prismatic.vla.datasets.video import check_video_file
+from prismatic.vla.datasets.statistics import (
+    cached_statistics,
+    compute_statistics,
+    first_non_finite,
+    non_finite_error,
+)
+from prismatic.vla.datasets.video import VideoFrameReader, check_video_file
 
 INFO_FILE = "meta/info.json"
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
@@ -157,6 +162,7 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
 
     actions = _vector_column(table, mapping.action_key, features, data_files)
     states = _vector_column(table, mapping.state_key, features, data_files)
+    timestamps = table.column("timestamp").to_numpy().astype(np.float64)
     episode_index = table.column("episode_index").to_numpy()
     task_index = table.column("task_index").to_numpy()
     unknown_tasks = sorted(set(task_index.tolist()) - set(tasks))
@@ -164,6 +170,15 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
         raise UserError(
             f"{root}: task_index values {unknown_tasks} are not in the tasks file; expected {sorted(tasks)}."
         )
+
+    frame_index = table.column("frame_index").to_numpy()
+    for key, values in ((mapping.action_key, actions), (mapping.state_key, states)):
+        found = first_non_finite(values)
+        if found is not None:
+            row, dimension = found
+            episode = int(episode_index[row])
+            data_file = next(root / meta["data_file"] for meta in episode_meta if meta["index"] == episode)
+            raise non_finite_error(str(data_file), key, episode, int(frame_index[row]), dimension, values[found])
 
     episodes = []
     for meta in episode_meta:
@@ -181,6 +196,7 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
         episodes.append(LeRobotEpisode(meta["index"], int(rows[0]), len(rows), videos))
     for path in sorted({video for episode in episodes for video, _ in episode.videos.values()}):
         check_video_file(path)
+    check_episode_ends_decode(episodes, timestamps, float(info["fps"]))
 
     return LeRobotSource(
         name=dataset_name,
@@ -192,7 +208,7 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
         episodes=episodes,
         actions=actions,
         states=states,
-        timestamps=table.column("timestamp").to_numpy().astype(np.float64),
+        timestamps=timestamps,
         instructions=[tasks[int(index)] for index in task_index],
         images={key: [cell["bytes"] for cell in table.column(key).to_pylist()] for key in image_cameras},
         data_files=data_files,
@@ -202,6 +218,30 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
             key: _vector_column(table, key, features, data_files).reshape(-1, 3, 3) for key in mapping.intrinsics_keys
         },
     )
+
+
+def frame_tolerance(fps: float) -> float:
+    """How far (seconds) a decoded frame may lie from a row's timestamp: half a frame."""
+    return 0.5 / fps
+
+
+def check_episode_ends_decode(episodes: list[LeRobotEpisode], timestamps: np.ndarray, fps: float) -> None:
+    """Decodes each episode's last frame of every camera (the last one training reads), so a truncated or damaged
+    video stops the run at start naming the file and the episode, not at the step that first samples it."""
+    reader = VideoFrameReader()
+    try:
+        for episode in episodes:
+            end = float(timestamps[episode.row_start + episode.length - 1])
+            for path, offset in episode.videos.values():
+                try:
+                    reader.read(path, offset + end, frame_tolerance(fps))
+                except UserError as error:
+                    raise UserError(
+                        f"{str(error).rstrip('.')} (the last frame of episode {episode.index}): expected a complete "
+                        "video (re-encode or re-download it)"
+                    ) from None
+    finally:
+        reader.close()
 
 
 def resolve_mapping(mapping: LeRobotMapping, features: dict[str, Any], info_path: Path) -> LeRobotMapping:

@@ -33,6 +33,7 @@ from prismatic.vla.datasets.config import ImageAugConfig, holdout_episodes
 from prismatic.vla.datasets.geometry import points_from_depth
 from prismatic.vla.datasets.lerobot import (
     LeRobotMapping,
+    frame_tolerance,
     get_lerobot_statistics,
     open_lerobot,
     split_episodes,
@@ -190,7 +191,8 @@ class LeRobotDataset(IterableDataset):
         if self.source.camera_dtypes[camera] == "image":
             return np.asarray(Image.open(io.BytesIO(self.source.images[camera][row])).convert("RGB"))
         path, offset = self.episode_of_row[row].videos[camera]
-        return self.video_reader.read(path, offset + float(self.source.timestamps[row]), 0.5 / self.source.fps)
+        timestamp = offset + float(self.source.timestamps[row])
+        return self.video_reader.read(path, timestamp, frame_tolerance(self.source.fps))
 
     def sample_rows(self) -> Iterator[tuple[int, int]]:
         """(sample index, data row) of this rank's stream from ``skip_samples`` on: infinite and shuffled per epoch

@@ -238,4 +238,4 @@ def _compute_builder_statistics(builder: Any, spec: RLDSDatasetSpec, num_paralle
         for trajectory in trajectories.as_numpy_iterator():
             actions.append(trajectory["action"])
             proprios.append(trajectory["observation"]["proprio"])
-    return compute_statistics(actions, proprios)
+    return compute_statistics(actions, proprios, where=f"dataset {builder.data_dir}")

@@ -23,11 +23,36 @@ from prismatic.util.io import write_json_atomic
 STAT_KEYS = ("mean", "std", "max", "min", "q01", "q99")
 
 
-def compute_statistics(actions: Iterable[np.ndarray], proprios: Iterable[np.ndarray]) -> dict[str, Any]:
-    """Statistics of per-episode arrays (``[T_i, action_dim]``, ``[T_i, proprio_dim]``), without the action mask."""
+def first_non_finite(values: np.ndarray) -> tuple[int, int] | None:
+    """(row, dimension) of the first NaN or infinity in ``values`` [N, D], or None when all are finite."""
+    rows, dims = np.nonzero(~np.isfinite(values))
+    return (int(rows[0]), int(dims[0])) if len(rows) else None
+
+
+def non_finite_error(where: str, column: str, episode: int, frame: int, dimension: int, value: float) -> UserError:
+    """The one-line error for a NaN/inf in the data, naming the file (or dataset), column, episode and frame."""
+    return UserError(
+        f"{where}: column {column!r} of episode {episode}, frame {frame} (dimension {dimension}) is {value}: expected "
+        "finite numbers (one NaN makes the statistics, every loss and the served actions NaN); fix or drop that episode"
+    )
+
+
+def compute_statistics(
+    actions: Iterable[np.ndarray], proprios: Iterable[np.ndarray], where: str = "the dataset"
+) -> dict[str, Any]:
+    """Statistics of per-episode arrays (``[T_i, action_dim]``, ``[T_i, proprio_dim]``), without the action mask.
+
+    A NaN or infinity is a UserError naming ``where`` (the dataset), the column, the episode (in read order) and
+    the frame.
+    """
     action_list, proprio_list = list(actions), list(proprios)
     if not action_list:
         raise ValueError("Cannot compute dataset statistics of zero episodes.")
+    for column, episodes in (("action", action_list), ("proprio", proprio_list)):
+        for episode, values in enumerate(episodes):
+            found = first_non_finite(values)
+            if found is not None:
+                raise non_finite_error(where, column, episode, *found, values[found])
     all_actions = np.concatenate(action_list).astype(np.float64)  # [N, action_dim]
     all_proprios = np.concatenate(proprio_list).astype(np.float64)  # [N, proprio_dim]
     return {
@@ -110,7 +135,15 @@ def read_statistics_cache(path: str | Path) -> dict[str, Any]:
             f"statistics cache {path} lacks its action/proprio statistics: expected a complete cache (delete the file "
             "to recompute it)"
         )
-    return statistics_from_json(raw)
+    statistics = statistics_from_json(raw)
+    for group in ("action", "proprio"):
+        for key in STAT_KEYS:
+            if key in statistics[group] and not np.isfinite(statistics[group][key]).all():
+                raise UserError(
+                    f"statistics cache {path}: {group} {key} holds NaN or infinity: expected finite statistics (delete "
+                    "the file to recompute them, after fixing the data)"
+                )
+    return statistics
 
 
 def load_dataset_statistics(path: str | Path) -> dict[str, Any]:
