@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
-from prismatic.util.file_checks import check_model_weights, check_weights_file
+from prismatic.util.file_checks import check_model_weights, check_weights_file, refused_pickle_message
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_platform
@@ -42,7 +42,9 @@ def check_vggt(cfg: AlignFinetuneConfig) -> None:
     check_weights_file(cfg.vggt_path, "--vggt_path")
     try:
         kwargs = infer_vggt_kwargs(read_state_dict(cfg.vggt_path), source=str(cfg.vggt_path))
-    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:
+    except pickle.UnpicklingError as error:
+        raise UserError(refused_pickle_message(f"--vggt_path {cfg.vggt_path}", error, "VGGT-1B's model.pt")) from None
+    except (ValueError, RuntimeError) as error:
         raise UserError(
             f"--vggt_path {cfg.vggt_path} is not a VGGT checkpoint ({error}): expected VGGT-1B's model.pt"
         ) from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -60,6 +62,18 @@ def check_torch_file(path: str | Path, flag: str | None = None) -> None:
         raise UserError(
             f"{_label(path, flag)} is truncated or not a PyTorch checkpoint: expected a complete torch.save file"
         )
+
+
+def refused_pickle_message(path: str | Path, error: pickle.UnpicklingError, expected: str) -> str:
+    """One line for a file that ``torch.load(..., weights_only=True)`` refused: which file, which Python object it
+    names (what would run if loaded without the restriction), and what was expected. torch's own message advises
+    ``weights_only=False``, which would run that code."""
+    named = re.search(r"\bGLOBAL ([\w.]+)", str(error))
+    if named:
+        reason = f"it names {named.group(1)}, which a weights-only load refuses (loading it could run code)"
+    else:
+        reason = "it is a pickle a weights-only load cannot read (it could run code)"
+    return f"{path} is unsafe: {reason}; not loaded: expected {expected}"
 
 
 def check_weights_file(path: str | Path, flag: str | None = None) -> None:
