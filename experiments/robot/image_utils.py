@@ -17,9 +17,10 @@ accurate IDCT, one uint8 level off on average). tests/eval/test_image_utils.py p
 
 from __future__ import annotations
 
-import functools
 import io
 import math
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import simplejpeg
@@ -69,13 +70,37 @@ def _lanczos3(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 1e-3, 1.0, np.where(x > LANCZOS_RADIUS, 0.0, value))
 
 
-@functools.lru_cache(maxsize=16)
-def lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
-    """Resampling matrix ``[output_size, input_size]`` of TensorFlow's antialiased lanczos3 resize along one axis.
+class ResampleWeightCache:
+    """Least-recently-used resampling matrices, at most ``max_bytes`` in all (a matrix larger than that is computed
+    each time); safe to share between threads. Matrices are read-only."""
 
-    Follows ``tf.raw_ops.ScaleAndTranslate`` with translation 0: sample points at pixel centres, the kernel widened
-    by ``1 / scale`` when downsampling, taps clamped to the image and each row normalised to sum 1.
-    """
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(weights.nbytes for weights in self._entries.values())
+
+    def get(self, input_size: int, output_size: int) -> np.ndarray:
+        key = (input_size, output_size)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        weights = _lanczos3_weights(input_size, output_size)
+        if weights.nbytes <= self.max_bytes:
+            with self._lock:
+                self._entries[key] = weights
+                while sum(entry.nbytes for entry in self._entries.values()) > self.max_bytes:
+                    self._entries.popitem(last=False)
+        return weights
+
+
+def _lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
+    """The matrix :func:`lanczos3_weights` returns, computed."""
     scale = output_size / input_size
     kernel_scale = max(1.0 / scale, 1.0)
     support = LANCZOS_RADIUS * kernel_scale
@@ -90,6 +115,21 @@ def lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
         weights[out_index, taps] = row / total if abs(total) > 0 else row
     weights.flags.writeable = False  # shared by the cache
     return weights
+
+
+# Enough for every camera size of a robot or two (a 224 x 1024 matrix is 1.8 MB); clients sending other sizes each
+# time cannot grow it.
+RESAMPLE_WEIGHT_CACHE = ResampleWeightCache(max_bytes=32 * 2**20)
+
+
+def lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
+    """Resampling matrix ``[output_size, input_size]`` of TensorFlow's antialiased lanczos3 resize along one axis
+    (read-only, cached in ``RESAMPLE_WEIGHT_CACHE``).
+
+    Follows ``tf.raw_ops.ScaleAndTranslate`` with translation 0: sample points at pixel centres, the kernel widened
+    by ``1 / scale`` when downsampling, taps clamped to the image and each row normalised to sum 1.
+    """
+    return RESAMPLE_WEIGHT_CACHE.get(input_size, output_size)
 
 
 def resize_lanczos3(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
