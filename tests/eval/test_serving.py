@@ -220,7 +220,7 @@ def malformed_requests(good: dict) -> dict[str, tuple[bytes | str, str]]:
         "grey image": (with_(observation__image=image[..., 0].copy()), "found ndarray (224, 224) uint8"),
         "channels first": (with_(observation__image=image.transpose(2, 0, 1).copy()), "found ndarray (3, 224, 224)"),
         "image as list": (with_(observation__image=[1, 2, 3]), "found list"),
-        "tiny image": (with_(observation__image=np.zeros((0, 224, 3), np.uint8)), "expected an image of 16 to 8192 pixels a side"),
+        "tiny image": (with_(observation__image=np.zeros((0, 224, 3), np.uint8)), "expected an image of 16 to 8192"),
         "short state": (with_(observation__state=np.zeros(7)), "'observation/state': expected a finite numeric array"),
         "nan state": (with_(observation__state=np.full(8, np.nan)), "of shape (8,)"),
         "empty prompt": (with_(prompt=""), "'prompt': expected a non-empty instruction"),
@@ -293,14 +293,14 @@ def test_api_key_is_checked_on_connect(policy: VLAPolicy, tiny_checkpoint: Path,
 
 def test_exposed_bind_without_key_refuses_to_start_in_one_line(tiny_checkpoint: Path) -> None:
     command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
-    env = {**os.environ, "USE_TF": "0"}
+    env = {key: value for key, value in os.environ.items() if key != "SF_POLICY_API_KEY"} | {"USE_TF": "0"}
     completed = subprocess.run(
         [*command, "--host", "0.0.0.0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 2 and completed.stdout == ""
     assert completed.stderr.strip().splitlines() == [
-        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY (clients send "
-        "'Authorization: Api-Key KEY'), or bind 127.0.0.1"
+        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY or set SF_POLICY_API_KEY "
+        "(clients send 'Authorization: Api-Key KEY'), or bind 127.0.0.1"
     ]
     short_key = subprocess.run(
         [*command, "--host", "0.0.0.0", "--api_key", "abc"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
