@@ -12,6 +12,7 @@ from prismatic.util.file_checks import check_model_weights, check_weights_file, 
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_platform
+from prismatic.vla.datasets.rlds import check_rlds_files
 from vggt.loading import infer_vggt_kwargs, read_state_dict
 
 
@@ -112,6 +113,7 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
                 f"--data_root_dir {cfg.data_root_dir}: dataset folder {dataset_dir} does not exist "
                 f"(expected {spec.name}/<version>/*.tfrecord* as in openvla/modified_libero_rlds)."
             )
+        check_rlds_files(Path(cfg.data_root_dir), spec.name)
 
     num_layers = _llm_num_layers(Path(cfg.vla_path))
     check_model_weights(Path(cfg.vla_path), "--vla_path")
