@@ -1,9 +1,9 @@
 """Serve a checkpoint to robots over openpi's websocket protocol (openpi-client's WebsocketClientPolicy connects).
 
     python vla-scripts/serve_policy.py --pretrained_checkpoint ckpts/spatial-forcing-7b-finetuned-libero-spatial
-    SF_POLICY_API_KEY="$KEY" python vla-scripts/serve_policy.py --pretrained_checkpoint DIR --host 0.0.0.0
+    POLICY_SERVER_API_KEY="$KEY" python vla-scripts/serve_policy.py --pretrained_checkpoint DIR --host 0.0.0.0
 
-Binds 127.0.0.1:8000 by default; any other address needs ``--api_key`` or ``$SF_POLICY_API_KEY``. A taken port is
+Binds 127.0.0.1:8000 by default; any other address needs ``--api_key`` or ``$POLICY_SERVER_API_KEY``. A taken port is
 reported before the model loads. ``--http_port 8777`` adds OpenVLA-OFT's
 ``POST /act`` (json-numpy). Flags: ``ServeConfig``; protocol and
 batching: ``experiments/robot/serving/server.py``.

@@ -293,13 +293,13 @@ def test_api_key_is_checked_on_connect(policy: VLAPolicy, tiny_checkpoint: Path,
 
 def test_exposed_bind_without_key_refuses_to_start_in_one_line(tiny_checkpoint: Path) -> None:
     command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
-    env = {key: value for key, value in os.environ.items() if key != "SF_POLICY_API_KEY"} | {"USE_TF": "0"}
+    env = {key: value for key, value in os.environ.items() if key != "POLICY_SERVER_API_KEY"} | {"USE_TF": "0"}
     completed = subprocess.run(
         [*command, "--host", "0.0.0.0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 2 and completed.stdout == ""
     assert completed.stderr.strip().splitlines() == [
-        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY or set SF_POLICY_API_KEY "
+        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY or set POLICY_SERVER_API_KEY "
         "(clients send 'Authorization: Api-Key KEY'), or bind 127.0.0.1"
     ]
     short_key = subprocess.run(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.serving.client import API_KEY_ENV
 from experiments.robot.serving.observation import ObservationSpec, to_robot_units
 from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
@@ -17,7 +18,6 @@ from prismatic.policy.config import PolicyConfig, read_policy_config
 from prismatic.util.cli import UserError
 
 PROTOCOL = "openpi-websocket"
-API_KEY_ENV = "SF_POLICY_API_KEY"  # the key when --api_key is not given (keeps it out of the process list)
 
 
 @dataclass
@@ -26,7 +26,7 @@ class ServeConfig:
     pretrained_checkpoint: str = ""               # Checkpoint folder (as for run_libero_eval.py)
     host: str = "127.0.0.1"                       # Address to bind; any non-loopback address needs --api_key
     port: int = 8000                              # Port (openpi's default); 0 lets the OS choose
-    api_key: str | None = None                    # Clients send "Authorization: Api-Key <key>"; else $SF_POLICY_API_KEY
+    api_key: str | None = None                    # "Authorization: Api-Key <key>"; else $POLICY_SERVER_API_KEY
     max_batch_size: int = 8                       # Requests answered by one forward pass at most (1: no batching)
     batch_wait_ms: float = 5.0                    # How long the first request of a batch waits for others
     max_message_mb: float = 32.0                  # Larger observations get an error reply
@@ -52,7 +52,8 @@ def is_loopback(host: str) -> bool:
 
 
 def api_key(cfg: ServeConfig) -> str | None:
-    """``--api_key``, else the ``SF_POLICY_API_KEY`` environment variable, else None (no key)."""
+    """``--api_key``, else the ``POLICY_SERVER_API_KEY`` environment variable (the one the clients read; it keeps
+    the key out of the process list), else None (no key)."""
     return cfg.api_key if cfg.api_key is not None else os.environ.get(API_KEY_ENV) or None
 
 
