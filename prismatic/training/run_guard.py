@@ -59,6 +59,8 @@ RESUMABLE_FLAGS = frozenset(
     }
 )
 STALE_TEMPORARY = re.compile(r"(?:\.tmp-|\.trash-|^\.merged-staging-)(\d+)$")
+# prismatic.util.io.atomic_output's temporary files: ".<stem>.tmp<pid><suffix>".
+ATOMIC_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(?:\.[^.]+)?$")
 
 
 def flags_as_dict(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -79,6 +81,15 @@ def _run_artifacts(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def check_steps_left(max_steps: int, checkpoint_step: int) -> None:
+    """A resumed run must have a step left to train (else it would exit 0 having done nothing)."""
+    if max_steps <= checkpoint_step:
+        raise UserError(
+            f"--max_steps {max_steps}: the run resumes from its checkpoint of step {checkpoint_step}, so no step is "
+            f"left to train: expected --max_steps above {checkpoint_step}"
+        )
+
+
 def check_run_folder(cfg: FinetuneConfig, run_dir: Path) -> list[str]:
     """All checks of the run folder that can run before anything is written; returns the flags changed on resume
     (as ``--name old -> new``) that will be applied."""
@@ -96,9 +107,11 @@ def check_run_folder(cfg: FinetuneConfig, run_dir: Path) -> list[str]:
     if cfg.overwrite_run:
         raise UserError("--overwrite_run True with --resume True: expected one of them (resume or replace)")
     try:
-        folder, _ = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
+        folder, step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
     except FileNotFoundError as error:
         raise UserError(str(error).rstrip(".")) from None
+    if step is not None:  # a latest-only checkpoint's step is known once its training state is loaded
+        check_steps_left(cfg.max_steps, step)
     verify_base_model(folder, cfg.vla_path, "--vla_path")
     saved_path = run_dir / TRAINING_CONFIG_NAME
     if not saved_path.is_file():
@@ -130,7 +143,7 @@ def stale_temporaries(folder: Path) -> list[Path]:
         return []
     stale = []
     for path in folder.iterdir():
-        match = STALE_TEMPORARY.search(path.name)
+        match = STALE_TEMPORARY.search(path.name) or ATOMIC_TEMPORARY.match(path.name)
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
             stale.append(path)
     return sorted(stale)
@@ -149,9 +162,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def prepare_run_folder(cfg: FinetuneConfig, run_dir: Path, resume_changes: list[str]) -> None:
-    """Main process, after every check passed: removes leftovers (and, with ``--overwrite_run``, the earlier run),
-    creates the run folder and saves the flags."""
-    remove_stale_temporaries(run_dir.parent)
+    """Main process, after every check passed: removes leftovers of killed processes (in the run root, the run
+    folder and its checkpoints; with ``--overwrite_run``, the earlier run), creates the run folder and saves the
+    flags."""
+    for folder in [run_dir.parent, run_dir, *sorted(run_dir.parent.glob(f"{run_dir.name}--*_chkpt"))]:
+        remove_stale_temporaries(folder)
     if cfg.overwrite_run and not cfg.resume:
         for path in _run_artifacts(run_dir):
             if path.is_dir():

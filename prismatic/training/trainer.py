@@ -42,7 +42,7 @@ from prismatic.training.distributed import (
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.quantization import check_quantization_flags, quantize_base
-from prismatic.training.run_guard import check_run_folder, prepare_run_folder
+from prismatic.training.run_guard import check_run_folder, check_steps_left, prepare_run_folder
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.strategy import (
     check_strategy_flags,
@@ -361,6 +361,13 @@ def _train(
     if cfg.resume:
         saved_step, resume_rng = load_training_state(cfg, run_dir, model, optimizer, scheduler, ctx)
         start_update = saved_step + 1
+        check_steps_left(cfg.max_steps, saved_step)
+        if ctx.is_main:
+            print(
+                f"--resume: run {run_dir.name!r} continues from its checkpoint of step {saved_step}: training steps "
+                f"{start_update}..{cfg.max_steps}",
+                flush=True,
+            )
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
     if ctx.is_main:

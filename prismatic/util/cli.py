@@ -66,6 +66,9 @@ def parse_flag_value(text: str) -> object:
 def _decoding_message(error: ParsingError) -> str:
     if isinstance(error, DecodingError):
         flag = "--" + ".".join(str(part) for part in error.key_path) if error.key_path else "a flag"
+        if "list[" in error.message:  # a list flag given "0,1" or "3": show how a list is written
+            example = "[0,1]" if re.search(r"list\[(int|float)", error.message) else "[a,b]"
+            return f"{flag}: {error.message}: expected a list in brackets, e.g. {flag} {example} (see --help)"
         return f"{flag}: {error.message}: expected a value of the flag's type (see --help)"
     return f"{error}: expected the flags and values that --help lists"
 

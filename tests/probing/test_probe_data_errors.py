@@ -6,50 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from prismatic.probing.data import (
-    FORMAT_VERSION,
-    META_NAME,
-    ScenePlan,
-    load_probe_data,
-    scene_path,
-    write_meta,
-    write_scene,
-)
+from prismatic.probing.data import META_NAME, load_probe_data, scene_path, write_scene
+from prismatic.testing.probe_data import SCENES, write_probe_folder, write_scene_arrays
 from prismatic.util.cli import UserError
-
-SCENES = [
-    ScenePlan("libero_spatial_t00_i000_v00", "libero_spatial", 0, 0, 0, "train", "put the bowl on the plate"),
-    ScenePlan("libero_spatial_t00_i001_v00", "libero_spatial", 0, 1, 0, "test", "put the bowl on the plate"),
-]
-
-
-def write_probe_folder(root: Path) -> Path:
-    """A minimal, valid data folder in make_depth_probe_data.py's format (two 8 x 8 scenes)."""
-    write_meta(
-        root,
-        {
-            "format_version": FORMAT_VERSION,
-            "settings": {"env_img_res": 64},
-            "cameras": ["agentview", "robot0_eye_in_hand"],
-            "preprocessing": {"image_size": 224, "center_crop": False, "crop_area": 0.9},
-            "scenes": [asdict(scene) for scene in SCENES],
-        },
-    )
-    for index, scene in enumerate(SCENES):
-        write_scene(
-            root,
-            scene.name,
-            rgb=np.full((2, 8, 8, 3), index, np.uint8),
-            depth=np.ones((2, 8, 8), np.float32),
-            state=np.zeros(8),
-        )
-    return root
 
 
 def edit_meta(change: Callable[[dict], object]) -> Callable[[Path], None]:
@@ -62,15 +26,7 @@ def edit_meta(change: Callable[[dict], object]) -> Callable[[Path], None]:
 
 
 def rewrite_scene(index: int, **arrays: np.ndarray) -> Callable[[Path], None]:
-    def rewrite(root: Path) -> None:
-        defaults = {
-            "rgb": np.zeros((2, 8, 8, 3), np.uint8),
-            "depth": np.ones((2, 8, 8), np.float32),
-            "state": np.zeros(8),
-        }
-        write_scene(root, SCENES[index].name, **{**defaults, **arrays})
-
-    return rewrite
+    return lambda root: write_scene_arrays(root, SCENES[index], **arrays)
 
 
 def first_scene_file(root: Path) -> Path:
