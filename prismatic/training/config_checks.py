@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
-from prismatic.util.file_checks import check_model_weights, check_weights_file, refused_pickle_message
+from prismatic.util.file_checks import check_folder, check_model_weights, check_weights_file, refused_pickle_message
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_platform
@@ -24,6 +24,7 @@ def _positive(cfg: FinetuneConfig, *names: str) -> None:
 
 
 def _llm_num_layers(vla_path: Path) -> int:
+    check_folder(vla_path, "--vla_path", "a local OpenVLA folder in the released layout (e.g. ckpts/openvla-7b)")
     config_path = vla_path / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(

@@ -115,6 +115,14 @@ def read_json_file(path: str | Path, flag: str | None = None) -> Any:
         raise UserError(f"{_label(path, flag)} is not valid JSON ({error}): expected an intact JSON file") from None
 
 
+def check_folder(path: str | Path, flag: str, expected: str) -> None:
+    """``path`` is a folder; else a UserError saying whether it is a file or missing, and what was ``expected``."""
+    path = Path(path)
+    if not path.is_dir():
+        found = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{flag} {path} {found}: expected {expected}")
+
+
 def check_writable_dir(path: str | Path, flag: str) -> None:
     """``path`` is, or can be created as, a folder this process may write into (nothing is created here)."""
     path = Path(path)

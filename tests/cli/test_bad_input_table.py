@@ -176,6 +176,9 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
         ),
         ("eval_task_ids_comma", EVAL, evaluate(world.eval_checkpoint, "--task_ids=0,1"), "e.g. --task_ids [0,1]"),
         ("flag_typo", FINETUNE_ALIGN, [*align(), "--learning_rat=1"], "did you mean --learning_rate?"),
+        ("eval_checkpoint_is_file", EVAL, evaluate(broken / "a_file"), "a_file is a file, not a folder"),
+        ("merge_missing_folder", MERGE, merge(root / "nowhere"), "nowhere does not exist: expected the checkpoint"),
+        ("vla_path_is_file", FINETUNE_ALIGN, align(vla_path=broken / "a_file"), "--vla_path"),
         (
             "resume_max_steps_done",
             FINETUNE_ALIGN,
