@@ -28,7 +28,13 @@ from prismatic.policy.components import (
     load_component_state_dict,
     save_components,
 )
-from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
+from prismatic.policy.config import (
+    VGGT_DIGEST_KEY,
+    EmbodimentConfig,
+    ImagePreprocessingConfig,
+    PolicyConfig,
+    write_policy_config,
+)
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.config_checks import validate_config
@@ -54,7 +60,7 @@ from prismatic.training.strategy import (
     prepare_for_training,
 )
 from prismatic.util.cli import user_errors, writing
-from prismatic.util.io import atomic_output
+from prismatic.util.io import atomic_output, file_sha256
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
 
@@ -121,6 +127,7 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
         names = ("vla_layers_align", "vggt_layers_align", "use_vlm_norm", "use_vggt_pe", "gain_feat_1move")
         names += ("pooling_func", "align_loss_type", "align_loss_coeff", "vggt_image_size")
         spatial_forcing = {name: getattr(cfg, name) for name in names}
+        spatial_forcing[VGGT_DIGEST_KEY] = file_sha256(cfg.vggt_path)  # the teacher, for tools that load it again
     return PolicyConfig(
         action_head=head,
         num_diffusion_steps_train=cfg.num_diffusion_steps_train,
