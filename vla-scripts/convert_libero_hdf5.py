@@ -14,7 +14,7 @@ import draccus
 
 from prismatic.util.cli import UserError, run_cli
 from prismatic.util.file_checks import check_writable_dir
-from prismatic.vla.datasets.libero_hdf5 import convert_libero_hdf5
+from prismatic.vla.datasets.libero_hdf5 import check_libero_hdf5, convert_libero_hdf5
 from prismatic.vla.datasets.registry import DATASETS
 from prismatic.vla.datasets.writer import check_output_dataset
 
@@ -39,6 +39,8 @@ def main(cfg: ConvertConfig) -> None:
         raise UserError(f"--hdf5_dir {cfg.hdf5_dir} holds no *.hdf5 files: expected LIBERO's demonstration files")
     if cfg.image_size < 1:
         raise UserError(f"--image_size {cfg.image_size}: expected a positive side in pixels (256 as LIBERO)")
+    for path in hdf5_paths:
+        check_libero_hdf5(path)
     check_writable_dir(cfg.data_root_dir, "--data_root_dir")
     check_output_dataset(cfg.data_root_dir, cfg.dataset_name, cfg.overwrite)
     builder_dir = convert_libero_hdf5(hdf5_paths, cfg.data_root_dir, cfg.dataset_name, cfg.image_size, cfg.overwrite)

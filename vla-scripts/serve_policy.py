@@ -1,9 +1,10 @@
 """Serve a checkpoint to robots over openpi's websocket protocol (openpi-client's WebsocketClientPolicy connects).
 
     python vla-scripts/serve_policy.py --pretrained_checkpoint ckpts/spatial-forcing-7b-finetuned-libero-spatial
-    python vla-scripts/serve_policy.py --pretrained_checkpoint DIR --host 0.0.0.0 --api_key "$KEY"
+    POLICY_SERVER_API_KEY="$KEY" python vla-scripts/serve_policy.py --pretrained_checkpoint DIR --host 0.0.0.0
 
-Binds 127.0.0.1:8000 by default; any other address needs ``--api_key``. ``--http_port 8777`` adds OpenVLA-OFT's
+Binds 127.0.0.1:8000 by default; any other address needs ``--api_key`` or ``$POLICY_SERVER_API_KEY``. A taken port is
+reported before the model loads. ``--http_port 8777`` adds OpenVLA-OFT's
 ``POST /act`` (json-numpy). Flags: ``ServeConfig``; protocol and
 batching: ``experiments/robot/serving/server.py``.
 """
@@ -15,8 +16,8 @@ import os
 
 import draccus
 
-from experiments.robot.serving.config import ServeConfig, build_server, validate_serve_config
-from prismatic.util.cli import UserError, run_cli
+from experiments.robot.serving.config import ServeConfig, bind_error, build_server, validate_serve_config
+from prismatic.util.cli import run_cli
 
 
 # No `from __future__ import annotations` here: draccus.wrap reads the real annotation of `cfg`.
@@ -35,9 +36,8 @@ def main(cfg: ServeConfig) -> None:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(server.serve(announce, asyncio.Event()))
-    except OSError as error:  # the address is taken or not local
-        ports = f"--port {cfg.port}" + (f" / --http_port {cfg.http_port}" if cfg.http_port is not None else "")
-        raise UserError(f"--host {cfg.host} {ports}: cannot bind: {error}") from None
+    except OSError as error:  # the address was taken since build_server's check, or is not local
+        raise bind_error(cfg, error) from None
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ accurate IDCT, one uint8 level off on average). tests/eval/test_image_utils.py p
 
 from __future__ import annotations
 
-import functools
 import io
 import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import simplejpeg
@@ -69,13 +71,38 @@ def _lanczos3(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 1e-3, 1.0, np.where(x > LANCZOS_RADIUS, 0.0, value))
 
 
-@functools.lru_cache(maxsize=16)
-def lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
-    """Resampling matrix ``[output_size, input_size]`` of TensorFlow's antialiased lanczos3 resize along one axis.
+class ResampleWeightCache:
+    """Least-recently-used resampling matrices of ``compute(input_size, output_size)``, at most ``max_bytes`` in all
+    (a matrix larger than that is computed each time); safe to share between threads. Matrices are read-only."""
 
-    Follows ``tf.raw_ops.ScaleAndTranslate`` with translation 0: sample points at pixel centres, the kernel widened
-    by ``1 / scale`` when downsampling, taps clamped to the image and each row normalised to sum 1.
-    """
+    def __init__(self, max_bytes: int, compute: Callable[[int, int], np.ndarray]):
+        self.max_bytes = max_bytes
+        self._compute = compute
+        self._entries: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(weights.nbytes for weights in self._entries.values())
+
+    def get(self, input_size: int, output_size: int) -> np.ndarray:
+        key = (input_size, output_size)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        weights = self._compute(input_size, output_size)
+        if weights.nbytes <= self.max_bytes:
+            with self._lock:
+                self._entries[key] = weights
+                while sum(entry.nbytes for entry in self._entries.values()) > self.max_bytes:
+                    self._entries.popitem(last=False)
+        return weights
+
+
+def _lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
+    """The matrix :func:`lanczos3_weights` returns, computed."""
     scale = output_size / input_size
     kernel_scale = max(1.0 / scale, 1.0)
     support = LANCZOS_RADIUS * kernel_scale
@@ -92,6 +119,21 @@ def lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
     return weights
 
 
+# Enough for every camera size of a robot or two (a 224 x 1024 matrix is 1.8 MB); clients sending other sizes each
+# time cannot grow it.
+RESAMPLE_WEIGHT_CACHE = ResampleWeightCache(max_bytes=32 * 2**20, compute=_lanczos3_weights)
+
+
+def lanczos3_weights(input_size: int, output_size: int) -> np.ndarray:
+    """Resampling matrix ``[output_size, input_size]`` of TensorFlow's antialiased lanczos3 resize along one axis
+    (read-only, cached in ``RESAMPLE_WEIGHT_CACHE``).
+
+    Follows ``tf.raw_ops.ScaleAndTranslate`` with translation 0: sample points at pixel centres, the kernel widened
+    by ``1 / scale`` when downsampling, taps clamped to the image and each row normalised to sum 1.
+    """
+    return RESAMPLE_WEIGHT_CACHE.get(input_size, output_size)
+
+
 def resize_lanczos3(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Antialiased lanczos3 resize of an (H, W, C) image to ``size`` = (height, width); float64, not clipped."""
     height_weights = lanczos3_weights(image.shape[0], size[0])  # [h, H]
@@ -99,8 +141,7 @@ def resize_lanczos3(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.einsum("hH,HWc,wW->hwc", height_weights, image.astype(np.float64), width_weights, optimize=True)
 
 
-@functools.lru_cache(maxsize=16)
-def bilinear_weights(input_size: int, output_size: int) -> np.ndarray:
+def _bilinear_weights(input_size: int, output_size: int) -> np.ndarray:
     """Resampling matrix ``[output_size, input_size]`` of ``tf.image.resize(method="bilinear", antialias=False)``
     along one axis: half-pixel centres, the two nearest taps clamped to the image."""
     sample = (np.arange(output_size) + 0.5) * (input_size / output_size) - 0.5
@@ -114,10 +155,13 @@ def bilinear_weights(input_size: int, output_size: int) -> np.ndarray:
     return weights
 
 
+BILINEAR_WEIGHT_CACHE = ResampleWeightCache(max_bytes=32 * 2**20, compute=_bilinear_weights)
+
+
 def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (no antialias) of an (H, W, C) float array to ``size`` = (height, width); float32."""
-    height_weights = bilinear_weights(image.shape[0], size[0])  # [h, H]
-    width_weights = bilinear_weights(image.shape[1], size[1])  # [w, W]
+    height_weights = BILINEAR_WEIGHT_CACHE.get(image.shape[0], size[0])  # [h, H]
+    width_weights = BILINEAR_WEIGHT_CACHE.get(image.shape[1], size[1])  # [w, W]
     resized = np.einsum("hH,HWc,wW->hwc", height_weights, image.astype(np.float64), width_weights, optimize=True)
     return resized.astype(np.float32)
 

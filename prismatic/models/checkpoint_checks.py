@@ -15,6 +15,7 @@ from prismatic.util.cli import UserError
 from prismatic.util.file_checks import (
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
+    check_folder,
     check_model_weights,
     check_safetensors,
     check_torch_file,
@@ -31,8 +32,7 @@ def check_policy_checkpoint(
     """Checks the folder's weights (merged, or adapter + its base), the ``components`` files and the statistics;
     returns the action/proprio statistics (``dataset_statistics.json``, else the config's ``norm_stats``)."""
     checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        raise UserError(f"{flag} {checkpoint_dir} does not exist: expected a checkpoint folder")
+    check_folder(checkpoint_dir, flag, "a checkpoint folder")
     settle_pending_install(checkpoint_dir, flag)
     adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
     if (checkpoint_dir / WEIGHTS_INDEX_NAME).is_file() or (checkpoint_dir / WEIGHTS_NAME).is_file():

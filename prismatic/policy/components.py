@@ -12,6 +12,7 @@ components a policy has follows from its :class:`PolicyConfig`::
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import nn
 from prismatic.models.action_heads import DiffusionActionHead, L1RegressionActionHead
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
 from prismatic.policy.config import PolicyConfig
+from prismatic.util.file_checks import refused_pickle_message
 from prismatic.util.io import atomic_output
 
 DDP_PREFIX = "module."
@@ -87,7 +89,10 @@ def build_heads(config: PolicyConfig, llm_dim: int) -> dict[str, nn.Module]:
 
 def load_component_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A component's state dict from a ``torch.save`` file, with DDP's ``module.`` prefix stripped where present."""
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(refused_pickle_message(path, error, "a state dict saved by this project")) from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     return {key.removeprefix(DDP_PREFIX): value for key, value in state_dict.items()}

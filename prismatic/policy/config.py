@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 POLICY_CONFIG_NAME = "policy_config.json"
 POLICY_CONFIG_VERSION = 1
+VGGT_DIGEST_KEY = "vggt_sha256"  # in ``spatial_forcing``: the SHA-256 of the teacher file the run trained against
 MODEL_FAMILIES = ("openvla-oft", "spatialvla")
 ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens")
 # How the gripper dimension of a predicted action maps to the robot's command:

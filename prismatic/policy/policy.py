@@ -11,6 +11,7 @@ un-normalised chunk. What the policy is (heads, inputs, embodiment, preprocessin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,17 @@ from prismatic.vla.prompt import build_prompt
 # "full_image" and "wrist_image" (any key containing "wrist"): uint8 (H, W, 3) frames after the simulator's
 # rotation; "state": the raw (unnormalised) proprio vector.
 Observation = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """One query as model input, on the CPU: its prompt's ids ``[1, T]`` and mask, its images stacked on channels
+    ``[1, 6 * num_images, 224, 224]`` (float32), and its normalised state ``[proprio_dim]`` (None without proprio)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    proprio: np.ndarray | None
 
 
 def resolve_unnorm_key(
@@ -165,46 +177,50 @@ class VLAPolicy:
         """Un-normalised actions ``[chunk, action_dim]`` for one observation."""
         return self.predict_chunks([(observation, instruction)])[0]
 
-    @torch.inference_mode()
     def predict_chunks(self, queries: Sequence[tuple[Observation, str]]) -> list[np.ndarray]:
-        """Un-normalised chunks ``[chunk, action_dim]`` for several (observation, instruction) queries.
+        """Un-normalised chunks ``[chunk, action_dim]`` for several (observation, instruction) queries."""
+        return self.predict_prepared([self.prepare(observation, instruction) for observation, instruction in queries])
 
-        Each query is preprocessed as a single one; queries whose prompts tokenise to the same length share one
-        forward pass (``predict_action`` takes unpadded prompts only), so a batch of one is :meth:`predict_chunk`.
-        """
+    def prepare(self, observation: Observation, instruction: str) -> PreparedQuery:
+        """The CPU work of one query (image resizing and cropping, tokenising, state normalisation), which a server
+        runs outside the thread that runs the model."""
+        per_image = [
+            self.loaded.processor(build_prompt(instruction), image) for image in self._policy_images(observation)
+        ]
+        proprio = None
+        if self.proprio_stats is not None:
+            proprio = normalize(
+                np.asarray(observation["state"], dtype=np.float64),
+                self.proprio_stats,
+                self.platform.action_proprio_normalization_type,
+                clip_unmasked=True,  # upstream's evaluation rule
+            )
+        return PreparedQuery(
+            input_ids=per_image[0]["input_ids"],
+            attention_mask=per_image[0]["attention_mask"],
+            pixel_values=torch.cat([item["pixel_values"] for item in per_image], dim=1),
+            proprio=proprio,
+        )
+
+    @torch.inference_mode()
+    def predict_prepared(self, queries: Sequence[PreparedQuery]) -> list[np.ndarray]:
+        """Un-normalised chunks ``[chunk, action_dim]`` of prepared queries: queries whose prompts tokenise to the same
+        length share one forward pass (``predict_action`` takes unpadded prompts only), so a batch of one is
+        :meth:`predict_chunk`."""
         groups: dict[int, list[int]] = {}
-        inputs = []
-        for index, (observation, instruction) in enumerate(queries):
-            prompt = build_prompt(instruction)
-            per_image = [
-                self.loaded.processor(prompt, image).to(self.device, dtype=self.dtype)
-                for image in self._policy_images(observation)
-            ]
-            inputs.append(per_image)
-            groups.setdefault(per_image[0]["input_ids"].shape[1], []).append(index)
+        for index, query in enumerate(queries):
+            groups.setdefault(query.input_ids.shape[1], []).append(index)
         chunks: list[np.ndarray] = [np.empty(0)] * len(queries)
         for indices in groups.values():
-            # [B, 6 * num_images, 224, 224]: each query's images stacked on channels, queries on the batch axis
-            pixel_values = torch.cat(
-                [torch.cat([item["pixel_values"] for item in inputs[index]], dim=1) for index in indices]
-            )
+            group = [queries[index] for index in indices]
             proprio = None
             if self.proprio_stats is not None:
-                proprio = np.stack(
-                    [
-                        normalize(
-                            np.asarray(queries[index][0]["state"], dtype=np.float64),
-                            self.proprio_stats,
-                            self.platform.action_proprio_normalization_type,
-                            clip_unmasked=True,  # upstream's evaluation rule
-                        )
-                        for index in indices
-                    ]
-                )  # [B, proprio_dim]
+                proprio = np.stack([query.proprio for query in group])  # [B, proprio_dim]
             actions, _ = self.loaded.vla.predict_action(
-                input_ids=torch.cat([inputs[index][0]["input_ids"] for index in indices]),
-                attention_mask=torch.cat([inputs[index][0]["attention_mask"] for index in indices]),
-                pixel_values=pixel_values,
+                input_ids=torch.cat([query.input_ids for query in group]).to(self.device),
+                attention_mask=torch.cat([query.attention_mask for query in group]).to(self.device),
+                # [B, 6 * num_images, 224, 224]: each query's images stacked on channels, queries on the batch axis
+                pixel_values=torch.cat([query.pixel_values for query in group]).to(self.device, dtype=self.dtype),
                 unnorm_key=self.unnorm_key,
                 proprio=proprio,
                 proprio_projector=self.loaded.proprio_projector,

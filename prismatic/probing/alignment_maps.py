@@ -21,12 +21,13 @@ from torch import Tensor
 
 from experiments.robot.image_utils import center_crop_image, check_image_format, resize_image_for_policy
 from prismatic.models.load import find_checkpoint_file, load_component_state_dict
+from prismatic.policy.config import VGGT_DIGEST_KEY, read_policy_config
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import ProbedVLA, load_probed_vla
 from prismatic.probing.figures import save_alignment_figure
 from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, VGGTTeacher
 from prismatic.util.cli import UserError
-from prismatic.util.io import write_json_atomic
+from prismatic.util.io import file_sha256, write_json_atomic
 from vggt.models.vggt import VGGT
 from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
@@ -116,11 +117,30 @@ def _scene_inputs(cfg: AlignmentMapConfig, model: ProbedVLA) -> tuple[np.ndarray
     return rgb, cfg.instruction, np.zeros(state_dim), Path(cfg.image).stem
 
 
+def check_teacher(checkpoint: Path, vggt_path: Path) -> None:
+    """``vggt_path`` holds the VGGT the checkpoint was trained against, when its ``policy_config.json`` records it
+    (checkpoints written before the record, and released ones, are taken as they are)."""
+    try:
+        policy_config = read_policy_config(checkpoint)
+    except ValueError as error:
+        raise UserError(f"--checkpoint {checkpoint}: {error}") from None
+    recorded = ((policy_config.spatial_forcing or {}) if policy_config is not None else {}).get(VGGT_DIGEST_KEY)
+    if recorded is None:
+        return
+    actual = file_sha256(vggt_path)
+    if actual != recorded:
+        raise UserError(
+            f"--vggt_path {vggt_path} is not the VGGT --checkpoint {checkpoint} was trained against (SHA-256 "
+            f"{actual[:12]}..., its policy_config.json records {recorded[:12]}...): expected the run's --vggt_path"
+        )
+
+
 @torch.inference_mode()
 def make_alignment_maps(cfg: AlignmentMapConfig) -> dict[str, Any]:
     """Write ``alignment_maps.png`` and ``alignment_maps.json`` (mean cosine per camera) into ``out_dir``."""
     if not cfg.vggt_path.is_file():
         raise UserError(f"--vggt_path {cfg.vggt_path}: no such file; expected VGGT weights (model.pt)")
+    check_teacher(cfg.checkpoint, cfg.vggt_path)
     model = load_probed_vla(cfg.checkpoint, Path(cfg.checkpoint).name, ["libero_spatial"])
     try:
         projector_state = load_component_state_dict(find_checkpoint_file(cfg.checkpoint, ALIGN_PROJECTOR))

@@ -14,7 +14,8 @@ Scene files are written atomically; a scene whose file exists is done, so an int
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ PREVIEW_NAME = "preview.png"
 FORMAT_VERSION = 1
 VIEWS = ("primary", "wrist")
 SPLITS = ("train", "test")
+REQUIRED_META_KEYS = ("settings", "preprocessing")  # maps; "scenes" is checked by scene_plans
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ def scene_name(suite: str, task_id: int, init_index: int, variant: int) -> str:
 
 
 def scene_path(root: str | Path, name: str) -> Path:
+    """The file of scene ``name``; a name that is not a plain file name (a folder part, ``..``) is refused, so a
+    ``meta.json`` cannot point outside ``scenes/``."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise UserError(
+            f"{Path(root) / META_NAME}: scene name {name!r} leaves {SCENES_DIR}/: expected a plain file name"
+        )
     return Path(root) / SCENES_DIR / f"{name}.npz"
 
 
@@ -97,17 +105,69 @@ def read_meta(root: str | Path) -> dict[str, Any]:
         raise UserError(f"--data {root}: no {META_NAME}; expected a folder written by make_depth_probe_data.py")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); rerun make_depth_probe_data.py") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: found a JSON {type(meta).__name__}: expected the map make_depth_probe_data.py writes")
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: format_version {meta.get('format_version')!r}; expected {FORMAT_VERSION}")
+    missing = [key for key in REQUIRED_META_KEYS if not isinstance(meta.get(key), dict)]
+    preprocessing = meta.get("preprocessing") or {}
+    missing += [f"preprocessing.{key}" for key in ("center_crop", "crop_area") if key not in preprocessing]
+    if missing:
+        raise UserError(f"{path}: no {missing}: expected the keys make_depth_probe_data.py writes")
     return meta
 
 
+def scene_plans(root: str | Path, meta: dict[str, Any]) -> list[ScenePlan]:
+    """The planned scenes of ``meta.json``, each checked (its keys, a plain file name)."""
+    path = Path(root) / META_NAME
+    entries = meta.get("scenes")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: no 'scenes' list: expected the scenes make_depth_probe_data.py planned")
+    keys = [field.name for field in fields(ScenePlan)]
+    plans = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or sorted(entry) != sorted(keys):
+            raise UserError(f"{path}: scenes[{index}] is {str(entry)[:80]}: expected a map with keys {keys}")
+        plans.append(ScenePlan(**entry))
+        scene_path(root, plans[-1].name)
+    return plans
+
+
+def _read_scene(root: str | Path, scene: ScenePlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One scene's rgb, depth and state, checked: readable, the expected shapes, and depth with a finite value in
+    every view (an all-NaN view is a failed render, reported rather than left out of the metrics)."""
+    path = scene_path(root, scene.name)
+    try:
+        with np.load(path) as arrays:
+            rgb, depth, state = arrays["rgb"], arrays["depth"], arrays["state"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(
+            f"{path}: unreadable scene ({type(error).__name__}: {error}): expected an .npz with rgb, depth and state; "
+            "delete it and rerun make_depth_probe_data.py with the same flags"
+        ) from None
+    if rgb.ndim != 4 or rgb.shape[-1] != 3 or depth.shape != rgb.shape[:-1] or state.ndim != 1:
+        raise UserError(
+            f"{path}: rgb {rgb.shape}, depth {depth.shape}, state {state.shape}: expected rgb [views, H, W, 3], depth "
+            "[views, H, W] and a state vector"
+        )
+    empty_views = [
+        VIEWS[view] if view < len(VIEWS) else view for view in range(len(depth)) if not np.isfinite(depth[view]).any()
+    ]
+    if empty_views:
+        raise UserError(
+            f"{path}: depth of view(s) {empty_views} has no finite value (a failed render): expected metric depth; "
+            "delete the file and rerun make_depth_probe_data.py with the same flags"
+        )
+    return rgb, depth, state
+
+
 def load_probe_data(root: str | Path) -> ProbeData:
-    """All scenes of a finished data folder; raises naming the folder if scenes are missing."""
+    """All scenes of a finished data folder; raises naming the folder if scenes are missing, and naming the file if
+    one is unreadable, of other shapes than the rest, or has a view without any depth."""
     meta = read_meta(root)
-    scenes = [ScenePlan(**scene) for scene in meta["scenes"]]
+    scenes = scene_plans(root, meta)
     missing = [scene.name for scene in scenes if not scene_path(root, scene.name).exists()]
     if missing:
         raise UserError(
@@ -116,8 +176,11 @@ def load_probe_data(root: str | Path) -> ProbeData:
         )
     rgb, depth, state = [], [], []
     for scene in scenes:
-        with np.load(scene_path(root, scene.name)) as arrays:
-            rgb.append(arrays["rgb"])
-            depth.append(arrays["depth"])
-            state.append(arrays["state"])
+        for arrays, array in zip((rgb, depth, state), _read_scene(root, scene), strict=True):
+            if arrays and array.shape != arrays[0].shape:
+                raise UserError(
+                    f"{scene_path(root, scene.name)}: an array of shape {array.shape} where {scenes[0].name} has "
+                    f"{arrays[0].shape}: expected every scene at the same size (one make_depth_probe_data.py run)"
+                )
+            arrays.append(array)
     return ProbeData(scenes, np.stack(rgb), np.stack(depth), np.stack(state), meta)

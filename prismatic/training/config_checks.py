@@ -9,10 +9,11 @@ from pathlib import Path
 from prismatic.spatial_forcing.teachers import check_teacher
 from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
-from prismatic.util.file_checks import check_model_weights, check_weights_file
+from prismatic.util.file_checks import check_folder, check_model_weights, check_weights_file, refused_pickle_message
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_platform, mapping_from_flags, missing_depth_message
+from prismatic.vla.datasets.rlds import check_rlds_files
 from vggt.loading import infer_vggt_kwargs, read_state_dict
 
 
@@ -24,6 +25,7 @@ def _positive(cfg: FinetuneConfig, *names: str) -> None:
 
 
 def _llm_num_layers(vla_path: Path) -> int:
+    check_folder(vla_path, "--vla_path", "a local OpenVLA folder in the released layout (e.g. ckpts/openvla-7b)")
     config_path = vla_path / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -43,7 +45,9 @@ def check_vggt(cfg: AlignFinetuneConfig) -> None:
     check_weights_file(cfg.vggt_path, "--vggt_path")
     try:
         kwargs = infer_vggt_kwargs(read_state_dict(cfg.vggt_path), source=str(cfg.vggt_path))
-    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:
+    except pickle.UnpicklingError as error:
+        raise UserError(refused_pickle_message(f"--vggt_path {cfg.vggt_path}", error, "VGGT-1B's model.pt")) from None
+    except (ValueError, RuntimeError) as error:
         raise UserError(
             f"--vggt_path {cfg.vggt_path} is not a VGGT checkpoint ({error}): expected VGGT-1B's model.pt"
         ) from None
@@ -111,6 +115,7 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
                 f"--data_root_dir {cfg.data_root_dir}: dataset folder {dataset_dir} does not exist "
                 f"(expected {spec.name}/<version>/*.tfrecord* as in openvla/modified_libero_rlds)."
             )
+        check_rlds_files(Path(cfg.data_root_dir), spec.name)
 
     num_layers = _llm_num_layers(Path(cfg.vla_path))
     check_model_weights(Path(cfg.vla_path), "--vla_path")

@@ -68,6 +68,7 @@ from prismatic.training.run_guard import remove_stale_temporaries
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import (
+    check_folder,
     check_model_weights,
     check_safetensors,
     check_torch_file,
@@ -437,6 +438,9 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
     if not cfg.lora_finetuned_checkpoint_dir:
         raise ValueError("--lora_finetuned_checkpoint_dir is required (the checkpoint folder holding lora_adapter/).")
     checkpoint_dir = Path(cfg.lora_finetuned_checkpoint_dir)
+    check_folder(
+        checkpoint_dir, "--lora_finetuned_checkpoint_dir", "the checkpoint folder training wrote (with lora_adapter/)"
+    )
     settle_pending_install(checkpoint_dir, "--lora_finetuned_checkpoint_dir")
     adapter_dir = checkpoint_dir / LORA_ADAPTER_DIR
     for required in (adapter_dir / "adapter_config.json", adapter_dir / ADAPTER_WEIGHTS_NAME):

@@ -35,7 +35,7 @@ from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir, read_json_file
-from prismatic.util.io import write_json_atomic
+from prismatic.util.io import file_sha256, write_json_atomic
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.registry import resolve_data_mix
 from prismatic.vla.datasets.statistics import statistics_to_json
@@ -74,6 +74,8 @@ RESUMABLE_FLAGS = frozenset(
 STALE_TEMPORARY = re.compile(r"(?:\.tmp-|\.trash-|^\.merged-staging-)(\d+)$")
 CONTENT_KEY = "content_sha256"  # training_config.json's record of what the flags' paths held
 STATISTICS_CACHE = "dataset_statistics_*.json"  # the readers' caches beside the data, not data
+# prismatic.util.io.atomic_output's temporary files: ".<stem>.tmp<pid><suffix>".
+ATOMIC_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(?:\.[^.]+)?$")
 
 
 def flags_as_dict(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -87,21 +89,16 @@ def _dataset_folders(cfg: FinetuneConfig) -> list[Path]:
     return [Path(cfg.data_root_dir) / spec.name for spec, _ in resolve_data_mix(cfg.dataset_name)]
 
 
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def content_digests(cfg: FinetuneConfig) -> dict[str, str]:
     """SHA-256 of what the run learns from besides its flags: ``data`` (of the relative path and SHA-256 of every file
     of the dataset folders, statistics caches aside) and, with alignment, ``teacher`` (the VGGT weights file)."""
     data = hashlib.sha256()
     for folder in _dataset_folders(cfg):
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.match(STATISTICS_CACHE)):
-            data.update(f"{folder.name}/{path.relative_to(folder)}:{_file_sha256(path)}\n".encode())
+            data.update(f"{folder.name}/{path.relative_to(folder)}:{file_sha256(path)}\n".encode())
     digests = {"data": data.hexdigest()}
-    if isinstance(cfg, AlignFinetuneConfig):
-        digests["teacher"] = _file_sha256(Path(cfg.vggt_path))
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.teacher == "vggt":  # the other teachers are their flags
+        digests["teacher"] = file_sha256(cfg.vggt_path)
     return digests
 
 
@@ -169,6 +166,15 @@ def _run_artifacts(run_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+def check_steps_left(max_steps: int, checkpoint_step: int) -> None:
+    """A resumed run must have a step left to train (else it would exit 0 having done nothing)."""
+    if max_steps <= checkpoint_step:
+        raise UserError(
+            f"--max_steps {max_steps}: the run resumes from its checkpoint of step {checkpoint_step}, so no step is "
+            f"left to train: expected --max_steps above {checkpoint_step}"
+        )
+
+
 def check_run_folder(cfg: FinetuneConfig, run_dir: Path, content: dict[str, str]) -> list[str]:
     """All checks of the run folder that can run before anything is written (``content``: :func:`content_digests`);
     returns the flags changed on resume (as ``--name old -> new``) that will be applied."""
@@ -187,9 +193,11 @@ def check_run_folder(cfg: FinetuneConfig, run_dir: Path, content: dict[str, str]
         raise UserError("--overwrite_run True with --resume True: expected one of them (resume or replace)")
     settle_pending_install(run_dir, "--resume True: run folder")  # a kill during a latest-only save's install
     try:
-        folder, _ = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
+        folder, step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
     except FileNotFoundError as error:
         raise UserError(str(error).rstrip(".")) from None
+    if step is not None:  # a latest-only checkpoint's step is known once its training state is loaded
+        check_steps_left(cfg.max_steps, step)
     verify_base_model(folder, cfg.vla_path, "--vla_path")
     saved_path = run_dir / TRAINING_CONFIG_NAME
     if not saved_path.is_file():
@@ -223,7 +231,7 @@ def stale_temporaries(folder: Path) -> list[Path]:
         return []
     stale = []
     for path in folder.iterdir():
-        match = STALE_TEMPORARY.search(path.name)
+        match = STALE_TEMPORARY.search(path.name) or ATOMIC_TEMPORARY.match(path.name)
         if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
             stale.append(path)
     return sorted(stale)
@@ -253,9 +261,11 @@ def check_same_statistics(run_dir: Path, statistics: dict[str, Any]) -> None:
 
 
 def prepare_run_folder(cfg: FinetuneConfig, run_dir: Path, resume_changes: list[str], content: dict[str, str]) -> None:
-    """Main process, after every check passed: removes leftovers (and, with ``--overwrite_run``, the earlier run),
-    creates the run folder and saves the flags with the ``content`` digests."""
-    remove_stale_temporaries(run_dir.parent)
+    """Main process, after every check passed: removes leftovers of killed processes (in the run root, the run
+    folder and its checkpoints; with ``--overwrite_run``, the earlier run), creates the run folder and saves the
+    flags with the ``content`` digests."""
+    for folder in [run_dir.parent, run_dir, *sorted(run_dir.parent.glob(f"{run_dir.name}--*_chkpt"))]:
+        remove_stale_temporaries(folder)
     staging = run_dir / ckpt.STAGING_DIR  # a latest-only save that failed (a full disk) or was killed while assembled
     if staging.exists():
         ckpt.discard(staging)

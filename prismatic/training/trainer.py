@@ -29,7 +29,13 @@ from prismatic.policy.components import (
     load_component_state_dict,
     save_components,
 )
-from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
+from prismatic.policy.config import (
+    VGGT_DIGEST_KEY,
+    EmbodimentConfig,
+    ImagePreprocessingConfig,
+    PolicyConfig,
+    write_policy_config,
+)
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.config_checks import validate_config
@@ -43,7 +49,13 @@ from prismatic.training.distributed import (
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.quantization import check_quantization_flags, quantize_base
-from prismatic.training.run_guard import check_run_folder, check_same_statistics, content_digests, prepare_run_folder
+from prismatic.training.run_guard import (
+    check_run_folder,
+    check_same_statistics,
+    check_steps_left,
+    content_digests,
+    prepare_run_folder,
+)
 from prismatic.training.schedule import build_scheduler
 from prismatic.training.strategy import (
     check_strategy_flags,
@@ -55,7 +67,7 @@ from prismatic.training.strategy import (
     prepare_for_training,
 )
 from prismatic.util.cli import UserError, user_errors, writing
-from prismatic.util.io import atomic_output
+from prismatic.util.io import atomic_output, file_sha256
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
 
@@ -126,6 +138,8 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
         if cfg.teacher == "geometry":
             names += ("geometry_workspace_min", "geometry_workspace_max")
         spatial_forcing = {name: getattr(cfg, name) for name in names}
+        if cfg.teacher == "vggt":  # the teacher file, for tools that load it again
+            spatial_forcing[VGGT_DIGEST_KEY] = file_sha256(cfg.vggt_path)
     return PolicyConfig(
         action_head=head,
         num_diffusion_steps_train=cfg.num_diffusion_steps_train,
@@ -396,6 +410,13 @@ def _train(
     if cfg.resume:
         saved_step, resume_rng = load_training_state(cfg, run_dir, model, optimizer, scheduler, ctx)
         start_update = saved_step + 1
+        check_steps_left(cfg.max_steps, saved_step)
+        if ctx.is_main:
+            print(
+                f"--resume: run {run_dir.name!r} continues from its checkpoint of step {saved_step}: training steps "
+                f"{start_update}..{cfg.max_steps}",
+                flush=True,
+            )
     samples_per_step = cfg.batch_size * cfg.grad_accumulation_steps
     loader, dataset = build_dataloader(cfg, model, ctx, train=True, skip_samples=start_update * samples_per_step)
     if cfg.resume:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import errno
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 from unittest import mock
 
+from draccus import cfgparsing
 from draccus.utils import DecodingError, ParsingError
 
 USER_ERROR_EXIT_CODE = 2
@@ -38,13 +41,34 @@ def fail(message: str) -> NoReturn:
     sys.exit(USER_ERROR_EXIT_CODE)
 
 
-def _argparse_error(_parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    raise UserError(f"{message}: expected the flags and values that --help lists")
+_parse_yaml_value = cfgparsing.parse_string
+
+
+def _argparse_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    hints = []
+    for flag in re.findall(r"(--[\w.-]+)", message.partition("unrecognized arguments:")[2]):
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        if close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    raise UserError("; ".join([message, *hints]) + ": expected the flags and values that --help lists")
+
+
+def parse_flag_value(text: str) -> object:
+    """A flag's value as draccus reads it (YAML), except text that YAML reads as a mapping with an empty value, such
+    as the IPv6 addresses ``::`` and ``fe80::``: no flag means that, so it stays the string the user typed."""
+    value = _parse_yaml_value(text)
+    if isinstance(value, dict) and not any(mark in text for mark in ("{", ": ", "\n")):
+        return text
+    return value
 
 
 def _decoding_message(error: ParsingError) -> str:
     if isinstance(error, DecodingError):
         flag = "--" + ".".join(str(part) for part in error.key_path) if error.key_path else "a flag"
+        if "list[" in error.message:  # a list flag given "0,1" or "3": show how a list is written
+            example = "[0,1]" if re.search(r"list\[(int|float)", error.message) else "[a,b]"
+            return f"{flag}: {error.message}: expected a list in brackets, e.g. {flag} {example} (see --help)"
         return f"{flag}: {error.message}: expected a value of the flag's type (see --help)"
     return f"{error}: expected the flags and values that --help lists"
 
@@ -99,7 +123,10 @@ def run_cli(main: Callable[[], object]) -> None:
     if debug:
         sys.argv = [arg for arg in sys.argv if arg != DEBUG_FLAG]
     try:
-        with mock.patch.object(argparse.ArgumentParser, "error", _argparse_error):
+        with (
+            mock.patch.object(argparse.ArgumentParser, "error", _argparse_error),
+            mock.patch.object(cfgparsing, "parse_string", parse_flag_value),
+        ):
             main()
     except (UserError, ParsingError, OSError, RuntimeError) as error:
         if isinstance(error, UserError):

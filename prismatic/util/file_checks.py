@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -62,6 +64,18 @@ def check_torch_file(path: str | Path, flag: str | None = None) -> None:
         )
 
 
+def refused_pickle_message(path: str | Path, error: pickle.UnpicklingError, expected: str) -> str:
+    """One line for a file that ``torch.load(..., weights_only=True)`` refused: which file, which Python object it
+    names (what would run if loaded without the restriction), and what was expected. torch's own message advises
+    ``weights_only=False``, which would run that code."""
+    named = re.search(r"\bGLOBAL ([\w.]+)", str(error))
+    if named:
+        reason = f"it names {named.group(1)}, which a weights-only load refuses (loading it could run code)"
+    else:
+        reason = "it is a pickle a weights-only load cannot read (it could run code)"
+    return f"{path} is unsafe: {reason}; not loaded: expected {expected}"
+
+
 def check_weights_file(path: str | Path, flag: str | None = None) -> None:
     """A safetensors or torch.save weights file, judged by its suffix."""
     if Path(path).suffix == ".safetensors":
@@ -99,6 +113,14 @@ def read_json_file(path: str | Path, flag: str | None = None) -> Any:
         raise UserError(f"{_label(path, flag)} does not exist: expected a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{_label(path, flag)} is not valid JSON ({error}): expected an intact JSON file") from None
+
+
+def check_folder(path: str | Path, flag: str, expected: str) -> None:
+    """``path`` is a folder; else a UserError saying whether it is a file or missing, and what was ``expected``."""
+    path = Path(path)
+    if not path.is_dir():
+        found = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{flag} {path} {found}: expected {expected}")
 
 
 def check_writable_dir(path: str | Path, flag: str) -> None:

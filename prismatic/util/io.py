@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -33,3 +34,12 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
     """Writes ``payload`` as indented JSON, atomically."""
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 16 * 2**20) -> str:
+    """SHA-256 of a file's bytes, read in chunks (a 5 GB VGGT checkpoint takes seconds)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import draccus
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +21,8 @@ from transformers import AutoModelForVision2Seq
 
 from prismatic.models.base_model_record import base_model_record, write_base_model_record
 from prismatic.policy.config import write_policy_config
+from prismatic.probing.data import META_NAME, scene_path
+from prismatic.testing.probe_data import SCENES, write_probe_folder, write_scene_arrays
 from prismatic.testing.tiny_checkpoints import tiny_finetune_flags, write_tiny_base_checkpoints
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.config import AlignFinetuneConfig
@@ -42,6 +45,45 @@ NORM_STATS = {
 }
 LEROBOT_FIXTURES = REPO_ROOT / "tests" / "data" / "lerobot_fixtures"
 CLI_ENV = {"USE_TF": "0", "WANDB_MODE": "disabled", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+# Damaged copies of a LeRobot fixture: name -> (fixture, info.json keys replaced, episodes.jsonl text or None).
+LEROBOT_DAMAGE = {
+    "lerobot_escape": (
+        "libero_like_v21",
+        {"data_path": "../../{episode_chunk}/episode_{episode_index:06d}.parquet"},
+        None,
+    ),
+    "lerobot_no_data_path": ("libero_like_v30", {"data_path": None}, None),
+    "lerobot_fps_text": ("libero_like_v21", {"fps": "fast"}, None),
+    "lerobot_no_length": ("libero_like_v21", {}, '{"episode_index": 0, "tasks": ["x"]}\n'),
+}
+
+
+class RunsCodeWhenUnpickled:
+    """A pickle that names ``os.system``: what a crafted weights file holds."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def _write_damaged_lerobot(root: Path) -> None:
+    for name, (fixture, info_changes, episodes) in LEROBOT_DAMAGE.items():
+        folder = copy_tree(LEROBOT_FIXTURES / fixture, root / name)
+        info_path = folder / "meta" / "info.json"
+        info_path.write_text(json.dumps({**json.loads(info_path.read_text()), **info_changes}))
+        if episodes is not None:
+            (folder / "meta" / "episodes.jsonl").write_text(episodes)
+
+
+def _write_damaged_probe_data(root: Path) -> None:
+    meta_path = write_probe_folder(root / "probe_no_scenes") / META_NAME
+    meta_path.write_text(json.dumps({k: v for k, v in json.loads(meta_path.read_text()).items() if k != "scenes"}))
+    meta_path = write_probe_folder(root / "probe_escape") / META_NAME
+    meta = json.loads(meta_path.read_text())
+    meta["scenes"][0]["name"] = "../../outside"
+    meta_path.write_text(json.dumps(meta))
+    nan_view = np.stack([np.ones((8, 8)), np.full((8, 8), np.nan)]).astype(np.float32)
+    write_scene_arrays(write_probe_folder(root / "probe_nan_depth"), SCENES[1], depth=nan_view)
+    scene_path(write_probe_folder(root / "probe_corrupt_scene"), SCENES[0].name).write_text("not an npz")
 
 
 def truncate(path: Path, keep: float = 0.5) -> Path:
@@ -177,6 +219,15 @@ def cli_world(tmp_path_factory: pytest.TempPathFactory) -> CliWorld:
     column = pa.array(states, type=table.schema.field("observation.state").type)
     table = table.set_column(table.schema.get_field_index("observation.state"), "observation.state", column)
     pq.write_table(table, nan_state / "data/chunk-000/episode_000001.parquet")
+    torch.save(RunsCodeWhenUnpickled(), root / "broken" / "vggt_pickle.pt")
+    (root / "rlds_empty" / DATASET_NAME).mkdir(parents=True)
+    for shard in copy_tree(data, root / "rlds_no_tfrecords").rglob("*.tfrecord*"):
+        shard.unlink()
+    truncate(next(copy_tree(data, root / "rlds_truncated").rglob("*.tfrecord*")))
+    (root / "hdf5_text").mkdir()
+    (root / "hdf5_text" / "demo.hdf5").write_text("a text file, not HDF5\n")
+    _write_damaged_lerobot(root / "lerobot")
+    _write_damaged_probe_data(root)
     (root / "empty_dir").mkdir()
     corrupt_data = root / "corrupt_cache_data"
     shutil.copytree(data, corrupt_data)

@@ -21,6 +21,7 @@ EVAL = "experiments/robot/libero/run_libero_eval.py"
 INSPECT = "vla-scripts/inspect_dataset.py"
 CONVERT = "vla-scripts/convert_libero_hdf5.py"
 SYNTHETIC = "vla-scripts/make_synthetic_libero.py"
+PROBE = "vla-scripts/probe_depth.py"
 TINY = "vla-scripts/make_tiny_checkpoints.py"
 PLAIN_FLAGS = {field.name for field in dataclasses.fields(FinetuneConfig)}
 
@@ -37,6 +38,9 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
 
     def merge(checkpoint: object = world.adapter_checkpoint, *extra: str, base: object = world.base) -> list[str]:
         return [f"--base_checkpoint={base}", f"--lora_finetuned_checkpoint_dir={checkpoint}", "--device=cpu", *extra]
+
+    def probe(data: object) -> list[str]:
+        return [f"--checkpoint=[{world.eval_checkpoint}]", f"--data={data}", f"--out_dir={root / 'probe_out'}"]
 
     def evaluate(checkpoint: object = world.eval_checkpoint, *extra: str) -> list[str]:
         return [f"--pretrained_checkpoint={checkpoint}", f"--local_log_dir={root / 'eval_logs'}", "--run_id=e1", *extra]
@@ -181,6 +185,60 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
         ("synthetic_episodes", SYNTHETIC, [f"--data_root_dir={root / 'out'}", "--num_episodes=0"], "--num_episodes 0"),
         ("synthetic_exists", SYNTHETIC, [f"--data_root_dir={world.data}"], "already exists"),
         ("tiny_out_dir_is_file", TINY, [f"--out_dir={broken / 'a_file' / 'x'}"], "--out_dir"),
+        # Issue 20: data files, refused pickles, evaluation flags, LeRobot metadata, depth-probe folders, typos.
+        ("rlds_empty_folder", FINETUNE_ALIGN, align(data_root_dir=root / "rlds_empty"), "No RLDS dataset"),
+        ("rlds_no_tfrecords", FINETUNE_ALIGN, align(data_root_dir=root / "rlds_no_tfrecords"), "Missing tfrecord"),
+        ("rlds_truncated", FINETUNE_ALIGN, align(data_root_dir=root / "rlds_truncated"), "Truncated tfrecord"),
+        (
+            "inspect_truncated",
+            INSPECT,
+            [f"--data_root_dir={root / 'rlds_truncated'}", "--num_batches=1"],
+            "Truncated tfrecord",
+        ),
+        ("inspect_empty_folder", INSPECT, [f"--data_root_dir={root / 'rlds_empty'}"], "No RLDS dataset"),
+        (
+            "convert_text_hdf5",
+            CONVERT,
+            [f"--hdf5_dir={root / 'hdf5_text'}", f"--data_root_dir={root / 'converted'}"],
+            "demo.hdf5 is not a readable HDF5 file",
+        ),
+        ("vggt_pickle", FINETUNE_ALIGN, align(vggt_path=broken / "vggt_pickle.pt"), "unsafe: it names posix.system"),
+        ("eval_three_cameras", EVAL, evaluate(world.eval_checkpoint, "--num_images_in_input=3"), "renders 2 cameras"),
+        (
+            "eval_trials",
+            EVAL,
+            evaluate(world.eval_checkpoint, "--num_trials_per_task=60"),
+            "--num_trials_per_task 60: LIBERO has 50",
+        ),
+        ("eval_task_ids_comma", EVAL, evaluate(world.eval_checkpoint, "--task_ids=0,1"), "e.g. --task_ids [0,1]"),
+        ("flag_typo", FINETUNE_ALIGN, [*align(), "--learning_rat=1"], "did you mean --learning_rate?"),
+        ("eval_checkpoint_is_file", EVAL, evaluate(broken / "a_file"), "a_file is a file, not a folder"),
+        ("merge_missing_folder", MERGE, merge(root / "nowhere"), "nowhere does not exist: expected the checkpoint"),
+        ("vla_path_is_file", FINETUNE_ALIGN, align(vla_path=broken / "a_file"), "--vla_path"),
+        (
+            "resume_max_steps_done",
+            FINETUNE_ALIGN,
+            align(run_id_override="r1", resume=True, max_steps=2),
+            "--max_steps 2: the run resumes from its checkpoint of step 2",
+        ),
+        *[
+            (case, FINETUNE, plain(data_root_dir=root / "lerobot", dataset_name=case), culprit)
+            for case, culprit in (
+                ("lerobot_escape", "leaves the dataset folder"),
+                ("lerobot_no_data_path", "malformed LeRobot metadata"),
+                ("lerobot_fps_text", "could not convert string to float: 'fast'"),
+                ("lerobot_no_length", "missing key 'length'"),
+            )
+        ],
+        *[
+            (case, PROBE, probe(root / case), culprit)
+            for case, culprit in (
+                ("probe_no_scenes", "no 'scenes' list"),
+                ("probe_escape", "scene name '../../outside' leaves scenes/"),
+                ("probe_nan_depth", "has no finite value"),
+                ("probe_corrupt_scene", "unreadable scene"),
+            )
+        ],
     ]
 
 

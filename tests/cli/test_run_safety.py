@@ -148,10 +148,16 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_
             folder.mkdir(parents=True)
             (folder / "partial.safetensors").write_bytes(b"\0" * 64)
         kept[0].write_bytes(b"state")
+        # atomic_output's temporary files (write_json_atomic), left by a kill -9 mid-write, and a live writer's
+        stale_json = [checkpoint / f".policy_config.tmp{pid}.json", tmp_path / f".metrics.tmp{pid}.jsonl"]
+        live_json = checkpoint / f".policy_config.tmp{live.pid}.json"
+        for path in [*stale_json, live_json]:
+            path.write_text('{"half')
+        kept.append(live_json)
 
         removed = remove_stale_temporaries(tmp_path) + remove_stale_temporaries(checkpoint)
 
-        assert sorted(removed) == sorted(stale)
+        assert sorted(removed) == sorted([*stale, *stale_json])
         assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
         assert ckpt.find_resume_checkpoint(tmp_path / "run", None) == (checkpoint, 2)
     finally:

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
+from prismatic.util.cli import UserError
 from prismatic.vla.datasets import RLDSConfig, RLDSDataset
-from prismatic.vla.datasets.rlds import check_tfrecord_file
+from prismatic.vla.datasets.rlds import check_rlds_files, check_tfrecord_file
 
 SHARD = "libero_spatial_no_noops-train.tfrecord-00000-of-00001"
 
@@ -32,15 +33,28 @@ def test_unknown_dataset_name_is_named(synthetic_dataset):
 
 
 def test_missing_dataset_folder_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/libero_goal_no_noops/<version>/dataset_info.json"):
+    with pytest.raises(UserError, match=f"{tmp_path}/libero_goal_no_noops/<version>/dataset_info.json"):
         open_dataset(tmp_path, data_mix="libero_goal_no_noops")
 
 
 def test_truncated_tfrecord_is_named(dataset_copy):
     shard = dataset_copy / "libero_spatial_no_noops" / "1.0.0" / SHARD
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    with pytest.raises(ValueError, match=f"Truncated tfrecord file {shard}"):
+    with pytest.raises(UserError, match=f"Truncated tfrecord file {shard}"):
         open_dataset(dataset_copy)
+    with pytest.raises(UserError, match=f"Truncated tfrecord file {shard}"):
+        check_rlds_files(dataset_copy, "libero_spatial_no_noops")  # before TensorFlow, as training's checks
+
+
+def test_empty_dataset_folder_and_missing_tfrecords_are_named_before_tensorflow(dataset_copy):
+    version_dir = dataset_copy / "libero_spatial_no_noops" / "1.0.0"
+    assert check_rlds_files(dataset_copy, "libero_spatial_no_noops") == version_dir
+    (version_dir / SHARD).unlink()
+    with pytest.raises(UserError, match=f"Missing tfrecord shard {version_dir / SHARD}"):
+        check_rlds_files(dataset_copy, "libero_spatial_no_noops")
+    shutil.rmtree(version_dir)
+    with pytest.raises(UserError, match="No RLDS dataset 'libero_spatial_no_noops' under --data_root_dir"):
+        check_rlds_files(dataset_copy, "libero_spatial_no_noops")
 
 
 def test_tfrecord_cut_at_a_record_boundary_is_caught_by_its_record_count(dataset_copy):
@@ -48,7 +62,7 @@ def test_tfrecord_cut_at_a_record_boundary_is_caught_by_its_record_count(dataset
     data = shard.read_bytes()
     first_record_end = 12 + int.from_bytes(data[:8], "little") + 4
     shard.write_bytes(data[:first_record_end])
-    with pytest.raises(ValueError, match=f"{shard}: 1 records, dataset_info.json lists 20"):
+    with pytest.raises(UserError, match=f"{shard}: 1 records, dataset_info.json lists 20"):
         check_tfrecord_file(shard, expected_records=20)
 
 

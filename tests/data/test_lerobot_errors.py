@@ -134,6 +134,47 @@ CASES = {
         _set_action("data/chunk-000/file-000.parquet", 20, 0, float("-inf")),
         {},
         ["data/chunk-000/file-000.parquet", "column 'action' of episode 1, frame 6 (dimension 0) is -inf"],
+    "data_path leaving the dataset": (
+        "libero_like_v21",
+        _edit_info("data_path", "../elsewhere/episode_{episode_index:06d}.parquet"),
+        {},
+        ["meta/info.json", "data_path gives '../elsewhere/episode_000000.parquet'", "leaves the dataset folder"],
+    ),
+    "absolute video_path": (
+        "libero_like_v30",
+        _edit_info("video_path", "/etc/{video_key}/{chunk_index}-{file_index}.mp4"),
+        {},
+        ["meta/info.json", "video_path gives '/etc/observation.images.image/0-0.mp4'", "leaves the dataset folder"],
+    ),
+    "info without data_path": (
+        "libero_like_v30",
+        _edit_info("data_path", None),
+        {},
+        ["meta: malformed LeRobot metadata", "NoneType", "LeRobot v2.1 or v3.0"],
+    ),
+    "unknown placeholder": (
+        "libero_like_v21",
+        _edit_info("data_path", "data/{chunk}/episode_{episode_index:06d}.parquet"),
+        {},
+        ["meta: malformed LeRobot metadata (missing key 'chunk')"],
+    ),
+    "episode without length": (
+        "libero_like_v21",
+        lambda root: (root / "meta/episodes.jsonl").write_text('{"episode_index": 0, "tasks": ["x"]}\n'),
+        {},
+        ["meta: malformed LeRobot metadata (missing key 'length')"],
+    ),
+    "fps not a number": (
+        "aloha_like_v21",
+        _edit_info("fps", "fast"),
+        {"num_images_in_input": 3},
+        ["meta: malformed LeRobot metadata", "could not convert string to float: 'fast'"],
+    ),
+    "features not a map": (
+        "libero_like_v21",
+        _edit_info("features", [1, 2]),
+        {},
+        ["meta: malformed LeRobot metadata", "'list' object has no attribute 'items'"],
     ),
     "unreadable parquet": (
         "aloha_like_v30",

@@ -29,7 +29,8 @@ from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.libero.libero_utils import process_action
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from experiments.robot.serving.config import ServeConfig, build_server, checkpoint_policy_config, observation_spec
-from experiments.robot.serving.server import ObservationError, server_in_thread
+from experiments.robot.serving.observation import ObservationError
+from experiments.robot.serving.server import server_in_thread
 from experiments.robot.serving.wire import packb, unpackb
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.testing.openpi_client_env import ensure_openpi_client_env
@@ -162,11 +163,14 @@ class FailsOnPrompt:
         self.policy, self.poison, self.calls = policy, poison, []
         self.unnorm_key = policy.unnorm_key
 
-    def predict_chunks(self, queries):
+    def prepare(self, observation, instruction):
+        return self.policy.prepare(observation, instruction), instruction
+
+    def predict_prepared(self, queries):
         self.calls.append(len(queries))
         if any(instruction == self.poison for _, instruction in queries):
             raise ValueError(f"cannot handle {self.poison!r}")
-        return self.policy.predict_chunks(queries)
+        return self.policy.predict_prepared([prepared for prepared, _ in queries])
 
 
 def test_a_query_that_breaks_the_model_fails_alone_not_its_batch(
@@ -216,7 +220,7 @@ def malformed_requests(good: dict) -> dict[str, tuple[bytes | str, str]]:
         "grey image": (with_(observation__image=image[..., 0].copy()), "found ndarray (224, 224) uint8"),
         "channels first": (with_(observation__image=image.transpose(2, 0, 1).copy()), "found ndarray (3, 224, 224)"),
         "image as list": (with_(observation__image=[1, 2, 3]), "found list"),
-        "tiny image": (with_(observation__image=np.zeros((0, 224, 3), np.uint8)), "expected an image of at least 16"),
+        "tiny image": (with_(observation__image=np.zeros((0, 224, 3), np.uint8)), "expected an image of 16 to 8192"),
         "short state": (with_(observation__state=np.zeros(7)), "'observation/state': expected a finite numeric array"),
         "nan state": (with_(observation__state=np.full(8, np.nan)), "of shape (8,)"),
         "empty prompt": (with_(prompt=""), "'prompt': expected a non-empty instruction"),
@@ -289,14 +293,14 @@ def test_api_key_is_checked_on_connect(policy: VLAPolicy, tiny_checkpoint: Path,
 
 def test_exposed_bind_without_key_refuses_to_start_in_one_line(tiny_checkpoint: Path) -> None:
     command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
-    env = {**os.environ, "USE_TF": "0"}
+    env = {key: value for key, value in os.environ.items() if key != "POLICY_SERVER_API_KEY"} | {"USE_TF": "0"}
     completed = subprocess.run(
         [*command, "--host", "0.0.0.0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert completed.returncode == 2 and completed.stdout == ""
     assert completed.stderr.strip().splitlines() == [
-        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY (clients send "
-        "'Authorization: Api-Key KEY'), or bind 127.0.0.1"
+        "error: --host 0.0.0.0 exposes the server beyond this machine: pass --api_key KEY or set POLICY_SERVER_API_KEY "
+        "(clients send 'Authorization: Api-Key KEY'), or bind 127.0.0.1"
     ]
     short_key = subprocess.run(
         [*command, "--host", "0.0.0.0", "--api_key", "abc"], cwd=REPO_ROOT, env=env, capture_output=True, text=True

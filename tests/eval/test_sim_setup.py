@@ -9,14 +9,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
-from experiments.robot.libero.sim_setup import FOLDER_KEYS, ensure_libero_config, libero_config_dir
+from experiments.robot.libero.sim_setup import FOLDER_KEYS, ensure_libero_config, libero_config_dir, read_init_states
 from prismatic.util.cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -100,14 +103,14 @@ def test_config_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> None:
 
 
 PROBE = """
-from experiments.robot.libero.sim_setup import prepare_libero
+from experiments.robot.libero.sim_setup import prepare_libero, task_init_states
 prepare_libero()
 import os
 from libero.libero import benchmark, config_file, get_libero_path
 suite = benchmark.get_benchmark_dict()["libero_spatial"]()
 print(config_file)
 print(get_libero_path("bddl_files"))
-print(suite.get_task_init_states(0).shape)
+print(task_init_states(suite, 0).shape)
 print(os.environ["LIBERO_CONFIG_PATH"])
 """
 
@@ -139,3 +142,39 @@ def test_fresh_process_runs_whatever_an_earlier_installation_left(tmp_path: Path
     else:
         assert Path(config_dir).parent == home / ".libero" / "installations"
         assert shared_config.read_text() == stale_text  # LIBERO's shared default was neither read nor changed
+
+
+class WritesAMarker:
+    """A pickle that, when loaded without restriction, creates the file ``path`` (as an attacker's code would)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_init_states_are_read_as_numpy_and_a_crafted_pickle_runs_nothing(tmp_path: Path) -> None:
+    states = np.random.default_rng(0).normal(size=(3, 92))
+    torch.save(states, tmp_path / "task.pruned_init")
+    np.testing.assert_array_equal(read_init_states(tmp_path / "task.pruned_init"), states)
+
+    marker = tmp_path / "pwned"
+    crafted = tmp_path / "crafted.pruned_init"
+    torch.save(WritesAMarker(marker), crafted)
+    assert not marker.exists()
+    refusal = r"crafted.pruned_init is unsafe: it names posix.system.*not loaded: expected a LIBERO init-state"
+    with pytest.raises(UserError, match=refusal):
+        read_init_states(crafted)
+    assert not marker.exists()  # the code the file names never ran
+    torch.load(crafted, weights_only=False)  # what an unrestricted loader does: the control that the file is live
+    assert marker.exists()
+
+
+def test_a_pickled_object_array_or_a_plain_pickle_is_refused(tmp_path: Path) -> None:
+    torch.save(np.array([{"a": 1}], dtype=object), tmp_path / "objects.pruned_init")
+    with pytest.raises(UserError, match="objects.pruned_init is unsafe"):
+        read_init_states(tmp_path / "objects.pruned_init")
+    (tmp_path / "plain.pruned_init").write_bytes(pickle.dumps([1.0, 2.0]))
+    with pytest.raises(UserError, match="plain.pruned_init"):
+        read_init_states(tmp_path / "plain.pruned_init")

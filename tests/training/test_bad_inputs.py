@@ -17,14 +17,13 @@ from .conftest import run_script, tiny_flags
 
 
 @pytest.fixture
-def valid_config(tmp_path, tiny_checkpoints) -> AlignFinetuneConfig:
+def valid_config(tiny_checkpoints, synthetic_data) -> AlignFinetuneConfig:
     vla_dir, vggt_path = tiny_checkpoints
-    (tmp_path / "data" / "libero_spatial_no_noops").mkdir(parents=True)
     return AlignFinetuneConfig(
         vla_path=str(vla_dir),
         vggt_path=str(vggt_path),
         vggt_image_size=112,
-        data_root_dir=tmp_path / "data",
+        data_root_dir=synthetic_data,
         dataset_name="libero_spatial_no_noops",
         num_images_in_input=2,
         vla_layers_align=2,
@@ -54,7 +53,7 @@ def test_valid_config_passes_and_yields_libero_constants(valid_config):
     ],
 )
 def test_bad_input_names_the_culprit(valid_config, change, message):
-    with pytest.raises((ValueError, FileNotFoundError)) as error:
+    with pytest.raises((ValueError, FileNotFoundError, UserError)) as error:
         validate_config(dataclasses.replace(valid_config, **change))
     assert message in str(error.value)
 

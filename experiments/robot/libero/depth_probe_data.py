@@ -24,7 +24,12 @@ from experiments.robot.libero.depth_render import (
     robot_qpos_indexes,
 )
 from experiments.robot.libero.libero_utils import get_libero_env
-from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
+from experiments.robot.libero.sim_setup import (
+    assert_tensorflow_absent,
+    configure_rendering,
+    prepare_libero,
+    task_init_states,
+)
 from prismatic.probing.data import (
     FORMAT_VERSION,
     META_NAME,
@@ -95,7 +100,7 @@ def plan_scenes(cfg: DepthProbeDataConfig, task_suites: dict) -> list[ScenePlan]
         if bad:
             raise UserError(f"--task_ids {bad}: {suite} has tasks 0..{task_suite.n_tasks - 1}")
         for task_id in task_ids:
-            available = len(task_suite.get_task_init_states(task_id))
+            available = len(task_init_states(task_suite, task_id))
             if available < cfg.num_init_states:
                 raise UserError(
                     f"--num_init_states {cfg.num_init_states}: {suite} task {task_id} has {available} initial states"
@@ -165,7 +170,7 @@ def write_depth_probe_data(cfg: DepthProbeDataConfig) -> Path:
                     intrinsics = policy_intrinsics(env, cfg.env_img_res, cfg.center_crop, cfg.crop_area)
                     meta["intrinsics"] = {view: matrix.tolist() for view, matrix in intrinsics.items()}
                     write_meta(cfg.out_dir, meta)
-            initial_states = task_suite.get_task_init_states(scene.task_id)
+            initial_states = task_init_states(task_suite, scene.task_id)
             state = np.asarray(initial_states[scene.init_index], dtype=np.float64)
             if scene.variant > 0:
                 rng = np.random.default_rng(

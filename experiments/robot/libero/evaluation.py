@@ -40,7 +40,7 @@ from experiments.robot.libero.config import (
     validate_config,
 )
 from experiments.robot.libero.env_worker import EpisodeSettings, EpisodeSpec, WorkUnit, worker_main
-from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero
+from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero, task_init_states
 from experiments.robot.policy import Policy
 from experiments.robot.results import (
     EpisodeResult,
@@ -172,7 +172,7 @@ def plan_tasks(cfg: GenerateConfig, log: Callable[[str], None]) -> list[TaskPlan
     for task_id in task_ids:
         task = task_suite.get_task(task_id)
         bddl_file = str(Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file)
-        default_states = task_suite.get_task_init_states(task_id)
+        default_states = task_init_states(task_suite, task_id)
         episodes = _task_episodes(cfg, default_states, all_states, task.language, log)
         plans.append(TaskPlan(task_id, task.language, bddl_file, tuple(episodes)))
     return plans

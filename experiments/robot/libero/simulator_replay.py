@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.robot.libero.sim_setup import prepare_libero
+from experiments.robot.libero.sim_setup import prepare_libero, task_init_states
 from prismatic.util.cli import UserError, run_cli
 from prismatic.util.io import atomic_output, write_json_atomic
 
@@ -59,7 +59,7 @@ def make_cases(
                     f"--task_ids: {task_id} is not a task of {suite} (expected 0..{task_suite.n_tasks - 1})"
                 )
             task = task_suite.get_task(task_id)
-            init_states = task_suite.get_task_init_states(task_id)
+            init_states = task_init_states(task_suite, task_id)
             for init_id in init_ids:
                 if not 0 <= init_id < len(init_states):
                     raise UserError(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.serving.client import API_KEY_ENV
 from experiments.robot.serving.observation import ObservationSpec, to_robot_units
 from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
@@ -24,11 +27,12 @@ class ServeConfig:
     pretrained_checkpoint: str = ""               # Checkpoint folder (as for run_libero_eval.py)
     host: str = "127.0.0.1"                       # Address to bind; any non-loopback address needs --api_key
     port: int = 8000                              # Port (openpi's default); 0 lets the OS choose
-    api_key: str | None = None                    # Clients must send "Authorization: Api-Key <key>"
+    api_key: str | None = None                    # "Authorization: Api-Key <key>"; else $POLICY_SERVER_API_KEY
     max_batch_size: int = 8                       # Requests answered by one forward pass at most (1: no batching)
     batch_wait_ms: float = 5.0                    # How long the first request of a batch waits for others
     max_message_mb: float = 32.0                  # Larger observations get an error reply
     http_port: int | None = None                  # Also serve OpenVLA-OFT's POST /act (json-numpy) on this port
+    request_timeout_s: float = 30.0               # An HTTP connection silent this long is closed
     # Without policy_config.json in the checkpoint: the suite or dataset whose statistics and platform apply
     task_suite_name: str = "libero_spatial"
     unnorm_key: str = ""                          # Statistics key; "" = policy_config.json's, else the suite's
@@ -48,18 +52,26 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to any interface
 
 
+def api_key(cfg: ServeConfig) -> str | None:
+    """``--api_key``, else the ``POLICY_SERVER_API_KEY`` environment variable (the one the clients read; it keeps
+    the key out of the process list), else None (no key)."""
+    return cfg.api_key if cfg.api_key is not None else os.environ.get(API_KEY_ENV) or None
+
+
 def validate_serve_config(cfg: ServeConfig) -> None:
     """Raise :class:`UserError` naming the flag before anything is loaded or bound."""
     if not cfg.pretrained_checkpoint or not Path(cfg.pretrained_checkpoint).is_dir():
         raise UserError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint!r}: expected a checkpoint folder")
     settle_pending_install(cfg.pretrained_checkpoint, "--pretrained_checkpoint")
-    if not is_loopback(cfg.host) and not cfg.api_key:
+    key = api_key(cfg)
+    if not is_loopback(cfg.host) and not key:
         raise UserError(
-            f"--host {cfg.host} exposes the server beyond this machine: pass --api_key KEY (clients send "
-            "'Authorization: Api-Key KEY'), or bind 127.0.0.1"
+            f"--host {cfg.host} exposes the server beyond this machine: pass --api_key KEY or set {API_KEY_ENV} "
+            "(clients send 'Authorization: Api-Key KEY'), or bind 127.0.0.1"
         )
-    if cfg.api_key is not None and len(cfg.api_key) < 8:
-        raise UserError("--api_key: expected at least 8 characters")
+    if key is not None and len(key) < 8:
+        source = "--api_key" if cfg.api_key is not None else API_KEY_ENV
+        raise UserError(f"{source}: expected at least 8 characters")
     for flag in ("port", "http_port"):
         port = getattr(cfg, flag)
         if port is not None and not 0 <= port <= 65535:
@@ -70,6 +82,31 @@ def validate_serve_config(cfg: ServeConfig) -> None:
         raise UserError(f"--batch_wait_ms {cfg.batch_wait_ms}: expected a non-negative number")
     if cfg.max_message_mb <= 0:
         raise UserError(f"--max_message_mb {cfg.max_message_mb}: expected a positive number")
+    if cfg.request_timeout_s <= 0:
+        raise UserError(f"--request_timeout_s {cfg.request_timeout_s}: expected a positive number of seconds")
+
+
+def bind_error(cfg: ServeConfig, error: OSError) -> UserError:
+    """The one-line error of a port that cannot be bound."""
+    ports = f"--port {cfg.port}" + (f" / --http_port {cfg.http_port}" if cfg.http_port is not None else "")
+    return UserError(f"--host {cfg.host} {ports}: cannot bind: {error}: expected a free port of a local address")
+
+
+def check_ports_free(cfg: ServeConfig) -> None:
+    """Bind (and release) ``--port`` and ``--http_port`` once, so that a taken port is reported before the model
+    loads; the server binds them again when it starts."""
+    for port in (cfg.port, cfg.http_port):
+        if not port:  # None, or 0: the OS chooses a free one
+            continue
+        try:
+            family, kind, protocol, _, address = socket.getaddrinfo(
+                cfg.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                probe.bind(address)
+        except OSError as error:
+            raise bind_error(cfg, error) from None
 
 
 def checkpoint_policy_config(cfg: ServeConfig) -> PolicyConfig:
@@ -133,15 +170,17 @@ def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicySer
     validate_serve_config(cfg)
     policy_config = checkpoint_policy_config(cfg)
     spec = observation_spec(cfg, policy_config)
+    check_ports_free(cfg)
     policy = policy if policy is not None else load_policy(cfg)
     settings = ServerSettings(
         host=cfg.host,
         port=cfg.port,
-        api_key=cfg.api_key,
+        api_key=api_key(cfg),
         max_batch_size=cfg.max_batch_size,
         batch_wait_ms=cfg.batch_wait_ms,
         max_message_bytes=int(cfg.max_message_mb * 2**20),
         http_port=cfg.http_port,
+        request_timeout_s=cfg.request_timeout_s,
     )
     return PolicyServer(
         policy,

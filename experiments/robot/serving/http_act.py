@@ -6,7 +6,8 @@ string>"}``; the reply is the chunk as a JSON list of json-numpy arrays (a JSON 
 OFT's ``get_vla_action`` returns it: un-normalised, without the gripper post-processing. Errors are JSON
 ``{"error": ...}`` with status 400, 401 or 413 (the connection stays usable up to twice the size limit). It runs on
 its own port (websockets serves only GET requests) in the same process, sharing the websocket server's batching,
-key and size limit.
+key and size limit. Each connection's thread decodes and preprocesses its own requests; a connection that sends
+nothing for ``request_timeout_s`` (a half-sent request, an idle keep-alive) is closed, freeing its thread.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from experiments.robot.serving.observation import ObservationError
+from experiments.robot.serving.observation import BAD_QUERY_ERRORS
 from experiments.robot.serving.wire import ALLOWED_DTYPE_KINDS
 
 if TYPE_CHECKING:
@@ -52,6 +53,14 @@ def decode_json_numpy(obj: dict) -> Any:
     return array if shape else array[()]
 
 
+def read_json(text: str | bytes) -> Any:
+    """A JSON request body with json-numpy arrays; nesting too deep for the parser is a ValueError, not a crash."""
+    try:
+        return json.loads(text, object_hook=decode_json_numpy)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply: expected an observation map of arrays and strings") from None
+
+
 def encode_json_numpy(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     return {"__numpy__": base64.b64encode(array.tobytes()).decode(), "dtype": array.dtype.str, "shape": array.shape}
@@ -60,6 +69,10 @@ def encode_json_numpy(array: np.ndarray) -> dict[str, Any]:
 class _ActHandler(BaseHTTPRequestHandler):
     server: _ActHTTPServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        self.timeout = self.server.policy_server.settings.request_timeout_s  # socket timeout of this connection
+        super().setup()
 
     def _reply(self, status: HTTPStatus, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -107,12 +120,12 @@ class _ActHandler(BaseHTTPRequestHandler):
             return self._reply(rejection[0], {"error": rejection[1]})
         body = self.rfile.read(length)
         try:
-            payload = json.loads(body, object_hook=decode_json_numpy)
+            payload = read_json(body)
             encoded = isinstance(payload, dict) and "encoded" in payload
             if encoded:
-                payload = json.loads(payload["encoded"], object_hook=decode_json_numpy)
-            query = self.server.spec.parse(payload)
-        except (ValueError, TypeError, ObservationError) as error:
+                payload = read_json(payload["encoded"])
+            query = policy_server.prepare(self.server.spec, payload)
+        except BAD_QUERY_ERRORS as error:
             return self._reply(HTTPStatus.BAD_REQUEST, {"error": f"bad observation: {error}"})
         try:
             chunk, _ = policy_server.infer_threadsafe(query)

@@ -10,14 +10,22 @@ import numpy as np
 from experiments.robot.image_utils import check_image_format
 from experiments.robot.libero.libero_utils import process_action
 from experiments.robot.policy import Observation
+from experiments.robot.serving.wire import WireError
 from prismatic.policy.config import PolicyConfig
 
 MAX_PROMPT_CHARS = 2000
 MIN_IMAGE_SIDE = 16
+# Larger sides are refused: resizing one needs a [224, side] float64 weight matrix per axis (14.7 MB at 8192).
+MAX_IMAGE_SIDE = 8192
 
 
 class ObservationError(ValueError):
     """An observation that the policy cannot take; the message names the key and what was expected."""
+
+
+# A request's own fault, reported as a bad observation: the wire and key checks, and the policy's checks of a query
+# (ValueError, TypeError; OverflowError from numbers out of a dtype's range).
+BAD_QUERY_ERRORS = (WireError, ObservationError, ValueError, TypeError, OverflowError)
 
 
 def policy_camera_key(index: int) -> str:
@@ -68,10 +76,10 @@ class ObservationSpec:
                 check_image_format(request[key], repr(key))
             except ValueError as error:
                 raise ObservationError(str(error)) from None
-            if min(request[key].shape[:2]) < MIN_IMAGE_SIDE:
+            if not MIN_IMAGE_SIDE <= min(request[key].shape[:2]) <= max(request[key].shape[:2]) <= MAX_IMAGE_SIDE:
                 raise ObservationError(
-                    f"{key!r}: expected an image of at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} "
-                    f"pixels, found {request[key].shape}"
+                    f"{key!r}: expected an image of {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels a side, "
+                    f"found {request[key].shape}"
                 )
             observation[policy_camera_key(index)] = request[key]
         if self.state_key is not None:

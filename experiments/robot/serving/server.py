@@ -6,15 +6,24 @@ msgpack frame per observation and receives either a binary frame ``{"actions": [
 {...}}`` or a text frame with an error message, after which the connection stays usable. ``GET /healthz`` answers
 200 without a key.
 
-Requests from all connections go into one queue; a batcher takes up to ``max_batch_size`` of them, waiting at most
-``batch_wait_ms`` after the first for more, and answers them with one :meth:`VLAPolicy.predict_chunks` call in a
-worker thread, so the event loop keeps receiving and replying meanwhile: a slow or vanished client delays nobody.
+Each request is decoded, checked and preprocessed (images resized and cropped, prompt tokenised:
+:meth:`VLAPolicy.prepare`) in a pool of preprocessing threads, one request per connection at a time; the prepared
+requests of all connections go into one queue; a batcher takes up to ``max_batch_size`` of them, waiting at most
+``batch_wait_ms`` after the first for more, and answers them with one :meth:`VLAPolicy.predict_prepared` call in the
+inference thread, which runs nothing else. So the event loop keeps receiving and replying meanwhile, and a slow,
+vanished or abusive client (huge frames, long prompts) delays nobody else's forward pass.
+
+Bounds: a message larger than twice ``max_message_bytes`` closes its connection unread; a connection buffers at most
+``PIPELINED_FRAMES`` frames beyond the one being answered before its socket is no longer read (pipelined frames then
+wait in the client's socket); the HTTP endpoint drops a connection that sends nothing for ``request_timeout_s``
+(websocket connections answer keepalive pings or are closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,17 +39,24 @@ from websockets.exceptions import ConnectionClosed
 
 from experiments.robot.policy import Observation, check_finite_actions
 from experiments.robot.serving.http_act import UNAUTHORIZED_MESSAGE, start_act_server
-from experiments.robot.serving.observation import ObservationError, ObservationSpec
-from experiments.robot.serving.wire import WireError, packb, unpackb
+from experiments.robot.serving.observation import BAD_QUERY_ERRORS, ObservationSpec
+from experiments.robot.serving.wire import packb, unpackb
 
 HEALTH_PATH = "/healthz"
 # Messages up to this multiple of the size limit are read and answered with an error; larger ones close the
 # connection (code 1009) before being buffered.
 TRANSPORT_SIZE_FACTOR = 2
+# Frames a connection may hold beyond the one being answered before reading from its socket pauses (websockets'
+# high-water mark, low-water mark 0): at most about (PIPELINED_FRAMES + 2) x the transport limit per connection.
+PIPELINED_FRAMES = 1
+INFERENCE_THREAD_PREFIX = "policy-inference"
+PREPROCESS_THREAD_PREFIX = "policy-preprocess"
 
 
 class BatchPolicy(Protocol):
-    def predict_chunks(self, queries: Sequence[tuple[Observation, str]]) -> list[np.ndarray]: ...
+    def prepare(self, observation: Observation, instruction: str) -> Any: ...
+
+    def predict_prepared(self, queries: Sequence[Any]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,8 @@ class ServerSettings:
     batch_wait_ms: float = 5.0
     max_message_bytes: int = 32 * 2**20
     http_port: int | None = None  # also serve OpenVLA-OFT's POST /act here (0: a free port chosen by the OS)
+    request_timeout_s: float = 30.0  # an HTTP connection silent for this long is closed
+    preprocess_workers: int = min(8, os.cpu_count() or 1)  # threads decoding and preprocessing requests
 
     @property
     def transport_limit_bytes(self) -> int:
@@ -62,7 +80,7 @@ class ServerSettings:
 
 @dataclass
 class _Request:
-    query: tuple[Observation, str]
+    query: Any  # the policy's prepared query
     received: float
     future: asyncio.Future
 
@@ -85,7 +103,10 @@ class PolicyServer:
         self._queue: asyncio.Queue[_Request] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http_port: int | None = None  # the bound port of the HTTP endpoint, once serving
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=INFERENCE_THREAD_PREFIX)
+        self._preprocess_pool = ThreadPoolExecutor(
+            max_workers=settings.preprocess_workers, thread_name_prefix=PREPROCESS_THREAD_PREFIX
+        )
 
     def authorized(self, authorization_header: str | None) -> bool:
         """Whether a request with this ``Authorization`` header may use the policy."""
@@ -111,24 +132,33 @@ class PolicyServer:
                 f"{self.settings.max_message_bytes / 2**20:.1f} MiB (--max_message_mb)"
             )
         try:
-            query = self.spec.parse(unpackb(message))
-        except (WireError, ObservationError) as error:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._preprocess_pool, lambda: self.prepare(self.spec, unpackb(message))
+            )
+        except BAD_QUERY_ERRORS as error:
             return f"error: bad observation: {error}"
+        except Exception as error:  # noqa: BLE001 - reported to the client; the server keeps serving
+            return f"error: the policy failed: {type(error).__name__}: {error}"
         try:
-            chunk, timing = await self.infer(query)
+            chunk, timing = await self.infer(prepared)
         except Exception as error:  # noqa: BLE001 - reported to the client; the server keeps serving
             return f"error: the policy failed: {type(error).__name__}: {error}"
         return packb({"actions": self.postprocess(chunk), "server_timing": timing})
 
-    async def infer(self, query: tuple[Observation, str]) -> tuple[np.ndarray, dict[str, float]]:
-        """The model's un-normalised chunk for one query (batched with others) and its timing."""
+    def prepare(self, spec: ObservationSpec, request: Any) -> Any:
+        """The policy's prepared query of one decoded request (checked against ``spec``, then preprocessed); runs in
+        a preprocessing or HTTP thread, never in the inference thread. Bad input raises one of ``BAD_QUERY_ERRORS``."""
+        return self.policy.prepare(*spec.parse(request))
+
+    async def infer(self, query: Any) -> tuple[np.ndarray, dict[str, float]]:
+        """The model's un-normalised chunk for one prepared query (batched with others) and its timing."""
         assert self._queue is not None
         request = _Request(query, time.perf_counter(), asyncio.get_running_loop().create_future())
         await self._queue.put(request)
         chunk, timing = await request.future
         return check_finite_actions(chunk), timing
 
-    def infer_threadsafe(self, query: tuple[Observation, str]) -> tuple[np.ndarray, dict[str, float]]:
+    def infer_threadsafe(self, query: Any) -> tuple[np.ndarray, dict[str, float]]:
         """:meth:`infer` from another thread (the HTTP endpoint's)."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(self.infer(query), self._loop).result()
@@ -160,12 +190,12 @@ class PolicyServer:
                 break
         return batch
 
-    async def _predict(self, queries: list[tuple[Observation, str]]) -> list[np.ndarray | Exception]:
-        """Chunks of ``queries`` from one ``predict_chunks`` call; when it fails, each query is retried alone, so
+    async def _predict(self, queries: list[Any]) -> list[np.ndarray | Exception]:
+        """Chunks of ``queries`` from one ``predict_prepared`` call; when it fails, each query is retried alone, so
         only the one that breaks the model gets its error."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self.policy.predict_chunks, queries)
+            return await loop.run_in_executor(self._executor, self.policy.predict_prepared, queries)
         except Exception as error:  # noqa: BLE001 - handed to the request(s) it belongs to
             if len(queries) == 1:
                 return [error]
@@ -202,6 +232,7 @@ class PolicyServer:
                 self.settings.port,
                 compression=None,
                 max_size=self.settings.transport_limit_bytes,
+                max_queue=(PIPELINED_FRAMES, 0),
                 process_request=self._process_request,
             ) as server:
                 on_ready(next(iter(server.sockets)).getsockname()[1])
@@ -212,6 +243,7 @@ class PolicyServer:
                 http_server.server_close()
             batcher.cancel()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
 
 @contextmanager

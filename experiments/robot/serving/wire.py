@@ -7,6 +7,7 @@ arrays are copied out of the message (writable, aligned). A violation raises :cl
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -46,11 +47,15 @@ def _decode_numpy(obj: dict) -> Any:
         shape, data = obj.get(b"shape"), obj.get(b"data")
         if not isinstance(shape, list | tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
             raise WireError(f"array shape {shape!r}: expected a list of non-negative integers")
-        if not isinstance(data, bytes) or len(data) != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        if not isinstance(data, bytes) or len(data) != dtype.itemsize * math.prod(shape):  # Python ints: no overflow
             raise WireError(f"array data does not hold a {dtype} array of shape {tuple(shape)}")
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
     if b"__npgeneric__" in obj:
-        return _parse_dtype(obj.get(b"dtype")).type(obj.get(b"data"))
+        dtype, value = _parse_dtype(obj.get(b"dtype")), obj.get(b"data")
+        try:
+            return dtype.type(value)
+        except (OverflowError, TypeError, ValueError):
+            raise WireError(f"scalar {value!r} does not fit numpy dtype {dtype}") from None
     return obj
 
 
@@ -65,5 +70,5 @@ def unpackb(message: bytes) -> Any:
         return msgpack.unpackb(message, object_hook=_decode_numpy)
     except WireError:
         raise
-    except (ValueError, TypeError, msgpack.UnpackException) as error:
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as error:
         raise WireError(f"not a msgpack message: {error}") from None

@@ -16,10 +16,12 @@ images stay in the video files and are decoded per sample (``video.py``). Every 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -139,6 +141,31 @@ def read_info(dataset_dir: Path) -> dict[str, Any]:
     return info
 
 
+@contextlib.contextmanager
+def _malformed_metadata(root: Path) -> Iterator[None]:
+    """Turns a missing key or a wrong type met while reading the metadata of ``root`` into one UserError."""
+    try:
+        yield
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as error:
+        detail = f"missing key {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise UserError(
+            f"{root / 'meta'}: malformed LeRobot metadata ({detail}): expected info.json and the episodes and tasks "
+            "files of LeRobot v2.1 or v3.0"
+        ) from None
+
+
+def dataset_file(root: Path, relative: str, key: str) -> str:
+    """``relative`` (a path that ``info.json``'s ``key`` template gave) after checking that it stays inside the
+    dataset folder ``root``: no absolute path, no ``..``."""
+    parts = PurePosixPath(relative).parts
+    if PurePosixPath(relative).is_absolute() or Path(relative).is_absolute() or ".." in parts:
+        raise UserError(
+            f"{root / INFO_FILE}: {key} gives {relative!r}, which leaves the dataset folder: expected a path "
+            f"relative to {root} without '..'"
+        )
+    return relative
+
+
 def is_lerobot_dataset(data_root_dir: str | Path, dataset_name: str) -> bool:
     """Whether ``<data_root_dir>/<dataset_name>`` is a LeRobot folder (has ``meta/info.json``), not an RLDS one."""
     return (Path(data_root_dir) / dataset_name / INFO_FILE).is_file()
@@ -150,9 +177,11 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
     root = Path(data_root_dir) / dataset_name
     info = read_info(root)
     info_path = root / INFO_FILE
-    features = info.get("features", {})
-    mapping = resolve_mapping(mapping, features, info_path)
-    episode_meta, tasks = (_read_v21_meta if info["codebase_version"] == "v2.1" else _read_v30_meta)(root, info)
+    with _malformed_metadata(root):
+        features = info.get("features", {})
+        mapping = resolve_mapping(mapping, features, info_path)
+        episode_meta, tasks = (_read_v21_meta if info["codebase_version"] == "v2.1" else _read_v30_meta)(root, info)
+        fps = float(info["fps"])
     data_files = sorted({root / meta["data_file"] for meta in episode_meta})
     columns = [mapping.state_key, mapping.action_key, "episode_index", "frame_index", "timestamp", "task_index"]
     image_cameras = [key for key in mapping.camera_keys if features[key]["dtype"] == "image"]
@@ -202,7 +231,7 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
         name=dataset_name,
         root=root,
         version=info["codebase_version"],
-        fps=float(info["fps"]),
+        fps=fps,
         mapping=mapping,
         camera_dtypes={key: features[key]["dtype"] for key in mapping.camera_keys},
         episodes=episodes,
@@ -324,9 +353,18 @@ def _read_v21_meta(root: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any
             {
                 "index": index,
                 "length": int(record["length"]),
-                "data_file": info["data_path"].format(episode_chunk=chunk, episode_index=index),
+                "data_file": dataset_file(
+                    root, info["data_path"].format(episode_chunk=chunk, episode_index=index), "data_path"
+                ),
                 "videos": {
-                    key: (info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=index), 0.0)
+                    key: (
+                        dataset_file(
+                            root,
+                            info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=index),
+                            "video_path",
+                        ),
+                        0.0,
+                    )
                     for key in video_keys
                 },
             }
@@ -343,8 +381,10 @@ def _read_v30_meta(root: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any
     table = _read_parquet_files(episode_files, None)
     episodes = []
     for record in table.to_pylist():
-        data_file = info["data_path"].format(
-            chunk_index=record["data/chunk_index"], file_index=record["data/file_index"]
+        data_file = dataset_file(
+            root,
+            info["data_path"].format(chunk_index=record["data/chunk_index"], file_index=record["data/file_index"]),
+            "data_path",
         )
         videos = {}
         for key in video_keys:
@@ -352,7 +392,7 @@ def _read_v30_meta(root: Path, info: dict[str, Any]) -> tuple[list[dict[str, Any
             video_file = info["video_path"].format(
                 video_key=key, chunk_index=record[prefix + "chunk_index"], file_index=record[prefix + "file_index"]
             )
-            videos[key] = (video_file, float(record[prefix + "from_timestamp"]))
+            videos[key] = (dataset_file(root, video_file, "video_path"), float(record[prefix + "from_timestamp"]))
         episodes.append(
             {
                 "index": int(record["episode_index"]),

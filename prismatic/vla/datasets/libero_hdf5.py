@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from prismatic.util.cli import UserError
 from prismatic.vla.datasets.writer import LiberoEpisode, write_libero_rlds
 
 NOOP_THRESHOLD = 1e-4
@@ -66,17 +67,39 @@ def _rotate_and_resize(images: np.ndarray, image_size: int) -> np.ndarray:
     )
 
 
+def _demo_names(hdf5_file: h5py.File, path: Path) -> list[str]:
+    """The demos of ``data`` in order (``demo_0``, ``demo_1``, ...), each checked to hold every dataset read."""
+    names = list(hdf5_file["data"].keys())
+    if not names or not all(name.rsplit("_", 1)[-1].isdigit() for name in names):
+        raise KeyError(f"{path}: data holds {names[:5]}: expected demos named demo_0, demo_1, ...")
+    for name in names:
+        for key in ("actions", *(f"obs/{observation}" for observation in OBSERVATION_KEYS)):
+            if key not in hdf5_file["data"][name]:
+                raise KeyError(f"{path}: demo 'data/{name}' lacks dataset '{key}'.")
+    return sorted(names, key=lambda name: int(name.rsplit("_", 1)[-1]))
+
+
+def check_libero_hdf5(path: str | Path) -> None:
+    """The file opens as HDF5 and has LIBERO's layout (instruction, demos and their datasets; no arrays are read),
+    else a UserError naming it, so that a bad file stops a conversion before anything is written."""
+    try:
+        with h5py.File(path, "r") as hdf5_file:
+            language_instruction_of(hdf5_file, Path(path))
+            _demo_names(hdf5_file, Path(path))
+    except OSError as error:
+        raise UserError(f"{path} is not a readable HDF5 file ({error}): expected a LIBERO demonstration file") from None
+    except (KeyError, ValueError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) else str(error)
+        raise UserError(f"{message.rstrip('.')}: expected a LIBERO demonstration file") from None
+
+
 def read_libero_hdf5(path: str | Path, image_size: int = 256) -> Iterator[LiberoEpisode]:
     """The no-op-filtered episodes of one LIBERO HDF5 file, in demo order (``demo_0``, ``demo_1``, ...)."""
     path = Path(path)
     with h5py.File(path, "r") as hdf5_file:
         instruction = language_instruction_of(hdf5_file, path)
-        demo_names = sorted(hdf5_file["data"].keys(), key=lambda name: int(name.rsplit("_", 1)[-1]))
-        for demo_name in demo_names:
+        for demo_name in _demo_names(hdf5_file, path):
             demo = hdf5_file["data"][demo_name]
-            for key in ("actions", *(f"obs/{name}" for name in OBSERVATION_KEYS)):
-                if key not in demo:
-                    raise KeyError(f"{path}: demo 'data/{demo_name}' lacks dataset '{key}'.")
             actions = np.asarray(demo["actions"], np.float32)
             keep = ~noop_mask(actions)
             observations = {name: np.asarray(demo["obs"][name])[keep] for name in OBSERVATION_KEYS}

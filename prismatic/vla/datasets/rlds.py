@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from prismatic.util.cli import UserError
+from prismatic.util.file_checks import read_json_file
 from prismatic.vla.datasets.config import holdout_episodes
 from prismatic.vla.datasets.geometry import check_depth_follows_crop
 from prismatic.vla.datasets.registry import RLDSDatasetSpec
@@ -28,6 +30,7 @@ from prismatic.vla.datasets.transforms import restructure_trajectory
 STATISTICS_FORMAT = "sf-rlds-statistics-v1"  # part of the cache key; bump when the computation changes
 _TFRECORD_HEADER = struct.Struct("<QI")  # record length (uint64), masked CRC32C of the length (uint32)
 _TFRECORD_CRC_BYTES = 4
+DEFAULT_SHARD_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
 def find_builder_dir(data_root_dir: Path, name: str) -> Path:
@@ -38,11 +41,30 @@ def find_builder_dir(data_root_dir: Path, name: str) -> Path:
         key=lambda path: tuple(int(part) if part.isdigit() else -1 for part in path.name.split(".")),
     )
     if not versions:
-        raise FileNotFoundError(
+        raise UserError(
             f"No RLDS dataset {name!r} under --data_root_dir {data_root_dir}: expected "
             f"{dataset_dir}/<version>/dataset_info.json (e.g. {dataset_dir}/1.0.0/)."
         )
     return versions[-1]
+
+
+def check_rlds_files(data_root_dir: Path, name: str) -> Path:
+    """Before TensorFlow is imported: the dataset's version folder, and every tfrecord shard its
+    ``dataset_info.json`` lists (tfds' default file names) complete; returns the version folder."""
+    builder_dir = find_builder_dir(data_root_dir, name)
+    info = read_json_file(builder_dir / "dataset_info.json")
+    file_format = info.get("fileFormat", "tfrecord")
+    shards = [
+        (f"{info.get('name', name)}-{split['name']}.{file_format}", [int(length) for length in split["shardLengths"]])
+        for split in info.get("splits", [])
+        if split.get("filepathTemplate", DEFAULT_SHARD_TEMPLATE) == DEFAULT_SHARD_TEMPLATE
+    ]
+    if not any(lengths for _, lengths in shards):
+        raise UserError(f"{builder_dir / 'dataset_info.json'} lists no tfrecord shards: expected a converted dataset")
+    for prefix, lengths in shards:
+        for index, num_records in enumerate(lengths):
+            check_tfrecord_file(builder_dir / f"{prefix}-{index:05d}-of-{len(lengths):05d}", num_records)
+    return builder_dir
 
 
 def open_builder(
@@ -96,7 +118,7 @@ def _check_geometry_shapes(
 def check_tfrecord_file(path: Path, expected_records: int) -> None:
     """Walks the record headers of a TFRecord file (no payload reads) and checks its length and record count."""
     if not path.is_file():
-        raise FileNotFoundError(f"Missing tfrecord shard {path} (listed in dataset_info.json).")
+        raise UserError(f"Missing tfrecord shard {path}: expected the files dataset_info.json lists")
     file_size = path.stat().st_size
     offset, num_records = 0, 0
     with open(path, "rb") as handle:
@@ -109,12 +131,12 @@ def check_tfrecord_file(path: Path, expected_records: int) -> None:
             handle.seek(offset)
             num_records += 1
     if offset != file_size:
-        raise ValueError(
+        raise UserError(
             f"Truncated tfrecord file {path}: record {num_records} ends at byte {offset} but the file has "
             f"{file_size} bytes; re-download or re-convert the dataset."
         )
     if num_records != expected_records:
-        raise ValueError(
+        raise UserError(
             f"Truncated tfrecord file {path}: {num_records} records, dataset_info.json lists {expected_records}."
         )
 
