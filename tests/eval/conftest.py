@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prismatic.policy.config import EmbodimentConfig, PolicyConfig, write_policy_config
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+from prismatic.vla.constants import NormalizationType, PlatformConstants
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -61,3 +64,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, libero_norm_stats:
     """A tiny randomly initialised checkpoint in the released fine-tuned layout (merged model, heads, stats)."""
     out_dir = tmp_path_factory.mktemp("checkpoints") / "tiny-sf-libero-spatial"
     return save_tiny_vla_checkpoint(out_dir, seed=0, norm_stats=libero_norm_stats, with_heads=True)
+
+
+@pytest.fixture(scope="session")
+def lerobot_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """The tiny checkpoint with the ``policy_config.json`` a LeRobot-trained one records: LeRobot's embodiment
+    (``gripper: "none"``: actions in the data's own units, e.g. LIBERO's raw -1 open / +1 close), its cameras."""
+    out_dir = tmp_path_factory.mktemp("checkpoints") / "tiny-lerobot-libero"
+    shutil.copytree(tiny_checkpoint, out_dir)
+    platform = PlatformConstants("lerobot", 8, 7, 8, NormalizationType.BOUNDS_Q99)
+    cameras = ["observation.images.image", "observation.images.wrist_image"]
+    embodiment = EmbodimentConfig.from_platform(platform, camera_names=cameras, gripper="none", gripper_dims=[])
+    write_policy_config(out_dir, PolicyConfig(unnorm_key="libero_spatial_no_noops", embodiment=embodiment))
+    return out_dir

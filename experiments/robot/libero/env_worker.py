@@ -38,13 +38,13 @@ from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
     get_libero_env,
     prepare_observation,
-    process_action,
     robot_state,
     video_file_name,
 )
 from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
 from experiments.robot.policy import Observation
 from experiments.robot.results import EpisodeResult
+from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from prismatic.util.io import atomic_output
 
@@ -56,14 +56,14 @@ class EpisodeSettings:
     """What every episode of a run shares."""
 
     suite: str
-    model_family: str
+    gripper: str  # the checkpoint's gripper convention (PolicyConfig.embodiment.gripper; the server's metadata)
     num_steps_wait: int
     max_steps: int  # policy steps after the wait
     num_open_loop_steps: int
     action_dim: int
     env_img_res: int
     video_dir: str | None  # None: no videos
-    policy_server: str | None = None  # ws://host:port: chunks come from a policy server, in the robot's units
+    policy_server: str | None = None  # ws://host:port: chunks come from a policy server (in the dataset's frame)
     action_ensembling: str = "none"  # see experiments/robot/action_ensembling.py
 
 
@@ -114,7 +114,9 @@ def run_episode(
     keep_frames: bool,
 ) -> EpisodeOutcome:
     """Upstream's episode from the initial observation ``obs``: ``num_steps_wait`` no-ops, then up to ``max_steps``
-    policy actions, re-querying the policy whenever the open-loop queue is empty. A simulator exception ends the
+    policy actions, re-querying the policy whenever the open-loop queue is empty. Each executed action is selected
+    (``--action_ensembling``) from chunks in the dataset's frame and then post-processed by the checkpoint's gripper
+    convention, whether the chunks come from the runner or from a policy server. A simulator exception ends the
     episode as a failure (recorded in ``error``)."""
     select_actions = EpisodeActionSelector(settings.action_ensembling, settings.num_open_loop_steps)
     action_queue: deque[np.ndarray] = deque()
@@ -131,9 +133,7 @@ def run_episode(
                 # Without ensembling: the first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k)
                 # would keep the last k when k < chunk; identical for the default k = chunk).
                 action_queue.extend(select_actions(request_chunk(observation)))
-            action = action_queue.popleft()
-            if settings.policy_server is None:  # a policy server replies in the robot's units already
-                action = process_action(action, settings.model_family)
+            action = postprocess_actions(action_queue.popleft(), settings.gripper)
             obs, _, done, _ = env.step(action.tolist())
             steps += 1
             if done:

@@ -9,10 +9,7 @@ import numpy as np
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, resize_image_for_policy, rotate_180
 from experiments.robot.policy import Observation
-from experiments.robot.robot_utils import invert_gripper_action, normalize_gripper_action
 
-# Model families trained on RLDS data whose gripper is 1 = open (LIBERO: -1 = open).
-GRIPPER_INVERTED_FAMILIES = ("openvla", "svla")
 # Arm still, gripper open: stepped while objects settle at the start of an episode.
 LIBERO_DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -62,14 +59,6 @@ def prepare_observation(
         "state": robot_state(obs),
     }
     return observation, frame
-
-
-def process_action(action: np.ndarray, model_family: str) -> np.ndarray:
-    """Gripper [0, 1] -> sign of [-1, +1]; for OpenVLA and SpatialVLA also flip it to LIBERO's -1 = open."""
-    action = normalize_gripper_action(action, binarize=True)
-    if model_family in GRIPPER_INVERTED_FAMILIES:
-        action = invert_gripper_action(action)
-    return action
 
 
 def video_file_name(task_id: int, episode: int, success: bool, task_description: str) -> str:

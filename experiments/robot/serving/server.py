@@ -111,14 +111,17 @@ class PolicyServer:
                 f"{self.settings.max_message_bytes / 2**20:.1f} MiB (--max_message_mb)"
             )
         try:
-            query = self.spec.parse(unpackb(message))
+            request = unpackb(message)
+            query = self.spec.parse(request)
+            raw_actions = self.spec.wants_raw_actions(request)
         except (WireError, ObservationError) as error:
             return f"error: bad observation: {error}"
         try:
             chunk, timing = await self.infer(query)
         except Exception as error:  # noqa: BLE001 - reported to the client; the server keeps serving
             return f"error: the policy failed: {type(error).__name__}: {error}"
-        return packb({"actions": self.postprocess(chunk), "server_timing": timing})
+        actions = chunk if raw_actions else self.postprocess(chunk)
+        return packb({"actions": actions, "server_timing": timing})
 
     async def infer(self, query: tuple[Observation, str]) -> tuple[np.ndarray, dict[str, float]]:
         """The model's un-normalised chunk for one query (batched with others) and its timing."""
