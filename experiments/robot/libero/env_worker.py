@@ -36,7 +36,7 @@ from experiments.robot.action_ensembling import EpisodeActionSelector
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
 from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
-    get_libero_env,
+    TaskEnv,
     prepare_observation,
     robot_state,
     video_file_name,
@@ -153,45 +153,17 @@ def save_video(frames: list[np.ndarray], path: Path) -> None:
             writer.append_data(frame)
 
 
-class _TaskEnv:
-    """The env of the task a worker is on, with its reset stream: the resets done since ``env.seed(0)`` and the
-    state of the RNG they draw from.
-
-    LIBERO's scene randomisation draws from numpy's global RNG. The stream's RNG state is saved after every reset and
-    restored before the next one, so whatever else draws from the global RNG in this worker (the episodes in between,
-    another task's env, a library) cannot change the scene a reset builds: episode k sees exactly the k-th reset.
-    """
-
-    def __init__(self, unit: WorkUnit, resolution: int):
-        self.task_id = unit.task_id
-        self.env = get_libero_env(unit.bddl_file, resolution)
-        self.rng_state = np.random.get_state()  # as env.seed(0) left it
-        self.resets_done = 0
-
-    def start_episode(self, spec: EpisodeSpec) -> dict[str, np.ndarray]:
-        """Replay the resets before ``spec``'s place in the reset stream, reset, set its initial state."""
-        while self.resets_done <= spec.reset_index:
-            np.random.set_state(self.rng_state)
-            self.env.reset()
-            self.rng_state = np.random.get_state()
-            self.resets_done += 1
-        return self.env.set_init_state(spec.initial_state)
-
-    def close(self) -> None:
-        self.env.close()
-
-
 def _run_unit(
     unit: WorkUnit,
-    task_env: _TaskEnv | None,
+    task_env: TaskEnv | None,
     settings: EpisodeSettings,
     connection: Connection,
     server: PolicyClient | None,
-) -> _TaskEnv:
+) -> TaskEnv:
     if task_env is None or task_env.task_id != unit.task_id or task_env.resets_done > unit.episodes[0].reset_index:
         if task_env is not None:
             task_env.close()
-        task_env = _TaskEnv(unit, settings.env_img_res)
+        task_env = TaskEnv(unit.task_id, unit.bddl_file, settings.env_img_res)
 
     def request_chunk(observation: Observation) -> np.ndarray:
         if server is not None:
@@ -214,7 +186,7 @@ def _run_unit(
 
     for spec in unit.episodes:
         started = time.perf_counter()
-        obs = task_env.start_episode(spec)
+        obs = task_env.start_episode(spec.reset_index, spec.initial_state)
         outcome = run_episode(task_env.env, obs, settings, request_chunk, settings.video_dir is not None)
         seconds = time.perf_counter() - started
         video = None

@@ -32,6 +32,34 @@ def get_libero_env(bddl_file: str, resolution: int, camera_depths: bool = False)
     return env
 
 
+class TaskEnv:
+    """The env of one task, with its reset stream: the resets done since ``env.seed(0)`` and the state of the RNG
+    they draw from (used by the evaluation's workers and by the demonstration regeneration).
+
+    LIBERO's scene randomisation draws from numpy's global RNG. The stream's RNG state is saved after every reset and
+    restored before the next one, so whatever else draws from the global RNG in this process (the episodes in between,
+    another task's env, a library) cannot change the scene a reset builds: episode k sees exactly the k-th reset.
+    """
+
+    def __init__(self, task_id: int, bddl_file: str, resolution: int):
+        self.task_id = task_id
+        self.env = get_libero_env(bddl_file, resolution)
+        self.rng_state = np.random.get_state()  # as env.seed(0) left it
+        self.resets_done = 0
+
+    def start_episode(self, reset_index: int, initial_state: np.ndarray) -> dict[str, np.ndarray]:
+        """Replay the resets before ``reset_index`` in the reset stream, reset, set ``initial_state``."""
+        while self.resets_done <= reset_index:
+            np.random.set_state(self.rng_state)
+            self.env.reset()
+            self.rng_state = np.random.get_state()
+            self.resets_done += 1
+        return self.env.set_init_state(initial_state)
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
     """Quaternion (x, y, z, w) to axis-angle (axis scaled by angle in radians), robosuite's formula."""
     w = min(max(float(quat[3]), -1.0), 1.0)
