@@ -51,9 +51,10 @@ def test_estimate_is_within_ten_percent_of_the_published_figure(flags, published
     assert abs(estimate.peak / memory_estimate.GB - published_gb) / published_gb < 0.10
 
 
-def test_tiny_step_allocation_matches_the_profiler_within_fifteen_percent(tmp_path):
+@pytest.fixture
+def tiny_estimate_config(tmp_path) -> MemoryEstimateConfig:
     vla_dir, vggt_path = write_tiny_base_checkpoints(tmp_path)
-    cfg = MemoryEstimateConfig(
+    return MemoryEstimateConfig(
         vla_path=str(vla_dir),
         vggt_path=str(vggt_path),
         dataset_name="libero_spatial_no_noops",
@@ -65,6 +66,10 @@ def test_tiny_step_allocation_matches_the_profiler_within_fifteen_percent(tmp_pa
         vla_layers_align=1,
         lora_rank=4,
     )
+
+
+def test_tiny_step_allocation_matches_the_profiler_within_fifteen_percent(tiny_estimate_config):
+    cfg = tiny_estimate_config
     predicted = memory_estimate.step_allocation_bytes(
         memory_estimate.trace_training_step(cfg, torch.float32, cuda_autocast=False)
     )
@@ -136,23 +141,6 @@ def test_readme_ready_configuration_parses_with_the_training_config():
     cfg = draccus.parse(AlignFinetuneConfig, args=arguments[arguments.index("vla-scripts/finetune_align.py") + 1 :])
     assert cfg.gradient_checkpointing and cfg.vggt_dtype == "bfloat16"
     assert cfg.batch_size * cfg.grad_accumulation_steps == 8  # x 8 GPUs = the paper's global batch of 64
-
-
-@pytest.fixture
-def tiny_estimate_config(tmp_path) -> MemoryEstimateConfig:
-    vla_dir, vggt_path = write_tiny_base_checkpoints(tmp_path)
-    return MemoryEstimateConfig(
-        vla_path=str(vla_dir),
-        vggt_path=str(vggt_path),
-        dataset_name="libero_spatial_no_noops",
-        num_images_in_input=2,
-        use_proprio=True,
-        batch_size=2,
-        prompt_tokens=30,
-        vggt_image_size=112,
-        vla_layers_align=1,
-        lora_rank=4,
-    )
 
 
 def test_upstream_mode_adds_vggts_autocast_copies_and_float32_logits(tiny_estimate_config):
