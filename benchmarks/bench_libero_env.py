@@ -33,6 +33,8 @@ from experiments.robot.policy import Observation
 class ZeroMotionPolicy:
     """Arm still, gripper open: isolates simulator and runner costs from the model."""
 
+    gripper = "libero"
+
     def predict_chunk(self, observation: Observation, instruction: str) -> np.ndarray:
         chunk = np.zeros((8, 7))
         chunk[:, -1] = 1.0
@@ -79,7 +81,7 @@ def bench_throughput(args: argparse.Namespace, log_dir: str) -> None:
             run_id=f"bench-{num_workers}-workers",
         )
         started = time.perf_counter()
-        eval_libero(cfg, ZeroMotionPolicy())
+        eval_libero(cfg, ZeroMotionPolicy(), ZeroMotionPolicy.gripper)
         walls[num_workers] = time.perf_counter() - started
         print(f"{args.episodes} episodes x {args.steps} steps on {num_workers} worker(s): {walls[num_workers]:.1f} s")
     print(f"speed-up with {args.num_workers} workers: {walls[1] / walls[args.num_workers]:.2f}x")

@@ -3,9 +3,10 @@
     python vla-scripts/regenerate_libero_hdf5.py --hdf5_dir LIBERO/datasets/libero_spatial \\
         --data_root_dir data/libero --dataset_name libero_spatial_no_noops --num_workers 2
 
-Every demo of every ``*.hdf5`` file of ``--hdf5_dir`` is replayed from its initial state with its no-op actions
-dropped, both cameras are re-rendered at ``--image_size`` and demos whose task is not done at the end are dropped
-(as upstream made ``openvla/modified_libero_rlds``; see experiments/robot/libero/regenerate.py). Replays are saved in
+Every demo of every ``*.hdf5`` file of ``--hdf5_dir`` is replayed as upstream's ``regenerate_libero_dataset.py`` made
+``openvla/modified_libero_rlds``: the demos of a file in order on one env (one reset each), from the recorded initial
+state after 10 dummy steps, with no-op actions dropped; both cameras are re-rendered at ``--image_size`` and demos whose
+task is not done at the end are dropped (see experiments/robot/libero/regenerate.py). Replays are saved in
 ``--work_dir`` (default ``<data_root_dir>/<dataset_name>_replays``), so a rerun resumes.
 """
 
@@ -27,7 +28,7 @@ class RegenerateConfig:
     data_root_dir: Path = Path("data/libero")  # the dataset goes to <data_root_dir>/<dataset_name>/1.0.0/
     dataset_name: str = "libero_spatial_no_noops"
     image_size: int = 256  # side of both re-rendered cameras
-    num_workers: int = 2  # simulator processes
+    num_workers: int = 2  # simulator processes (one task file each at a time)
     work_dir: Path | None = None  # saved replays (resumable); default <data_root_dir>/<dataset_name>_replays
     keep_failed: bool = False  # keep demos whose task is not done after replay (upstream drops them)
     overwrite: bool = False

@@ -18,6 +18,8 @@ class Policy(Protocol):
     several workers, and serial and parallel evaluations must give identical results.
     """
 
+    gripper: str  # the checkpoint's gripper convention ("libero" or "none"; PolicyConfig.embodiment.gripper)
+
     def predict_chunk(self, observation: Observation, instruction: str) -> np.ndarray:
         """Actions ``[chunk, action_dim]`` in the dataset's frame (gripper in [0, 1], before post-processing)."""
         ...

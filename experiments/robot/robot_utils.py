@@ -11,6 +11,8 @@ from importlib import metadata
 import numpy as np
 import torch
 
+from prismatic.policy.config import GRIPPER_CONVENTIONS
+
 # Packages whose versions most often explain a failed reproduction, in the order the log lists them.
 FINGERPRINT_PACKAGES = (
     "torch",
@@ -57,6 +59,20 @@ def invert_gripper_action(action: np.ndarray) -> np.ndarray:
     inverted = np.array(action, dtype=np.float64, copy=True)
     inverted[..., -1] *= -1.0
     return inverted
+
+
+def postprocess_actions(actions: np.ndarray, gripper: str) -> np.ndarray:
+    """Actions in the dataset's frame -> the robot's command, by the checkpoint's gripper convention
+    (``PolicyConfig.embodiment.gripper``); returns a float64 copy. Used by the policy server and the simulator workers.
+
+    ``"libero"``: the gripper (last dim, 1 = open) binarised to the sign of [-1, +1] and inverted to LIBERO's
+    -1 = open (upstream's ``normalize_gripper_action`` + ``invert_gripper_action``); ``"none"``: as predicted.
+    """
+    if gripper == "libero":
+        return invert_gripper_action(normalize_gripper_action(actions, binarize=True))
+    if gripper == "none":
+        return np.array(actions, dtype=np.float64, copy=True)
+    raise ValueError(f"gripper convention {gripper!r}: expected one of {GRIPPER_CONVENTIONS}")
 
 
 def package_version(name: str) -> str:

@@ -3,7 +3,7 @@
 load (``from_config``) -> preprocess (third-person image, optionally center-cropped; prompt; camera intrinsics of
 the ``unnorm_key``) -> predict a chunk (greedy action tokens -> 4 un-normalised 7-D actions, gripper in [0, 1]).
 The post-processing that keeps state across steps (``--action_ensembling``) and the gripper binarise + invert run
-with the episode in the simulator worker (``action_ensembling.py``, ``libero_utils.process_action``).
+with the episode in the simulator worker (``action_ensembling.py``, ``robot_utils.postprocess_actions``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def svla_prompt(instruction: str, prompt_format: str) -> str:
 
 class SpatialVLAPolicy:
     """A loaded SpatialVLA answering :meth:`predict_chunk` deterministically (greedy decoding)."""
+
+    gripper = "libero"  # trained on RLDS data (1 = open): binarised and inverted for LIBERO, as the fork does
 
     def __init__(
         self,

@@ -148,6 +148,11 @@ class VLAPolicy:
             quantize="int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none",
         )
 
+    @property
+    def gripper(self) -> str:
+        """The checkpoint's gripper convention (``PolicyConfig.embodiment.gripper``)."""
+        return self.config.embodiment.gripper
+
     def resolved_flags(self) -> dict[str, Any]:
         """The evaluation flags (upstream's names) this policy runs with, for logs and resume checks."""
         return evaluation_flags(self.config, self.unnorm_key)

@@ -151,5 +151,5 @@ class MemoryEstimateConfig(AlignFinetuneConfig):
     gpu_memory_gb: float = 80.0                      # Memory of one GPU (decimal GB, as nvidia-smi and vendors)
     num_gpus: int = 1                                # GPUs in the run (FSDP shards over them)
     prompt_tokens: int = 40                          # Longest prompt of a batch in tokens (LIBERO's: 25-40)
-    upstream_script: bool = False                    # Model upstream's script (LM logits, all VGGT layers kept)
+    upstream_script: bool = False                    # Model upstream's script (fp32 LM logits, unfrozen VGGT, ...)
     # fmt: on

@@ -13,8 +13,13 @@ from three sources, none of them fitted:
 CUDA kernels are modelled where they differ from the meta dispatch (``DeviceKernels``): masked SDPA runs as the
 memory-efficient kernel (saves q, k, v, out, log-sum-exp, the additive mask); bf16 autocast is modelled by tracing
 the model in bf16 (what autocast computes its matmuls in), running autocast's float32 ops (norms, softmax) on float32
-inputs and adding the cached bf16 copies of the fp32 trainable weights. Gradient checkpointing replaces each
-checkpointed block's saved tensors by its input (a returned hidden state), plus one block's recomputation.
+inputs and adding the bf16 copies autocast caches of the fp32 weights that require grad (the trainable modules; with
+``--lora_fp32`` the LoRA adapters too). Gradient checkpointing replaces each checkpointed block's saved tensors by its
+input (a returned hidden state), plus one block's recomputation.
+
+``--upstream_script True`` models upstream's scripts instead of this trainer: the LM logits (float32, as
+transformers 4.40's Llama returns them) and their loss are computed and kept, all VGGT layers are kept, and VGGT is
+never frozen, so autocast also caches bf16 copies of its float32 Linear and Conv weights.
 """
 
 from __future__ import annotations
@@ -240,7 +245,9 @@ def _sequence_length(cfg: MemoryEstimateConfig, platform: PlatformConstants, num
 
 def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
     """The trainer's modules at full size on the meta device: (vla, action head, proprio projector, aligner,
-    teacher, platform). The VLA and the head are in ``dtype``; LoRA adapters and projectors in float32."""
+    teacher, platform). The VLA, its LoRA adapters (float32 with ``--lora_fp32``) and the head are in ``dtype``; the
+    proprio projector and the aligner in float32; the teacher in float32 (its weights are counted per
+    ``--vggt_dtype``)."""
     from functools import partial
 
     from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
@@ -254,7 +261,11 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
         vla = OpenVLAForActionPrediction(config).to(dtype)
         vla.set_num_images_in_input(cfg.num_images_in_input)
         if cfg.use_lora:
-            vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout)
+            vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout, fp32_adapters=cfg.lora_fp32)
+            if not cfg.lora_fp32:  # on real devices peft gives the adapters the base dtype; on meta it keeps fp32
+                for name, module in vla.named_modules():
+                    if name.endswith((".lora_A", ".lora_B")):
+                        module.to(dtype)
         else:
             vla.requires_grad_(True)
         freeze_unreached_parameters(vla, uses_lm_head=not cfg.use_l1_regression)
@@ -315,7 +326,8 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
     """Runs one step's forward and backward on meta tensors; returns the byte counts the estimate is built from.
 
     Mirrors ``trainer.compute_losses`` for the L1 head: the VLA forward with every hidden state, the action head on
-    the action-slot states, then (Spatial Forcing) the frozen teacher and the aligner on the visual tokens.
+    the action-slot states, then (Spatial Forcing) the teacher and the aligner on the visual tokens; with
+    ``--upstream_script`` also what upstream's script computes and keeps (see the module docstring).
     """
     vla, head, proprio, aligner, teacher, platform = build_meta_modules(cfg, dtype)
     base = vla.get_base_model() if hasattr(vla, "get_base_model") else vla
@@ -330,7 +342,9 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
         for name, module in base.language_model.model.layers.named_modules()
         if isinstance(module, nn.Linear) and not module.weight.requires_grad
     )
-    trainable_fp32 = sum(p.numel() * 4 for m in trainable_modules for p in m.parameters() if p.dtype == torch.float32)
+    trainable_fp32 = sum(  # autocast caches casts of leaf tensors that require grad only
+        p.numel() * 4 for m in trainable_modules for p in m.parameters() if p.dtype == torch.float32 and p.requires_grad
+    )
     for module in (vla, head, proprio):  # autocast runs their matmuls (and so what they save) in the compute dtype
         if module is not None:
             module.to(dtype)
@@ -353,7 +367,9 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
         )
         saved.count(output.hidden_states, "retained hidden states")
         if output.logits is not None:  # upstream's script keeps the logits of every position (and their loss)
-            saved.count([output.logits, output.loss], "retained logits")
+            # transformers 4.40's Llama returns them in float32 (``logits.float()``), whatever the compute dtype
+            logits = output.logits.float() if cfg.upstream_script else output.logits
+            saved.count([logits, output.loss], "retained logits")
         hidden = output.hidden_states[-1]
         loss = hidden.float().sum() * 0  # keeps the graph of every layer alive, as the real losses do
         if head is not None:
@@ -374,6 +390,15 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
         handle.remove()
     teacher_element_size = 2 if cfg.vggt_dtype == "bfloat16" else 4
     teacher_bytes = 0 if teacher is None else sum(p.numel() * teacher_element_size for p in teacher.parameters())
+    teacher_autocast_copies = 0
+    if teacher is not None and cfg.upstream_script and cfg.vggt_dtype == "float32":
+        # Unfrozen, so autocast caches a bf16 copy of every float32 weight its bf16 ops (Linear, Conv) take.
+        teacher_autocast_copies = sum(
+            p.numel() * 2
+            for module in teacher.modules()
+            if isinstance(module, nn.Linear | nn.Conv2d)
+            for p in module.parameters(recurse=False)
+        )
     return {
         "frozen": frozen,
         "trainable": trainable,
@@ -381,6 +406,7 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
         "head_gradients": head_gradients,
         "llm_linear_weights": llm_linear_weights,
         "teacher": teacher_bytes,
+        "teacher_autocast_copies": teacher_autocast_copies,
         "saved_by_scope": dict(saved.by_scope),
         "working_set": working.peak,
         "sequence_length": _sequence_length(cfg, platform, num_patches)[1],
@@ -464,6 +490,8 @@ def assemble_estimate(cfg: MemoryEstimateConfig, trace: dict, on_cuda: bool) -> 
     estimate.rows["largest op working set"] = trace["working_set"]
     if trace["teacher"]:
         estimate.rows["VGGT teacher weights"] = trace["teacher"]
+    if on_cuda and trace["teacher_autocast_copies"]:
+        estimate.rows["autocast bf16 copies of unfrozen VGGT weights"] = trace["teacher_autocast_copies"]
     if on_cuda:
         estimate.rows["CUDA context + cuBLAS workspace"] = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES
         if cfg.num_gpus > 1:

@@ -100,14 +100,37 @@ def test_frames_equal_the_decoded_video_frames_and_the_parquet_rows(data_root, n
     assert dataset.platform.action_dim == columns["action"].shape[1]
 
 
-def test_chunks_at_the_episode_end_repeat_the_last_action(data_root):
-    dataset = _dataset(data_root, "libero_like_v21", resize_resolution=(32, 32), num_actions_chunk=5)
-    episode = dataset.episodes[0]
-    last_row = episode.row_start + episode.length - 1
-    frame = dataset.frame_at(last_row - 1, 0)
-    np.testing.assert_array_equal(frame["action"][1], frame["action"][4])  # rows last, last, last, last
-    np.testing.assert_array_equal(dataset.frame_at(last_row, 0)["action"][0], frame["action"][1])
-    assert not np.array_equal(frame["action"][0], frame["action"][1])
+@pytest.mark.parametrize("name", ["libero_like_v21", "aloha_like_v30"])
+def test_chunks_are_the_rlds_paths_the_last_steps_of_an_episode_start_none(data_root, name):
+    """The same episodes chunked by the RLDS pipeline's ``chunk_actions``: the same (step, chunk) samples."""
+    from prismatic.vla.datasets.transforms import chunk_actions
+
+    chunk = 5
+    dataset = _dataset(data_root, name, num_images_in_input=1, resize_resolution=(32, 32), num_actions_chunk=chunk)
+    assert len(dataset.rows) == sum(episode.length - chunk + 1 for episode in dataset.episodes)
+    for episode in dataset.episodes:
+        rows = episode.row_start + np.arange(episode.length)
+        actions = normalize(
+            dataset.source.actions[rows],
+            dataset.statistics["action"],
+            NormalizationType.BOUNDS_Q99,
+            zero_constant_dims=True,
+        )
+        trajectory = {
+            "observation": {"timestep": np.arange(episode.length, dtype=np.int32)},
+            "task": {"language_instruction": np.array([b"task"] * episode.length)},
+            "action": actions.astype(np.float32),
+            "dataset_name": np.array([name.encode()] * episode.length),
+        }
+        rlds = chunk_actions(trajectory, chunk)
+        starts = [row for row in dataset.rows.tolist() if rows[0] <= row <= rows[-1]]
+        assert starts == rows[: episode.length - chunk + 1].tolist()  # the last chunk - 1 steps start none
+        ours = np.stack([dataset.frame_at(row, 0)["action"] for row in starts])
+        np.testing.assert_array_equal(ours, rlds["action"].numpy())
+        np.testing.assert_array_equal(
+            [dataset.frame_at(row, 0)["observation"]["timestep"][0] for row in starts],
+            rlds["observation"]["timestep"].numpy()[:, 0],
+        )
 
 
 def test_every_sample_once_per_epoch_and_a_resumed_stream_continues_exactly(data_root):

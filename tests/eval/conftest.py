@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prismatic.policy.config import EmbodimentConfig, PolicyConfig, write_policy_config
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+from prismatic.vla.constants import NormalizationType, PlatformConstants
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,3 +81,16 @@ def run_in_fresh_process(code: str, tmp_path: Path) -> str:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed.stdout
+
+
+@pytest.fixture(scope="session")
+def lerobot_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """The tiny checkpoint with the ``policy_config.json`` a LeRobot-trained one records: LeRobot's embodiment
+    (``gripper: "none"``: actions in the data's own units, e.g. LIBERO's raw -1 open / +1 close), its cameras."""
+    out_dir = tmp_path_factory.mktemp("checkpoints") / "tiny-lerobot-libero"
+    shutil.copytree(tiny_checkpoint, out_dir)
+    platform = PlatformConstants("lerobot", 8, 7, 8, NormalizationType.BOUNDS_Q99)
+    cameras = ["observation.images.image", "observation.images.wrist_image"]
+    embodiment = EmbodimentConfig.from_platform(platform, camera_names=cameras, gripper="none", gripper_dims=[])
+    write_policy_config(out_dir, PolicyConfig(unnorm_key="libero_spatial_no_noops", embodiment=embodiment))
+    return out_dir

@@ -49,7 +49,7 @@ class CountingPolicy:
 
 
 def settings(max_steps: int = 20, num_open_loop_steps: int = 8, num_steps_wait: int = 10) -> EpisodeSettings:
-    return EpisodeSettings("libero_spatial", "openvla", num_steps_wait, max_steps, num_open_loop_steps, 7, 32, None)
+    return EpisodeSettings("libero_spatial", "libero", num_steps_wait, max_steps, num_open_loop_steps, 7, 32, None)
 
 
 def test_wait_steps_then_open_loop_chunks_with_processed_gripper() -> None:

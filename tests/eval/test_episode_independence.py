@@ -60,7 +60,7 @@ def unit(task_id, episodes):
 
 
 settings = EpisodeSettings(
-    suite="libero_spatial", model_family="openvla", num_steps_wait=2, max_steps=4, num_open_loop_steps=8,
+    suite="libero_spatial", gripper="libero", num_steps_wait=2, max_steps=4, num_open_loop_steps=8,
     action_dim=7, env_img_res=64, video_dir=None,
 )
 runner, task_env, outputs = LocalRunner(), None, {}

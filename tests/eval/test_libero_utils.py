@@ -11,12 +11,11 @@ import pytest
 from experiments.robot.image_utils import resize_image_for_policy
 from experiments.robot.libero.libero_utils import (
     prepare_observation,
-    process_action,
     quat2axisangle,
     robot_state,
     video_file_name,
 )
-from experiments.robot.robot_utils import environment_fingerprint
+from experiments.robot.robot_utils import environment_fingerprint, postprocess_actions
 
 
 @pytest.mark.parametrize(
@@ -34,13 +33,15 @@ def test_quat2axisangle(quat: tuple, axis_angle: tuple) -> None:
     assert quaternion[3] == quat[3]  # the input is not modified (upstream's version clips it in place)
 
 
-def test_gripper_is_binarised_and_inverted_for_openvla() -> None:
+def test_gripper_is_post_processed_by_the_checkpoints_convention() -> None:
     chunk = np.array([[0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 0.8], [0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 0.2]])
-    processed = process_action(chunk, "openvla")
+    processed = postprocess_actions(chunk, "libero")
     np.testing.assert_array_equal(processed[:, :6], chunk[:, :6])
     np.testing.assert_array_equal(processed[:, 6], [-1.0, 1.0])  # dataset 1 = open -> LIBERO -1 = open
-    np.testing.assert_array_equal(process_action(chunk, "other")[:, 6], [1.0, -1.0])
+    np.testing.assert_array_equal(postprocess_actions(chunk, "none"), chunk)  # e.g. a LeRobot-trained checkpoint
     assert chunk[0, 6] == 0.8
+    with pytest.raises(ValueError, match="'flip'"):
+        postprocess_actions(chunk, "flip")
 
 
 def test_policy_observation_follows_upstream(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> None:

@@ -108,7 +108,7 @@ task = suite.get_task(0)
 bddl = f"{get_libero_path('bddl_files')}/{task.problem_folder}/{task.bddl_file}"
 work = WorkUnit(0, task.language, bddl, (EpisodeSpec(0, 0, suite.get_task_init_states(0)[0]),))
 settings = EpisodeSettings(
-    suite="libero_spatial", model_family="openvla", num_steps_wait=2, max_steps=4, num_open_loop_steps=8,
+    suite="libero_spatial", gripper="libero", num_steps_wait=2, max_steps=4, num_open_loop_steps=8,
     action_dim=7, env_img_res=64, video_dir=None,
 )
 try:

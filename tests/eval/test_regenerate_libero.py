@@ -1,6 +1,7 @@
-"""LIBERO demonstrations regenerated in the simulator: a demo recorded in the real simulator (LIBERO's HDF5 layout) is
-replayed from its initial state; the regenerated frames equal a direct render, its no-ops are dropped, a demo that
-does not finish its task is dropped, and the kept episodes are written as RLDS. All sim work runs in fresh processes
+"""LIBERO demonstrations regenerated in the simulator: two demos recorded in the real simulator (LIBERO's HDF5 layout)
+are replayed as upstream's regeneration does (one env per task, its reset stream, 10 dummy steps before each replay);
+the regenerated frames equal a direct render of that procedure, no-ops are dropped, a demo that does not finish its
+task is dropped, and the kept episodes are written as RLDS. All sim work runs in fresh processes
 with ``USE_TF=0`` (this pytest process may hold TensorFlow)."""
 
 from __future__ import annotations
@@ -49,20 +50,25 @@ def _regenerate(hdf5_dir: Path, data_root: Path, work_dir: Path, *flags: str) ->
     )
 
 
-def test_regenerated_frames_equal_a_direct_render_and_no_ops_are_dropped(recorded_demo, tmp_path):
+def test_regenerated_frames_equal_upstreams_replay_and_no_ops_are_dropped(recorded_demo, tmp_path):
     hdf5_path, expected_path = recorded_demo
     work_dir = tmp_path / "replays"
     result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir, "--keep_failed=True")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "1 demos replayed: 1 kept, 1 failed (kept), 4 no-op steps dropped" in result.stdout
+    assert "2 demos replayed: 2 kept, 2 failed (kept), 8 no-op steps dropped" in result.stdout
 
     expected = np.load(expected_path)
-    replay = np.load(work_dir / "task0_demo--demo_0.npz")
-    np.testing.assert_array_equal(replay["actions"], expected["actions"])  # 8 recorded steps, 4 kept
-    np.testing.assert_array_equal(replay["images"], expected["images"])
-    np.testing.assert_array_equal(replay["wrist_images"], expected["wrist_images"])
-    np.testing.assert_allclose(replay["states"], expected["states"], atol=1e-6)
-    assert replay["images"].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3) and replay["images"].std() > 10
+    for index in range(2):  # one env, demo i after the i-th reset, 10 dummy steps before each replay
+        replay = np.load(work_dir / f"task0_demo--demo_{index}.npz")
+        np.testing.assert_array_equal(replay["actions"], expected["actions"])  # 8 recorded steps, 4 kept
+        np.testing.assert_array_equal(replay["images"], expected[f"demo_{index}/images"])
+        np.testing.assert_array_equal(replay["wrist_images"], expected[f"demo_{index}/wrist_images"])
+        np.testing.assert_allclose(replay["states"], expected[f"demo_{index}/states"], atol=1e-6)
+        assert replay["images"].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3) and replay["images"].std() > 10
+    # The shortcuts the regeneration once took render other frames: a fresh env per demo, no dummy steps.
+    assert not np.array_equal(expected["demo_1/images"], expected["fresh_env_demo_1/images"])
+    assert not np.array_equal(expected["demo_0/images"], expected["no_settle_demo_0/images"])
+    assert np.abs(expected["demo_0/states"] - expected["no_settle_demo_0/states"]).max() > 1e-3
 
     # The RLDS dataset holds the kept steps (JPEG-compressed frames, exact actions).
     read_back = (
@@ -73,7 +79,7 @@ def test_regenerated_frames_equal_a_direct_render_and_no_ops_are_dropped(recorde
         f"expected = np.load({str(expected_path)!r})\n"
         "images = np.stack([s['observation']['image'] for s in steps]).astype(float)\n"
         "print(len(steps), np.abs(np.stack([s['action'] for s in steps]) - expected['actions']).max(),"
-        " np.abs(images - expected['images']).mean())\n"
+        " min(np.abs(images - expected[f'demo_{i}/images']).mean() for i in range(2)))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", read_back], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
@@ -84,14 +90,19 @@ def test_regenerated_frames_equal_a_direct_render_and_no_ops_are_dropped(recorde
 
 
 def test_a_demo_that_fails_on_replay_is_dropped_and_a_rerun_resumes(recorded_demo, tmp_path):
-    hdf5_path, _ = recorded_demo
+    hdf5_path, expected_path = recorded_demo
     work_dir = tmp_path / "replays"
     result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "1 demos replayed: 0 kept, 1 failed (dropped)" in result.stdout
+    assert "2 demos replayed: 0 kept, 2 failed (dropped)" in result.stdout
     assert "No demo kept: no dataset written." in result.stdout
     assert not (tmp_path / "data" / "libero_spatial_no_noops").exists()
     saved = work_dir / "task0_demo--demo_0.npz"
     modified = saved.stat().st_mtime_ns
     rerun = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)  # resumes: nothing is replayed again
     assert rerun.returncode == 0 and saved.stat().st_mtime_ns == modified
+    (work_dir / "task0_demo--demo_1.npz").unlink()  # interrupted before demo 1: it resumes after the first reset
+    rerun = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)
+    assert rerun.returncode == 0 and saved.stat().st_mtime_ns == modified
+    resumed = np.load(work_dir / "task0_demo--demo_1.npz")
+    np.testing.assert_array_equal(resumed["images"], np.load(expected_path)["demo_1/images"])

@@ -43,7 +43,8 @@ def finished_run(
 
 def test_finished_run_reports_without_running_episodes(finished_run: tuple[GenerateConfig, RunPaths]) -> None:
     cfg, paths = finished_run
-    assert eval_libero(dataclasses.replace(cfg, use_wandb=True), UnusablePolicy()) == 0.5  # WANDB_MODE=disabled
+    # WANDB_MODE=disabled
+    assert eval_libero(dataclasses.replace(cfg, use_wandb=True), UnusablePolicy(), "libero") == 0.5
     log = paths.log.read_text()
     assert "2 episodes already finished in done.jsonl are skipped" in log
     assert "Episodes to run: 0 " in log
@@ -57,5 +58,5 @@ def test_finished_run_reports_without_running_episodes(finished_run: tuple[Gener
 def test_resume_with_other_result_affecting_flags_is_refused(finished_run: tuple[GenerateConfig, RunPaths]) -> None:
     cfg, paths = finished_run
     with pytest.raises(ValueError, match="--center_crop: run has True, now False"):
-        eval_libero(dataclasses.replace(cfg, center_crop=False), UnusablePolicy())
+        eval_libero(dataclasses.replace(cfg, center_crop=False), UnusablePolicy(), "libero")
     assert not paths.log.exists()

@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 
 from experiments.robot.image_utils import resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
-from experiments.robot.libero.libero_utils import process_action
+from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from experiments.robot.serving.config import ServeConfig, build_server, checkpoint_policy_config, observation_spec
 from experiments.robot.serving.observation import ObservationError
@@ -65,7 +65,7 @@ def in_process_actions(policy: VLAPolicy, payload: dict, instruction: str = INST
         "wrist_image": payload["observation/wrist_image"],
         "state": payload["observation/state"],
     }
-    return process_action(policy.predict_chunk(observation, instruction), "openvla")
+    return postprocess_actions(policy.predict_chunk(observation, instruction), policy.gripper)
 
 
 def serve(policy: VLAPolicy, checkpoint: Path, **flags: object):

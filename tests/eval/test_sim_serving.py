@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +37,29 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {**os.environ, "USE_TF": "0", "WANDB_MODE": "disabled", "LIBERO_CONFIG_PATH": str(root / "libero_config")}
 
 
-@pytest.fixture(scope="module")
-def server(
-    tiny_checkpoint: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[subprocess.Popen, Path]]:
+@contextmanager
+def running_server(checkpoint: Path, env: dict[str, str], log_dir: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
     """A ``serve_policy.py`` process on a port chosen by the OS (loading while the in-process evaluation runs);
     its log goes to a file, so a full pipe can never stall it."""
-    command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(tiny_checkpoint)]
-    log_path = tmp_path_factory.mktemp("server") / "stderr.txt"
+    command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(checkpoint)]
+    log_path = log_dir / "stderr.txt"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [*command, "--port", "0"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True
         )
-    yield process, log_path
-    process.terminate()
-    process.wait(timeout=60)
+    try:
+        yield process, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tiny_checkpoint: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    with running_server(tiny_checkpoint, env, tmp_path_factory.mktemp("server")) as started:
+        yield started
 
 
 def wait_for_address(process: subprocess.Popen, log_path: Path) -> str:
@@ -93,3 +102,18 @@ def test_evaluation_through_the_server_equals_the_in_process_one(
     log = (tmp_path / "served" / "run.txt").read_text()
     assert f"\n  policy_server: {server_uri}\n" in log and "\n  pretrained_checkpoint: \n" in log
     assert "\n  unnorm_key: libero_spatial_no_noops\n" in log  # read from the server's metadata
+
+
+def test_a_lerobot_trained_checkpoint_gives_the_same_episodes_through_the_server(
+    tmp_path: Path, lerobot_tiny_checkpoint: Path, env: dict[str, str]
+) -> None:
+    """Its recorded gripper convention ("none": the data's own units) applies in both paths."""
+    with running_server(lerobot_tiny_checkpoint, env, tmp_path) as started:
+        in_process = run_eval(tmp_path / "in_process", env, "--pretrained_checkpoint", str(lerobot_tiny_checkpoint))
+        served = run_eval(tmp_path / "served", env, "--policy_server", wait_for_address(*started))
+    for ours, reference in zip(served, in_process, strict=True):
+        for field in ("success", "steps", "error"):
+            assert ours[field] == reference[field], field
+        np.testing.assert_array_equal(ours["final_state"], reference["final_state"])
+    for run in ("in_process", "served"):
+        assert "Gripper convention of the checkpoint: none\n" in (tmp_path / run / "run.txt").read_text()

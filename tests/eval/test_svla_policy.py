@@ -15,8 +15,8 @@ from PIL import Image
 from experiments.robot.action_ensembling import EpisodeActionSelector, TemporalEnsembler
 from experiments.robot.image_utils import center_crop_image, resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig, validate_config
-from experiments.robot.libero.libero_utils import process_action
 from experiments.robot.policy_factory import load_policy
+from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.svla_policy import SpatialVLAPolicy, svla_prompt
 from prismatic.testing.spatialvla_tiny import save_tiny_spatialvla_checkpoint
 
@@ -86,7 +86,7 @@ def test_without_ensembling_the_first_open_loop_actions_are_queued():
 
 def test_svla_gripper_is_binarised_then_inverted_to_libero_convention():
     actions = np.array([[0.1] * 6 + [0.8], [0.1] * 6 + [0.2], [0.1] * 6 + [0.5]])
-    processed = np.stack([process_action(action, "svla") for action in actions])
+    processed = np.stack([postprocess_actions(action, SpatialVLAPolicy.gripper) for action in actions])
     assert processed[:, -1].tolist() == [-1.0, 1.0, -0.0]  # 1 = open -> -1; exactly 0.5 -> sign(0) = 0
     np.testing.assert_array_equal(processed[:, :6], actions[:, :6])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -50,9 +51,10 @@ def test_estimate_is_within_ten_percent_of_the_published_figure(flags, published
     assert abs(estimate.peak / memory_estimate.GB - published_gb) / published_gb < 0.10
 
 
-def test_tiny_step_allocation_matches_the_profiler_within_fifteen_percent(tmp_path):
+@pytest.fixture
+def tiny_estimate_config(tmp_path) -> MemoryEstimateConfig:
     vla_dir, vggt_path = write_tiny_base_checkpoints(tmp_path)
-    cfg = MemoryEstimateConfig(
+    return MemoryEstimateConfig(
         vla_path=str(vla_dir),
         vggt_path=str(vggt_path),
         dataset_name="libero_spatial_no_noops",
@@ -64,6 +66,10 @@ def test_tiny_step_allocation_matches_the_profiler_within_fifteen_percent(tmp_pa
         vla_layers_align=1,
         lora_rank=4,
     )
+
+
+def test_tiny_step_allocation_matches_the_profiler_within_fifteen_percent(tiny_estimate_config):
+    cfg = tiny_estimate_config
     predicted = memory_estimate.step_allocation_bytes(
         memory_estimate.trace_training_step(cfg, torch.float32, cuda_autocast=False)
     )
@@ -135,3 +141,35 @@ def test_readme_ready_configuration_parses_with_the_training_config():
     cfg = draccus.parse(AlignFinetuneConfig, args=arguments[arguments.index("vla-scripts/finetune_align.py") + 1 :])
     assert cfg.gradient_checkpointing and cfg.vggt_dtype == "bfloat16"
     assert cfg.batch_size * cfg.grad_accumulation_steps == 8  # x 8 GPUs = the paper's global batch of 64
+
+
+def test_upstream_mode_adds_vggts_autocast_copies_and_float32_logits(tiny_estimate_config):
+    upstream = dataclasses.replace(tiny_estimate_config, upstream_script=True)
+    trace = memory_estimate.trace_training_step(upstream, torch.bfloat16, cuda_autocast=True)
+    *_, teacher, _ = memory_estimate.build_meta_modules(upstream, torch.bfloat16)
+    cast_weights = [
+        p for m in teacher.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d) for p in m.parameters(False)
+    ]
+    vocab = memory_estimate.read_base_config(upstream.vla_path).text_config.vocab_size
+    logits_bytes = upstream.batch_size * trace["sequence_length"] * vocab * 4  # float32, as transformers 4.40
+    assert trace["saved_by_scope"]["retained logits"] == logits_bytes + 4  # + the float32 loss
+    estimate = memory_estimate.assemble_estimate(upstream, trace, on_cuda=True)
+    copies = estimate.rows["autocast bf16 copies of unfrozen VGGT weights"]
+    assert copies == 2 * sum(p.numel() for p in cast_weights) > 0
+    # Our trainer freezes VGGT (autocast caches nothing of it); a bf16 teacher needs no cast.
+    for cfg in (tiny_estimate_config, dataclasses.replace(upstream, vggt_dtype="bfloat16")):
+        assert "autocast bf16 copies of unfrozen VGGT weights" not in memory_estimate.estimate_memory(cfg).rows
+
+
+def test_lora_fp32_doubles_the_adapters_and_adds_their_autocast_copies(tiny_estimate_config):
+    bf16, fp32 = (
+        memory_estimate.estimate_memory(dataclasses.replace(tiny_estimate_config, lora_fp32=flag)).rows
+        for flag in (False, True)
+    )
+    vla, *_ = memory_estimate.build_meta_modules(tiny_estimate_config, torch.bfloat16)
+    lora_numel = sum(p.numel() for name, p in vla.named_parameters() if "lora_" in name and p.requires_grad)
+    assert lora_numel > 0
+    assert fp32["LoRA + trainable heads"] - bf16["LoRA + trainable heads"] == 2 * lora_numel
+    assert fp32["AdamW states (2 x param)"] - bf16["AdamW states (2 x param)"] == 4 * lora_numel
+    copies = "autocast bf16 copies of fp32 weights"
+    assert fp32[copies] - bf16[copies] == 2 * lora_numel

@@ -36,15 +36,15 @@ from experiments.robot.action_ensembling import EpisodeActionSelector
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
 from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
-    get_libero_env,
+    TaskEnv,
     prepare_observation,
-    process_action,
     robot_state,
     video_file_name,
 )
 from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
 from experiments.robot.policy import NonFiniteActionError, Observation, check_finite_actions
 from experiments.robot.results import EpisodeResult
+from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from prismatic.util.io import atomic_output
 
@@ -56,14 +56,14 @@ class EpisodeSettings:
     """What every episode of a run shares."""
 
     suite: str
-    model_family: str
+    gripper: str  # the checkpoint's gripper convention (PolicyConfig.embodiment.gripper; the server's metadata)
     num_steps_wait: int
     max_steps: int  # policy steps after the wait
     num_open_loop_steps: int
     action_dim: int
     env_img_res: int
     video_dir: str | None  # None: no videos
-    policy_server: str | None = None  # ws://host:port: chunks come from a policy server, in the robot's units
+    policy_server: str | None = None  # ws://host:port: chunks come from a policy server (in the dataset's frame)
     action_ensembling: str = "none"  # see experiments/robot/action_ensembling.py
 
 
@@ -114,7 +114,9 @@ def run_episode(
     keep_frames: bool,
 ) -> EpisodeOutcome:
     """Upstream's episode from the initial observation ``obs``: ``num_steps_wait`` no-ops, then up to ``max_steps``
-    policy actions, re-querying the policy whenever the open-loop queue is empty. A simulator exception ends the
+    policy actions, re-querying the policy whenever the open-loop queue is empty. Each executed action is selected
+    (``--action_ensembling``) from chunks in the dataset's frame and then post-processed by the checkpoint's gripper
+    convention, whether the chunks come from the runner or from a policy server. A simulator exception ends the
     episode as a failure (recorded in ``error``)."""
     select_actions = EpisodeActionSelector(settings.action_ensembling, settings.num_open_loop_steps)
     action_queue: deque[np.ndarray] = deque()
@@ -131,9 +133,7 @@ def run_episode(
                 # Without ensembling: the first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k)
                 # would keep the last k when k < chunk; identical for the default k = chunk).
                 action_queue.extend(select_actions(request_chunk(observation)))
-            action = action_queue.popleft()
-            if settings.policy_server is None:  # a policy server replies in the robot's units already
-                action = process_action(action, settings.model_family)
+            action = postprocess_actions(action_queue.popleft(), settings.gripper)
             obs, _, done, _ = env.step(action.tolist())
             steps += 1
             if done:
@@ -153,45 +153,17 @@ def save_video(frames: list[np.ndarray], path: Path) -> None:
             writer.append_data(frame)
 
 
-class _TaskEnv:
-    """The env of the task a worker is on, with its reset stream: the resets done since ``env.seed(0)`` and the
-    state of the RNG they draw from.
-
-    LIBERO's scene randomisation draws from numpy's global RNG. The stream's RNG state is saved after every reset and
-    restored before the next one, so whatever else draws from the global RNG in this worker (the episodes in between,
-    another task's env, a library) cannot change the scene a reset builds: episode k sees exactly the k-th reset.
-    """
-
-    def __init__(self, unit: WorkUnit, resolution: int):
-        self.task_id = unit.task_id
-        self.env = get_libero_env(unit.bddl_file, resolution)
-        self.rng_state = np.random.get_state()  # as env.seed(0) left it
-        self.resets_done = 0
-
-    def start_episode(self, spec: EpisodeSpec) -> dict[str, np.ndarray]:
-        """Replay the resets before ``spec``'s place in the reset stream, reset, set its initial state."""
-        while self.resets_done <= spec.reset_index:
-            np.random.set_state(self.rng_state)
-            self.env.reset()
-            self.rng_state = np.random.get_state()
-            self.resets_done += 1
-        return self.env.set_init_state(spec.initial_state)
-
-    def close(self) -> None:
-        self.env.close()
-
-
 def _run_unit(
     unit: WorkUnit,
-    task_env: _TaskEnv | None,
+    task_env: TaskEnv | None,
     settings: EpisodeSettings,
     connection: Connection,
     server: PolicyClient | None,
-) -> _TaskEnv:
+) -> TaskEnv:
     if task_env is None or task_env.task_id != unit.task_id or task_env.resets_done > unit.episodes[0].reset_index:
         if task_env is not None:
             task_env.close()
-        task_env = _TaskEnv(unit, settings.env_img_res)
+        task_env = TaskEnv(unit.task_id, unit.bddl_file, settings.env_img_res)
 
     def request_chunk(observation: Observation) -> np.ndarray:
         if server is not None:
@@ -217,7 +189,7 @@ def _run_unit(
 
     for spec in unit.episodes:
         started = time.perf_counter()
-        obs = task_env.start_episode(spec)
+        obs = task_env.start_episode(spec.reset_index, spec.initial_state)
         outcome = run_episode(task_env.env, obs, settings, request_chunk, settings.video_dir is not None)
         seconds = time.perf_counter() - started
         video = None

@@ -359,9 +359,10 @@ def _report(
     return success_rate
 
 
-def eval_libero(cfg: GenerateConfig, policy: Policy | None) -> float:
+def eval_libero(cfg: GenerateConfig, policy: Policy | None, gripper: str) -> float:
     """Evaluate ``policy`` (None with ``--policy_server``: the workers query the server) on the LIBERO suite of
-    ``cfg``; returns the total success rate of the planned episodes.
+    ``cfg``; returns the total success rate of the planned episodes. ``gripper``: the checkpoint's gripper convention
+    (``PolicyConfig.embodiment.gripper``), which post-processes every executed action.
 
     ``cfg.unnorm_key`` should already be the key the policy uses (it is logged and saved with the run).
     """
@@ -389,6 +390,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy | None) -> float:
     wandb_run = None
     try:
         _log_header(log, cfg, run_id, len(previous_results))
+        log(f"Gripper convention of the checkpoint: {gripper}")
         if cfg.use_wandb:
             import wandb
 
@@ -403,7 +405,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy | None) -> float:
         )
         settings = EpisodeSettings(
             suite=cfg.task_suite_name,
-            model_family=cfg.model_family,
+            gripper=gripper,
             num_steps_wait=cfg.num_steps_wait,
             max_steps=episode_max_steps(cfg),
             num_open_loop_steps=cfg.num_open_loop_steps,

@@ -9,10 +9,7 @@ import numpy as np
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, resize_image_for_policy, rotate_180
 from experiments.robot.policy import Observation
-from experiments.robot.robot_utils import invert_gripper_action, normalize_gripper_action
 
-# Model families trained on RLDS data whose gripper is 1 = open (LIBERO: -1 = open).
-GRIPPER_INVERTED_FAMILIES = ("openvla", "svla")
 # Arm still, gripper open: stepped while objects settle at the start of an episode.
 LIBERO_DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -33,6 +30,34 @@ def get_libero_env(bddl_file: str, resolution: int, camera_depths: bool = False)
     )
     env.seed(0)
     return env
+
+
+class TaskEnv:
+    """The env of one task, with its reset stream: the resets done since ``env.seed(0)`` and the state of the RNG
+    they draw from (used by the evaluation's workers and by the demonstration regeneration).
+
+    LIBERO's scene randomisation draws from numpy's global RNG. The stream's RNG state is saved after every reset and
+    restored before the next one, so whatever else draws from the global RNG in this process (the episodes in between,
+    another task's env, a library) cannot change the scene a reset builds: episode k sees exactly the k-th reset.
+    """
+
+    def __init__(self, task_id: int, bddl_file: str, resolution: int):
+        self.task_id = task_id
+        self.env = get_libero_env(bddl_file, resolution)
+        self.rng_state = np.random.get_state()  # as env.seed(0) left it
+        self.resets_done = 0
+
+    def start_episode(self, reset_index: int, initial_state: np.ndarray) -> dict[str, np.ndarray]:
+        """Replay the resets before ``reset_index`` in the reset stream, reset, set ``initial_state``."""
+        while self.resets_done <= reset_index:
+            np.random.set_state(self.rng_state)
+            self.env.reset()
+            self.rng_state = np.random.get_state()
+            self.resets_done += 1
+        return self.env.set_init_state(initial_state)
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
@@ -62,14 +87,6 @@ def prepare_observation(
         "state": robot_state(obs),
     }
     return observation, frame
-
-
-def process_action(action: np.ndarray, model_family: str) -> np.ndarray:
-    """Gripper [0, 1] -> sign of [-1, +1]; for OpenVLA and SpatialVLA also flip it to LIBERO's -1 = open."""
-    action = normalize_gripper_action(action, binarize=True)
-    if model_family in GRIPPER_INVERTED_FAMILIES:
-        action = invert_gripper_action(action)
-    return action
 
 
 def video_file_name(task_id: int, episode: int, success: bool, task_description: str) -> str:

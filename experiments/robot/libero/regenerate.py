@@ -1,11 +1,15 @@
-"""Regenerating LIBERO's HDF5 demonstrations in the simulator, as upstream made ``modified_libero_rlds``.
+"""Regenerating LIBERO's HDF5 demonstrations in the simulator, as upstream's ``regenerate_libero_dataset.py`` made
+``modified_libero_rlds``.
 
-Each demo is replayed from its recorded initial state (``data/demo_N/states[0]``): no-op actions are skipped (the
-rule of ``libero_hdf5.noop_mask``), both cameras are re-rendered at ``image_size`` before every kept step, and the
-demo is kept only if the task is done after its last action. Replays run in worker processes (``spawn``; they render
-and never import TensorFlow); each finished demo is saved as ``<work_dir>/<file>--<demo>.npz``, so an interrupted run
-resumes where it stopped. The main process then writes the kept demos as RLDS through ``write_libero_rlds`` (the only
-step that loads TensorFlow, after the workers are gone).
+As upstream, the demos of one file (one task) are replayed in order on one env seeded once (``env.seed(0)``), so demo
+i starts after the i-th ``env.reset()`` of that env's reset stream; each demo is set to its recorded initial state
+(``data/demo_N/states[0]``) and settles for ``NUM_SETTLE_STEPS`` dummy actions (arm still, gripper open) before the
+replay. No-op actions are skipped (the rule of ``libero_hdf5.noop_mask``), both cameras are re-rendered at
+``image_size`` before every kept step, and the demo is kept only if the task is done after its last action. Files are
+replayed in worker processes (``spawn``; they render and never import TensorFlow); each finished demo is saved as
+``<work_dir>/<file>--<demo>.npz``, so an interrupted run resumes where it stopped (the resets of the demos already
+saved are replayed, so a resumed demo sees the same reset as in one pass). The main process then writes the kept demos
+as RLDS through ``write_libero_rlds`` (the only step that loads TensorFlow, after the workers are gone).
 """
 
 from __future__ import annotations
@@ -19,18 +23,22 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.robot.image_utils import rotate_180
-from experiments.robot.libero.libero_utils import get_libero_env, robot_state
+from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, TaskEnv, robot_state
 from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
 from prismatic.util.cli import UserError
 from prismatic.util.io import atomic_output
 from prismatic.vla.datasets.libero_hdf5 import language_instruction_of, noop_mask
 from prismatic.vla.datasets.writer import LiberoEpisode, write_libero_rlds
 
+# Dummy steps after setting a demo's initial state, before its replay (upstream's regeneration: 10).
+NUM_SETTLE_STEPS = 10
+
 
 @dataclass(frozen=True)
 class DemoJob:
     hdf5_path: str
     demo_name: str
+    reset_index: int  # the demo's place in its file's order: its replay starts after reset_index + 1 env resets
     result_path: str  # the .npz this demo's replay is saved to
 
 
@@ -44,7 +52,8 @@ class RegenerationSummary:
 
 
 def list_jobs(hdf5_paths: list[Path], work_dir: Path) -> list[DemoJob]:
-    """One job per ``data/demo_N`` of every file, checking each file's layout first (nothing is written)."""
+    """One job per ``data/demo_N`` of every file (in ``N`` order), checking each file's layout first (nothing is
+    written)."""
     jobs = []
     for path in hdf5_paths:
         try:
@@ -53,11 +62,11 @@ def list_jobs(hdf5_paths: list[Path], work_dir: Path) -> list[DemoJob]:
                 if "bddl_file_name" not in hdf5_file["data"].attrs:
                     raise UserError(f"{path}: missing attribute data.attrs['bddl_file_name'] (the task's BDDL file).")
                 demos = sorted(hdf5_file["data"].keys(), key=lambda name: int(name.rsplit("_", 1)[-1]))
-                for demo in demos:
+                for index, demo in enumerate(demos):
                     for key in ("actions", "states"):
                         if key not in hdf5_file["data"][demo]:
                             raise UserError(f"{path}: demo 'data/{demo}' lacks dataset '{key}'.")
-                    jobs.append(DemoJob(str(path), demo, str(work_dir / f"{path.stem}--{demo}.npz")))
+                    jobs.append(DemoJob(str(path), demo, index, str(work_dir / f"{path.stem}--{demo}.npz")))
         except (OSError, KeyError) as error:
             raise UserError(f"{path}: not a LIBERO HDF5 demonstration file ({error}).") from None
     return jobs
@@ -78,29 +87,39 @@ def resolve_bddl_file(recorded: str) -> str:
     return str(candidate)
 
 
-def replay_demo(job: DemoJob, image_size: int) -> str:
-    """Replays one demo and saves its re-rendered episode to ``job.result_path``; returns the demo's name."""
-    with h5py.File(job.hdf5_path, "r") as hdf5_file:
-        instruction = language_instruction_of(hdf5_file, Path(job.hdf5_path))
+def replay_file(jobs: list[DemoJob], image_size: int) -> int:
+    """Replays ``jobs`` (demos of one file, ascending ``reset_index``) on one env, saving each re-rendered episode to
+    its ``result_path``; returns the number of demos replayed."""
+    with h5py.File(jobs[0].hdf5_path, "r") as hdf5_file:
+        instruction = language_instruction_of(hdf5_file, Path(jobs[0].hdf5_path))
         bddl_file = resolve_bddl_file(hdf5_file["data"].attrs["bddl_file_name"])
+    task_env = TaskEnv(0, bddl_file, image_size)
+    try:
+        for job in jobs:
+            replay_demo(task_env, job, image_size, instruction)
+    finally:
+        task_env.close()
+    return len(jobs)
+
+
+def replay_demo(task_env: TaskEnv, job: DemoJob, image_size: int, instruction: str) -> None:
+    """Replays one demo at its place in ``task_env``'s reset stream and saves its episode to ``job.result_path``."""
+    with h5py.File(job.hdf5_path, "r") as hdf5_file:
         demo = hdf5_file["data"][job.demo_name]
         actions = np.asarray(demo["actions"], np.float32)
         initial_state = np.asarray(demo["states"][0])
-    env = get_libero_env(bddl_file, image_size)
-    try:
-        env.reset()
-        obs = env.set_init_state(initial_state)
-        keep = ~noop_mask(actions)
-        frames: dict[str, list[np.ndarray]] = {"images": [], "wrist_images": [], "states": [], "joint_states": []}
-        done = False
-        for action in actions[keep]:
-            frames["images"].append(rotate_180(obs["agentview_image"]))
-            frames["wrist_images"].append(rotate_180(obs["robot0_eye_in_hand_image"]))
-            frames["states"].append(robot_state(obs).astype(np.float32))
-            frames["joint_states"].append(np.asarray(obs["robot0_joint_pos"], np.float32))
-            obs, _, done, _ = env.step(action.tolist())
-    finally:
-        env.close()
+    obs = task_env.start_episode(job.reset_index, initial_state)
+    for _ in range(NUM_SETTLE_STEPS):
+        obs, _, _, _ = task_env.env.step(list(LIBERO_DUMMY_ACTION))
+    keep = ~noop_mask(actions)
+    frames: dict[str, list[np.ndarray]] = {"images": [], "wrist_images": [], "states": [], "joint_states": []}
+    done = False
+    for action in actions[keep]:
+        frames["images"].append(rotate_180(obs["agentview_image"]))
+        frames["wrist_images"].append(rotate_180(obs["robot0_eye_in_hand_image"]))
+        frames["states"].append(robot_state(obs).astype(np.float32))
+        frames["joint_states"].append(np.asarray(obs["robot0_joint_pos"], np.float32))
+        obs, _, done, _ = task_env.env.step(action.tolist())
     with atomic_output(job.result_path) as temporary, open(temporary, "wb") as handle:
         np.savez(
             handle,
@@ -111,7 +130,6 @@ def replay_demo(job: DemoJob, image_size: int) -> str:
             instruction=np.array(instruction),
             file_path=np.array(f"{job.hdf5_path}/data/{job.demo_name}"),
         )
-    return job.demo_name
 
 
 def _init_worker() -> None:
@@ -119,21 +137,26 @@ def _init_worker() -> None:
     assert_tensorflow_absent()
 
 
-def _replay(arguments: tuple[DemoJob, int]) -> str:
-    return replay_demo(*arguments)
+def _replay(arguments: tuple[list[DemoJob], int]) -> int:
+    return replay_file(*arguments)
 
 
 def run_replays(jobs: list[DemoJob], image_size: int, num_workers: int) -> None:
-    """Replays the jobs without a saved result, in ``num_workers`` spawned rendering processes."""
+    """Replays the jobs without a saved result, one file per task in ``num_workers`` spawned rendering processes."""
     pending = [job for job in jobs if not Path(job.result_path).is_file()]
     if not pending:
         return
+    by_file: dict[str, list[DemoJob]] = {}
+    for job in pending:
+        by_file.setdefault(job.hdf5_path, []).append(job)
     configure_rendering()  # MUJOCO_GL / PYOPENGL_PLATFORM / USE_TF=0, inherited by the workers
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(num_workers, len(pending)), initializer=_init_worker) as pool:
-        results = pool.imap_unordered(_replay, [(job, image_size) for job in pending])
-        for _ in tqdm(results, total=len(pending), initial=len(jobs) - len(pending), desc="replaying demos"):
-            pass
+    with (
+        context.Pool(min(num_workers, len(by_file)), initializer=_init_worker) as pool,
+        tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="replaying demos") as progress,
+    ):
+        for replayed in pool.imap_unordered(_replay, [(file_jobs, image_size) for file_jobs in by_file.values()]):
+            progress.update(replayed)
 
 
 def replay_outcome(job: DemoJob) -> tuple[bool, int]:

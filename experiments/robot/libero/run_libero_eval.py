@@ -43,12 +43,12 @@ def main(cfg: GenerateConfig) -> float:
             from experiments.robot.serving.client import policy_server_metadata
 
             metadata = policy_server_metadata(cfg.policy_server, constants_for(cfg.task_suite_name).action_dim)
-            return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None)
+            return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None, metadata["gripper"])
         from experiments.robot.policy_factory import load_policy  # after the checks: SpatialVLA's imports are heavy
 
         policy = load_policy(cfg)
         # The log and the resume check record the settings the policy runs with (from its policy_config.json).
-        return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy)
+        return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy, policy.gripper)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from experiments.robot.policy import Observation
-from experiments.robot.serving.observation import policy_camera_key
+from experiments.robot.serving.observation import RAW_ACTIONS_KEY, policy_camera_key
 from experiments.robot.serving.wire import packb, unpackb
 
 API_KEY_ENV = "POLICY_SERVER_API_KEY"  # read from the environment, so the key never lands in logs or configs
@@ -50,8 +50,9 @@ class PolicyClient:
         return unpackb(reply)
 
     def predict_chunk(self, observation: Observation, instruction: str) -> np.ndarray:
-        """The action chunk ``[chunk, action_dim]`` (in the robot's units) for an evaluation observation."""
-        request: dict[str, Any] = {self.metadata["prompt_key"]: instruction}
+        """The action chunk ``[chunk, action_dim]`` in the dataset's frame (before the gripper convention, which
+        ``metadata["gripper"]`` names) for an evaluation observation."""
+        request: dict[str, Any] = {self.metadata["prompt_key"]: instruction, RAW_ACTIONS_KEY: True}
         for index, key in enumerate(self.metadata["camera_keys"]):
             request[key] = observation[policy_camera_key(index)]
         if self.metadata["state_key"] is not None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import API_KEY_ENV
-from experiments.robot.serving.observation import ObservationSpec, to_robot_units
+from experiments.robot.serving.observation import MIN_IMAGE_SIDE, ObservationSpec
 from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.policy.config import PolicyConfig, read_policy_config
@@ -33,6 +35,9 @@ class ServeConfig:
     max_message_mb: float = 32.0                  # Larger observations get an error reply
     http_port: int | None = None                  # Also serve OpenVLA-OFT's POST /act (json-numpy) on this port
     request_timeout_s: float = 30.0               # An HTTP connection silent this long is closed
+    # Frames must be this size (LIBERO renders 256); each goes through the training chain (JPEG round trip +
+    # lanczos3 to 224) and other sizes are refused. None: any size, 224 x 224 frames taken as already prepared
+    input_image_size: int | None = None
     # Without policy_config.json in the checkpoint: the suite or dataset whose statistics and platform apply
     task_suite_name: str = "libero_spatial"
     unnorm_key: str = ""                          # Statistics key; "" = policy_config.json's, else the suite's
@@ -85,6 +90,14 @@ def validate_serve_config(cfg: ServeConfig) -> None:
     if cfg.request_timeout_s <= 0:
         raise UserError(f"--request_timeout_s {cfg.request_timeout_s}: expected a positive number of seconds")
 
+    if cfg.input_image_size is not None and (
+        cfg.input_image_size < MIN_IMAGE_SIDE or cfg.input_image_size == OPENVLA_IMAGE_SIZE
+    ):
+        raise UserError(
+            f"--input_image_size {cfg.input_image_size}: expected the side the camera renders (LIBERO: 256), at "
+            f"least {MIN_IMAGE_SIDE} and not the model's {OPENVLA_IMAGE_SIZE} (frames of that size skip the chain)"
+        )
+
 
 def bind_error(cfg: ServeConfig, error: OSError) -> UserError:
     """The one-line error of a port that cannot be bound."""
@@ -126,7 +139,13 @@ def observation_spec(cfg: ServeConfig, policy_config: PolicyConfig) -> Observati
             f"--camera_keys {list(camera_keys)}: the checkpoint reads {policy_config.num_images_in_input} image(s)"
         )
     state_key = cfg.state_key if policy_config.use_proprio else None
-    return ObservationSpec(camera_keys, state_key, cfg.prompt_key, policy_config.embodiment.proprio_dim)
+    return ObservationSpec(
+        camera_keys,
+        state_key,
+        cfg.prompt_key,
+        policy_config.embodiment.proprio_dim,
+        image_size=cfg.input_image_size,
+    )
 
 
 def load_policy(cfg: ServeConfig) -> VLAPolicy:
@@ -156,6 +175,7 @@ def server_metadata(
         "state_key": spec.state_key,
         "prompt_key": spec.prompt_key,
         "image_size": OPENVLA_IMAGE_SIZE,
+        "input_image_size": cfg.input_image_size,
         "center_crop": policy_config.image.center_crop,
         "unnorm_key": policy.unnorm_key,
         "normalization_type": embodiment.normalization_type,
@@ -187,6 +207,6 @@ def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicySer
         spec,
         server_metadata(cfg, policy_config, spec, policy),
         settings,
-        postprocess=lambda chunk: to_robot_units(chunk, policy_config),
-        http_spec=ObservationSpec.openvla_oft(policy_config),
+        postprocess=partial(postprocess_actions, gripper=policy_config.embodiment.gripper),
+        http_spec=replace(ObservationSpec.openvla_oft(policy_config), image_size=cfg.input_image_size),
     )

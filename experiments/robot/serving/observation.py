@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from experiments.robot.image_utils import check_image_format
-from experiments.robot.libero.libero_utils import process_action
 from experiments.robot.policy import Observation
 from experiments.robot.serving.wire import WireError
 from prismatic.policy.config import PolicyConfig
@@ -17,6 +16,11 @@ MAX_PROMPT_CHARS = 2000
 MIN_IMAGE_SIDE = 16
 # Larger sides are refused: resizing one needs a [224, side] float64 weight matrix per axis (14.7 MB at 8192).
 MAX_IMAGE_SIDE = 8192
+# A request with this key set to true gets the chunk in the dataset's frame (un-normalised, before the gripper
+# convention, as OFT's /act replies): the evaluation's workers ask for it, so they ensemble before post-processing.
+RAW_ACTIONS_KEY = "raw_actions"
+# OpenVLA-OFT's ALOHA request names its two wrist cameras so (run_aloha_eval / deploy.py clients).
+OFT_ALOHA_CAMERA_KEYS = ("full_image", "left_wrist_image", "right_wrist_image")
 
 
 class ObservationError(ValueError):
@@ -41,6 +45,11 @@ class ObservationSpec:
     state_key: str | None  # None: the policy reads no proprio
     prompt_key: str
     proprio_dim: int
+    # OpenVLA-OFT's rule (get_vla_action): the wrist cameras are the request's keys containing "wrist", in the
+    # request's order; camera_keys[1:] then only name them in messages.
+    wrist_keys_by_name: bool = False
+    # Every frame must be image_size x image_size (None: any size); see ServeConfig.input_image_size.
+    image_size: int | None = None
 
     @classmethod
     def openpi_default(cls, policy_config: PolicyConfig) -> ObservationSpec:
@@ -55,27 +64,49 @@ class ObservationSpec:
 
     @classmethod
     def openvla_oft(cls, policy_config: PolicyConfig) -> ObservationSpec:
-        """OpenVLA-OFT's deploy.py keys: ``full_image``, ``wrist_image``, ``state`` and ``instruction``."""
+        """OpenVLA-OFT's deploy.py keys: ``full_image``, any keys containing ``wrist`` (LIBERO: ``wrist_image``;
+        ALOHA: ``left_wrist_image``, ``right_wrist_image``), ``state`` and ``instruction``."""
+        num_images = policy_config.num_images_in_input
+        camera_keys = OFT_ALOHA_CAMERA_KEYS if num_images == 3 else tuple(map(policy_camera_key, range(num_images)))
         return cls(
-            camera_keys=tuple(policy_camera_key(index) for index in range(policy_config.num_images_in_input)),
+            camera_keys=camera_keys,
             state_key="state" if policy_config.use_proprio else None,
             prompt_key="instruction",
             proprio_dim=policy_config.embodiment.proprio_dim,
+            wrist_keys_by_name=True,
         )
+
+    def request_camera_keys(self, request: dict[str, Any]) -> tuple[str, ...]:
+        """The keys of ``request`` that hold the cameras, primary first."""
+        wrist_keys = [key for key in request if isinstance(key, str) and "wrist" in key]
+        if not self.wrist_keys_by_name or len(self.camera_keys) == 1 or not wrist_keys:
+            return self.camera_keys
+        if len(wrist_keys) != len(self.camera_keys) - 1:
+            raise ObservationError(
+                f"wrist image key(s) {wrist_keys}: the checkpoint reads {len(self.camera_keys) - 1} wrist image(s); "
+                f"expected that many keys containing 'wrist', e.g. {list(self.camera_keys[1:])}"
+            )
+        return (self.camera_keys[0], *wrist_keys)
 
     def parse(self, request: Any) -> tuple[Observation, str]:
         """The policy observation and instruction of one request; raises :class:`ObservationError`."""
         if not isinstance(request, dict):
             raise ObservationError(f"expected a map of observation keys, got {type(request).__name__}")
-        missing = [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key and key not in request]
+        camera_keys = self.request_camera_keys(request)
+        missing = [key for key in (*camera_keys, self.state_key, self.prompt_key) if key and key not in request]
         if missing:
             raise ObservationError(f"missing key(s) {missing}; expected {self.expected_keys()}")
         observation: Observation = {}
-        for index, key in enumerate(self.camera_keys):
+        for index, key in enumerate(camera_keys):
             try:
                 check_image_format(request[key], repr(key))
             except ValueError as error:
                 raise ObservationError(str(error)) from None
+            if self.image_size is not None and request[key].shape[:2] != (self.image_size, self.image_size):
+                raise ObservationError(
+                    f"{key!r}: expected the camera frame as rendered, {self.image_size} x {self.image_size} "
+                    f"(--input_image_size), found {request[key].shape[:2]}; do not resize it on the client"
+                )
             if not MIN_IMAGE_SIDE <= min(request[key].shape[:2]) <= max(request[key].shape[:2]) <= MAX_IMAGE_SIDE:
                 raise ObservationError(
                     f"{key!r}: expected an image of {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels a side, "
@@ -104,12 +135,13 @@ class ObservationSpec:
             )
         return observation, prompt
 
+    @staticmethod
+    def wants_raw_actions(request: dict[str, Any]) -> bool:
+        """Whether the request asks for the chunk before the gripper convention (``RAW_ACTIONS_KEY``)."""
+        value = request.get(RAW_ACTIONS_KEY, False)
+        if not isinstance(value, bool):
+            raise ObservationError(f"{RAW_ACTIONS_KEY!r}: expected true or false, found {type(value).__name__}")
+        return value
+
     def expected_keys(self) -> list[str]:
         return [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key]
-
-
-def to_robot_units(chunk: np.ndarray, policy_config: PolicyConfig) -> np.ndarray:
-    """The predicted chunk as the robot executes it (the checkpoint's gripper convention applied)."""
-    if policy_config.embodiment.gripper == "libero":
-        return process_action(chunk, "openvla")
-    return chunk

@@ -132,8 +132,8 @@ class PolicyServer:
                 f"{self.settings.max_message_bytes / 2**20:.1f} MiB (--max_message_mb)"
             )
         try:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                self._preprocess_pool, lambda: self.prepare(self.spec, unpackb(message))
+            prepared, raw_actions = await asyncio.get_running_loop().run_in_executor(
+                self._preprocess_pool, self._decode_and_prepare, message
             )
         except BAD_QUERY_ERRORS as error:
             return f"error: bad observation: {error}"
@@ -143,7 +143,13 @@ class PolicyServer:
             chunk, timing = await self.infer(prepared)
         except Exception as error:  # noqa: BLE001 - reported to the client; the server keeps serving
             return f"error: the policy failed: {type(error).__name__}: {error}"
-        return packb({"actions": self.postprocess(chunk), "server_timing": timing})
+        actions = chunk if raw_actions else self.postprocess(chunk)
+        return packb({"actions": actions, "server_timing": timing})
+
+    def _decode_and_prepare(self, message: bytes) -> tuple[Any, bool]:
+        """A websocket frame's prepared query, and whether it asks for the chunk before post-processing."""
+        request = unpackb(message)
+        return self.prepare(self.spec, request), self.spec.wants_raw_actions(request)
 
     def prepare(self, spec: ObservationSpec, request: Any) -> Any:
         """The policy's prepared query of one decoded request (checked against ``spec``, then preprocessed); runs in

@@ -6,7 +6,8 @@ training's rule) and the augmentation parameters (``ImageAugConfig``). Differenc
 
 - Shuffling: each epoch is a seeded permutation of this rank's (episode, step) indices; memory holds the index
   arrays and the numeric columns, never decoded images (bounded RAM without a shuffle buffer).
-- Chunks: every step starts a chunk; steps past the episode's end repeat its last action (padding at episode ends).
+- Chunks: as the RLDS path (``transforms.chunk_actions``) and OpenVLA-OFT, only steps whose chunk lies inside the
+  episode start one: the last C - 1 steps of every episode never do (no padded targets at episode ends).
 - Resuming: sample n of the stream is (epoch n // M, position n % M), so ``skip_samples`` costs nothing.
 - DDP: each rank reads a disjoint, contiguous share of the train episodes.
 """
@@ -95,7 +96,15 @@ class LeRobotDataset(IterableDataset):
         self.statistics = get_lerobot_statistics(self.source, config.statistics_cache_dir)
         self.dataset_statistics = {config.dataset_name: self.statistics}
         self.episodes = self._rank_episodes()
-        self.rows = np.concatenate([e.row_start + np.arange(e.length) for e in self.episodes])  # [M]
+        # [M]: the rows that start a chunk, max(T - C + 1, 0) per episode
+        self.rows = np.concatenate(
+            [e.row_start + np.arange(max(e.length - config.num_actions_chunk + 1, 0)) for e in self.episodes]
+        )
+        if not len(self.rows):
+            raise UserError(
+                f"LeRobot dataset {config.dataset_name!r}: no episode of this split has --num_actions_chunk "
+                f"{config.num_actions_chunk} steps (longest: {max(e.length for e in self.episodes)})."
+            )
         self.episode_of_row = {row: e for e in self.episodes for row in range(e.row_start, e.row_start + e.length)}
         self.video_reader = VideoFrameReader()
 
@@ -145,8 +154,7 @@ class LeRobotDataset(IterableDataset):
         """The frame (RLDS pipeline layout) whose observation is data row ``row``."""
         config, source = self.config, self.source
         episode = self.episode_of_row[row]
-        last = episode.row_start + episode.length - 1
-        chunk_rows = np.minimum(row + np.arange(config.num_actions_chunk), last)  # [C], repeats the last action
+        chunk_rows = row + np.arange(config.num_actions_chunk)  # [C], inside the episode (see self.rows)
         actions = normalize(
             source.actions[chunk_rows], self.statistics["action"], NORMALIZATION, zero_constant_dims=True
         )
