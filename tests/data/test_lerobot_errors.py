@@ -134,6 +134,7 @@ CASES = {
         _set_action("data/chunk-000/file-000.parquet", 20, 0, float("-inf")),
         {},
         ["data/chunk-000/file-000.parquet", "column 'action' of episode 1, frame 6 (dimension 0) is -inf"],
+    ),
     "data_path leaving the dataset": (
         "libero_like_v21",
         _edit_info("data_path", "../elsewhere/episode_{episode_index:06d}.parquet"),
