@@ -31,9 +31,12 @@ from prismatic.vla.constants import NormalizationType, PlatformConstants
 from prismatic.vla.datasets.augmentation import apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig, holdout_episodes
 from prismatic.vla.datasets.lerobot import (
+    INFO_FILE,
     LeRobotMapping,
     get_lerobot_statistics,
     open_lerobot,
+    read_info,
+    resolve_mapping,
     split_episodes,
 )
 from prismatic.vla.datasets.pipeline import derive_seed
@@ -210,6 +213,14 @@ def mapping_from_flags(cfg: Any) -> LeRobotMapping:
     ``--lerobot_action_key``."""
     cameras = tuple(key.strip() for key in cfg.lerobot_camera_keys.split(",") if key.strip())
     return LeRobotMapping(cameras, cfg.lerobot_state_key, cfg.lerobot_action_key)
+
+
+def lerobot_input_flags(cfg: Any) -> dict[str, object]:
+    """What a LeRobot dataset holds, as the values of ``--num_images_in_input`` and ``--use_proprio``: its cameras
+    (``--lerobot_camera_keys``, or every image feature) and its state (required by the mapping). Reads info.json only."""
+    root = Path(cfg.data_root_dir) / cfg.dataset_name
+    mapping = resolve_mapping(mapping_from_flags(cfg), read_info(root).get("features", {}), root / INFO_FILE)
+    return {"num_images_in_input": len(mapping.camera_keys), "use_proprio": True}
 
 
 def lerobot_platform(cfg: Any) -> PlatformConstants:
