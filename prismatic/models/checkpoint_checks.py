@@ -22,6 +22,31 @@ from prismatic.util.file_checks import (
 
 LORA_ADAPTER_DIR = "lora_adapter"
 DATASET_STATISTICS_NAME = "dataset_statistics.json"
+STEP_CHECKPOINT_SUFFIX = "_chkpt"  # training's step folders: <run folder>--<step>_chkpt, beside the run folder
+
+
+def step_checkpoint_folders(run_dir: Path) -> dict[int, Path]:
+    """The step checkpoint folders of a training run (``{run_dir}--{step}_chkpt``, beside it), by step."""
+    prefix = f"{run_dir.name}--"
+    steps = {}
+    for folder in run_dir.parent.glob(f"{prefix}*{STEP_CHECKPOINT_SUFFIX}"):
+        step = folder.name.removeprefix(prefix).removesuffix(STEP_CHECKPOINT_SUFFIX)
+        if step.isdigit():
+            steps[int(step)] = folder
+    return dict(sorted(steps.items()))
+
+
+def run_folder_hint(folder: Path) -> str:
+    """When ``folder`` is a training run folder (metrics) with step checkpoints beside it: which folder to use
+    instead, as a clause to append to an error ("" otherwise)."""
+    steps = step_checkpoint_folders(folder)
+    if not steps:
+        return ""
+    listed = ", ".join(path.name for path in steps.values())
+    return (
+        f"; {folder} is a training run folder (metrics, logs), its checkpoints are beside it ({listed}): use the "
+        f"checkpoint folder, e.g. the latest {steps[max(steps)]}"
+    )
 
 
 def check_policy_checkpoint(
@@ -52,7 +77,7 @@ def check_policy_checkpoint(
     else:
         raise UserError(
             f"{flag} {checkpoint_dir} holds no model weights: expected {WEIGHTS_INDEX_NAME} with its shards, "
-            f"{WEIGHTS_NAME} or {LORA_ADAPTER_DIR}/"
+            f"{WEIGHTS_NAME} or {LORA_ADAPTER_DIR}/{run_folder_hint(checkpoint_dir)}"
         )
     for component in components:
         files = sorted(checkpoint_dir.glob(f"{component}--*checkpoint*"))
