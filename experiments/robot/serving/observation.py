@@ -14,6 +14,8 @@ from prismatic.policy.config import PolicyConfig
 
 MAX_PROMPT_CHARS = 2000
 MIN_IMAGE_SIDE = 16
+# openpi's LIBERO client keys, by camera order: also accepted when a checkpoint's cameras have other names (LeRobot).
+OPENPI_CAMERA_KEYS = ("observation/image", "observation/wrist_image")
 
 
 class ObservationError(ValueError):
@@ -33,6 +35,7 @@ class ObservationSpec:
     state_key: str | None  # None: the policy reads no proprio
     prompt_key: str
     proprio_dim: int
+    camera_aliases: tuple[str, ...] = ()  # per camera, in order, another key accepted for it (openpi's short keys)
 
     @classmethod
     def openpi_default(cls, policy_config: PolicyConfig) -> ObservationSpec:
@@ -43,6 +46,7 @@ class ObservationSpec:
             state_key="observation/state" if policy_config.use_proprio else None,
             prompt_key="prompt",
             proprio_dim=policy_config.embodiment.proprio_dim,
+            camera_aliases=OPENPI_CAMERA_KEYS[: len(cameras)],
         )
 
     @classmethod
@@ -59,11 +63,14 @@ class ObservationSpec:
         """The policy observation and instruction of one request; raises :class:`ObservationError`."""
         if not isinstance(request, dict):
             raise ObservationError(f"expected a map of observation keys, got {type(request).__name__}")
-        missing = [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key and key not in request]
+        cameras = [self._camera_key(request, index) for index in range(len(self.camera_keys))]
+        missing = [key for key in (*cameras, self.state_key, self.prompt_key) if key and key not in request]
         if missing:
-            raise ObservationError(f"missing key(s) {missing}; expected {self.expected_keys()}")
+            other = [alias for key, alias in zip(self.camera_keys, self.camera_aliases, strict=False) if alias != key]
+            also = f" (cameras also as {other}, by order)" if other else ""
+            raise ObservationError(f"missing key(s) {missing}; expected {self.expected_keys()}{also}")
         observation: Observation = {}
-        for index, key in enumerate(self.camera_keys):
+        for index, key in enumerate(cameras):
             try:
                 check_image_format(request[key], repr(key))
             except ValueError as error:
@@ -98,6 +105,19 @@ class ObservationSpec:
 
     def expected_keys(self) -> list[str]:
         return [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key]
+
+    def describe(self) -> str:
+        """The expected keys, each camera's alias beside it."""
+        aliases = dict(zip(self.camera_keys, self.camera_aliases, strict=False))
+        cameras = [f"{key} (or {aliases[key]})" if aliases.get(key, key) != key else key for key in self.camera_keys]
+        return ", ".join([*cameras, *[key for key in (self.state_key, self.prompt_key) if key]])
+
+    def _camera_key(self, request: dict, index: int) -> str:
+        """The request's key for camera ``index``: its own key, else its alias when the request has that."""
+        key = self.camera_keys[index]
+        if key not in request and index < len(self.camera_aliases) and self.camera_aliases[index] in request:
+            return self.camera_aliases[index]
+        return key
 
 
 def to_robot_units(chunk: np.ndarray, policy_config: PolicyConfig) -> np.ndarray:
