@@ -50,10 +50,15 @@ def run_folder_hint(folder: Path) -> str:
 
 
 def check_policy_checkpoint(
-    checkpoint_dir: str | Path, flag: str, components: list[str], ignore_base_model_check: bool = False
+    checkpoint_dir: str | Path,
+    flag: str,
+    components: list[str],
+    ignore_base_model_check: bool = False,
+    require_statistics: bool = True,
 ) -> dict[str, Any]:
     """Checks the folder's weights (merged, or adapter + its base), the ``components`` files and the statistics;
-    returns the action/proprio statistics (``dataset_statistics.json``, else the config's ``norm_stats``)."""
+    returns the action/proprio statistics (``dataset_statistics.json``, else the config's ``norm_stats``; without
+    ``require_statistics`` a folder with neither gives ``{}``)."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise UserError(f"{flag} {checkpoint_dir} does not exist: expected a checkpoint folder")
@@ -92,9 +97,9 @@ def check_policy_checkpoint(
     if statistics_path.exists():
         return read_json_file(statistics_path, flag)
     norm_stats = read_json_file(model_dir / "config.json", flag).get("norm_stats")
-    if not norm_stats:
+    if not norm_stats and require_statistics:
         raise UserError(
             f"{flag} {checkpoint_dir} has no {DATASET_STATISTICS_NAME} (and its config.json no norm_stats): expected "
             "the statistics file training saved beside the weights"
         )
-    return norm_stats
+    return norm_stats or {}

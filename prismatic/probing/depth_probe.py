@@ -19,7 +19,7 @@ import torch
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import (
     PAPER_LAYERS,
-    check_preprocessing,
+    check_probe_checkpoint,
     extract_features,
     load_probed_vla,
     resolve_layers,
@@ -140,11 +140,12 @@ def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
         "requested_layers": list(cfg.layers),
         "checkpoints": {},
     }
+    for path in cfg.checkpoint:  # every checkpoint, before the first one's tokens are extracted
+        check_probe_checkpoint(Path(path), data)
     figure_predictions = {}
     first_suite = data.suites[0]
     for name, path in zip(names, cfg.checkpoint, strict=True):
         model = load_probed_vla(path, name, data.suites)
-        check_preprocessing(model, data, path)
         layers, note = resolve_layers(cfg.layers, model.num_llm_layers)
         if note:
             print(f"{name}: {note}")
