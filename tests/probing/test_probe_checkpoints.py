@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prismatic.policy.config import PolicyConfig
 from prismatic.probing import depth_probe
+from prismatic.probing.alignment_maps import teacher_image_size
 from prismatic.probing.data import ScenePlan, load_probe_data, write_meta, write_scene
 from prismatic.probing.depth_probe import ProbeDepthConfig, run_probe_depth
 from prismatic.probing.features import check_probe_checkpoint, load_probed_vla
@@ -73,3 +75,10 @@ def test_a_base_model_without_heads_is_probed_without_a_proprio_token_or_a_warni
     hidden_states, _ = model.query(data.rgb[0], data.scenes[0].instruction, data.state[0])
     assert len(hidden_states) == model.num_llm_layers + 1
     assert model.visual_tokens(hidden_states[-1], 2).shape[:2] == (2, model.patches_per_image)
+
+
+def test_alignment_maps_feed_the_teacher_the_image_size_the_checkpoint_was_trained_with():
+    tiny_run = PolicyConfig(spatial_forcing={"vla_layers_align": 1, "vggt_image_size": 112})
+    assert teacher_image_size(None, tiny_run) == 112  # a 112 px tiny run, not VGGT's 518
+    assert teacher_image_size(224, tiny_run) == 224  # --vggt_image_size still wins
+    assert teacher_image_size(None, PolicyConfig()) == 518  # a released checkpoint records none
