@@ -1,6 +1,6 @@
 """Prints how long ``--help`` of each training script takes (fresh interpreter each time, scripts interleaved).
 
-    python benchmarks/bench_help.py --rounds 3
+python benchmarks/bench_help.py --rounds 3
 """
 
 from __future__ import annotations

@@ -167,5 +167,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "run_id_note", "run_id_override", "use_wandb", "wandb_entity", "wandb_project", "wandb_log_freq",
         "diffusion_sample_freq", "val_freq", "val_time_limit", "val_batches",
     ),
-    "hardware (estimate_memory.py)": ("spatial_forcing", "gpu_memory_gb", "num_gpus", "prompt_tokens", "upstream_script"),
+    "hardware (estimate_memory.py)": (
+        "spatial_forcing", "gpu_memory_gb", "num_gpus", "prompt_tokens", "upstream_script",
+    ),
 }  # fmt: skip

@@ -79,12 +79,18 @@ def test_a_libero_name_gets_paper_libero_and_explicit_flags_win(capsys):
 def test_upstream_script_gives_upstreams_bare_defaults():
     cfg = resolve_config(AlignFinetuneConfig, ["--preset", "upstream_script", "--use_vggt_pe", "True"])
     assert (cfg.vla_layers_align, cfg.use_vlm_norm, cfg.use_vggt_pe) == (-1, False, True)
-    assert (cfg.vla_path, cfg.dataset_name, cfg.num_images_in_input) == ("openvla/openvla-7b", "aloha_scoop_x_into_bowl", 1)
+    assert (cfg.vla_path, cfg.dataset_name, cfg.num_images_in_input) == (
+        "openvla/openvla-7b",
+        "aloha_scoop_x_into_bowl",
+        1,
+    )
 
 
 def test_a_preset_only_sets_the_flags_its_config_has():
     plain = resolve_config(FinetuneConfig, ["--preset=tiny_cpu"])
-    assert not hasattr(plain, "vggt_image_size") and plain.max_steps == 4 and plain.vla_path == "ckpts/tiny/tiny-openvla"
+    assert (
+        not hasattr(plain, "vggt_image_size") and plain.max_steps == 4 and plain.vla_path == "ckpts/tiny/tiny-openvla"
+    )
 
 
 def test_an_unknown_preset_is_a_user_error_naming_the_presets():

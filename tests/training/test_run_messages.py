@@ -11,7 +11,9 @@ from prismatic.util.cli import UserError
 from .conftest import run_script, tiny_flags
 
 
-def test_a_user_error_under_two_process_torchrun_is_printed_once_and_exits_2(tiny_checkpoints, synthetic_data, tmp_path):
+def test_a_user_error_under_two_process_torchrun_is_printed_once_and_exits_2(
+    tiny_checkpoints, synthetic_data, tmp_path
+):
     flags = tiny_flags(tiny_checkpoints, synthetic_data, tmp_path, learning_rate=-1)
     result = run_script("finetune_align.py", flags, nproc=2, timeout=300)
     error = "error: --learning_rate -1.0: expected a value > 0"

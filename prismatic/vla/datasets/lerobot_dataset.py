@@ -217,7 +217,7 @@ def mapping_from_flags(cfg: Any) -> LeRobotMapping:
 
 def lerobot_input_flags(cfg: Any) -> dict[str, object]:
     """What a LeRobot dataset holds, as the values of ``--num_images_in_input`` and ``--use_proprio``: its cameras
-    (``--lerobot_camera_keys``, or every image feature) and its state (required by the mapping). Reads info.json only."""
+    (``--lerobot_camera_keys``, or every image feature) and its state (the mapping requires one). Reads info.json."""
     root = Path(cfg.data_root_dir) / cfg.dataset_name
     mapping = resolve_mapping(mapping_from_flags(cfg), read_info(root).get("features", {}), root / INFO_FILE)
     return {"num_images_in_input": len(mapping.camera_keys), "use_proprio": True}
