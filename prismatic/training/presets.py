@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import draccus
+import yaml
 
 from prismatic.spatial_forcing.config import AlignConfig
 from prismatic.training.config import FLAG_GROUPS, FinetuneConfig
-from prismatic.util.cli import UserError, is_main_process, print_grouped_help
+from prismatic.util.cli import UserError, is_main_process, print_grouped_help, user_errors
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_input_flags
 from prismatic.vla.datasets.registry import DATASETS, MIXTURES
@@ -120,8 +121,15 @@ def default_preset_name(cfg: FinetuneConfig) -> str:
 
 
 def explicit_flags(args: Sequence[str]) -> set[str]:
-    """The flag names given on a command line (``--name value`` or ``--name=value``)."""
-    return {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+    """The flag names a command gives: on its command line (``--name value`` or ``--name=value``) and in the file of
+    draccus' ``--config_path`` (its top-level keys), which a preset must not override either."""
+    given = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+    if "config_path" in given:
+        index = next(i for i, arg in enumerate(args) if arg.split("=", 1)[0] == "--config_path")
+        path = args[index].split("=", 1)[1] if "=" in args[index] else args[index + 1]
+        with user_errors():
+            given |= set(yaml.safe_load(Path(path).read_text()) or {})
+    return given
 
 
 def resolve_config(config_class: type[ConfigT], args: Sequence[str] | None = None) -> ConfigT:

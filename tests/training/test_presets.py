@@ -173,3 +173,10 @@ def test_help_lists_the_groups_with_defaults_and_imports_no_tensorflow():
         assert all(f"\n{group}:\n" in help_text for group in groups), script
         assert "  --learning_rate float  (default: 0.0005)\n      AdamW learning rate" in help_text
         assert "upstream_script:" in help_text
+
+
+def test_values_from_a_config_file_are_explicit_too(tmp_path):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("max_steps: 7\nvla_layers_align: 12\n")
+    cfg = resolve_config(AlignFinetuneConfig, ["--config_path", str(config_file), "--dataset_name=libero_10_no_noops"])
+    assert (cfg.max_steps, cfg.vla_layers_align, cfg.num_images_in_input) == (7, 12, 2)  # the rest from paper_libero
