@@ -15,6 +15,7 @@ import pytest
 from prismatic.training.config import FLAG_GROUPS, AlignFinetuneConfig, FinetuneConfig, MemoryEstimateConfig
 from prismatic.training.config_checks import validate_config
 from prismatic.training.presets import PAPER_ALIGNMENT, PRESETS, resolve_config
+from prismatic.training.run_guard import RESUMABLE_FLAGS
 from prismatic.util.cli import UserError, flag_description
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -180,3 +181,10 @@ def test_values_from_a_config_file_are_explicit_too(tmp_path):
     config_file.write_text("max_steps: 7\nvla_layers_align: 12\n")
     cfg = resolve_config(AlignFinetuneConfig, ["--config_path", str(config_file), "--dataset_name=libero_10_no_noops"])
     assert (cfg.max_steps, cfg.vla_layers_align, cfg.num_images_in_input) == (7, 12, 2)  # the rest from paper_libero
+
+
+def test_naming_the_default_preset_on_resume_changes_nothing_that_is_refused():
+    first = resolve_config(AlignFinetuneConfig, [])
+    named = resolve_config(AlignFinetuneConfig, ["--preset", "paper_libero"])
+    differing = {f.name for f in dataclasses.fields(first) if getattr(first, f.name) != getattr(named, f.name)}
+    assert differing == {"preset"} and differing <= RESUMABLE_FLAGS
