@@ -9,15 +9,16 @@ Takes finetune_align.py's flags (``--spatial_forcing False`` estimates finetune.
 Flags: ``prismatic.training.config.MemoryEstimateConfig``; the method: ``prismatic.training.memory_estimate``.
 """
 
-import draccus
-
 from prismatic.training.config import MemoryEstimateConfig
-from prismatic.training.memory_estimate import estimate_memory
+from prismatic.training.presets import resolve_config
 from prismatic.util.cli import run_cli
 
 
-@draccus.wrap()
-def main(cfg: MemoryEstimateConfig) -> None:
+def main() -> None:
+    cfg = resolve_config(MemoryEstimateConfig)  # --preset as in training
+    # Imported after parsing: the estimator builds the models (transformers, TensorFlow), which --help does not need.
+    from prismatic.training.memory_estimate import estimate_memory
+
     estimate = estimate_memory(cfg)
     print(estimate.table(cfg.gpu_memory_gb))
     print(estimate.summary(cfg.gpu_memory_gb))

@@ -41,7 +41,12 @@ from prismatic.vla.datasets import (  # noqa: E402
     save_dataset_statistics,
 )
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset  # noqa: E402
-from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags  # noqa: E402
+from prismatic.vla.datasets.lerobot_dataset import (  # noqa: E402
+    LeRobotConfig,
+    LeRobotDataset,
+    lerobot_input_flags,
+    mapping_from_flags,
+)
 from prismatic.vla.datasets.pipeline import build_dataset  # noqa: E402
 from prismatic.vla.datasets.registry import resolve_data_mix  # noqa: E402
 from prismatic.vla.datasets.visualize import save_frame_grid  # noqa: E402
@@ -54,7 +59,7 @@ class InspectConfig:
     stats_out: Path | None = None  # write dataset_statistics.json here
     num_batches: int = 1  # collated batches to build and describe
     batch_size: int = 8
-    num_images_in_input: int = 2
+    num_images_in_input: int | None = None  # cameras (default: what the data holds; LeRobot: the mapped ones)
     shuffle_buffer_size: int = 1_000
     num_preview_frames: int = 4  # rows of the PNG grid
     preview_out: Path | None = None  # default: ./inspect_<dataset_name>.png
@@ -91,6 +96,11 @@ def describe(value: Any) -> str:
 
 def inspect_dataset(cfg: InspectConfig) -> dict[str, Any]:
     """Runs the inspection; returns the statistics and the first collated batch."""
+    lerobot = is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name)
+    if cfg.num_images_in_input is None:  # as training: every camera the data holds
+        held = lerobot_input_flags(cfg) if lerobot else {"num_images_in_input": _rlds_num_cameras(cfg.dataset_name)}
+        cfg = replace(cfg, num_images_in_input=held["num_images_in_input"])
+        print(f"--num_images_in_input {cfg.num_images_in_input} (what the data holds)")
     tokenizer, image_processor = load_processing(cfg.vla_path)
     batch_transform = RLDSBatchTransform(
         ActionTokenizer(tokenizer),
@@ -99,7 +109,6 @@ def inspect_dataset(cfg: InspectConfig) -> dict[str, Any]:
         use_wrist_image=cfg.num_images_in_input > 1,
         use_proprio=True,
     )
-    lerobot = is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name)
     if lerobot:
         data_config = LeRobotConfig(
             data_root_dir=cfg.data_root_dir,
@@ -155,6 +164,11 @@ def inspect_dataset(cfg: InspectConfig) -> dict[str, Any]:
     return {"dataset_statistics": dataset.dataset_statistics, "batch": first_batch}
 
 
+def _rlds_num_cameras(dataset_name: str) -> int:
+    with user_errors():
+        return min(len(spec.image_obs_keys) for spec, _ in resolve_data_mix(dataset_name))
+
+
 def _take(iterator: Any, count: int) -> list[Any]:
     return [frame for frame, _ in zip(iterator, range(count), strict=False)]
 
@@ -162,7 +176,7 @@ def _take(iterator: Any, count: int) -> list[Any]:
 def check_config(cfg: InspectConfig) -> None:
     """Every flag and the folders it names, before the dataset is opened or anything written."""
     for flag in ("num_batches", "batch_size", "num_images_in_input", "shuffle_buffer_size", "num_preview_frames"):
-        if getattr(cfg, flag) < 1:
+        if getattr(cfg, flag) is not None and getattr(cfg, flag) < 1:
             raise UserError(f"--{flag} {getattr(cfg, flag)}: expected a positive integer")
     # A LeRobot folder is checked when it is opened (before anything is written); RLDS names must be registered.
     specs = [] if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name) else None

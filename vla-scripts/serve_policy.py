@@ -30,6 +30,7 @@ def main(cfg: ServeConfig) -> None:
 
     def announce(port: int) -> None:
         print(f"Serving {cfg.pretrained_checkpoint} on ws://{cfg.host}:{port} (openpi protocol)", flush=True)
+        print(f"Request keys: {server.spec.describe()}", flush=True)
         if server.http_port is not None:
             print(f"OpenVLA-OFT endpoint: POST http://{cfg.host}:{server.http_port}/act (json-numpy)", flush=True)
 

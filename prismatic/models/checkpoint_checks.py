@@ -24,13 +24,43 @@ from prismatic.util.file_checks import (
 
 LORA_ADAPTER_DIR = "lora_adapter"
 DATASET_STATISTICS_NAME = "dataset_statistics.json"
+STEP_CHECKPOINT_SUFFIX = "_chkpt"  # training's step folders: <run folder>--<step>_chkpt, beside the run folder
+
+
+def step_checkpoint_folders(run_dir: Path) -> dict[int, Path]:
+    """The step checkpoint folders of a training run (``{run_dir}--{step}_chkpt``, beside it), by step."""
+    prefix = f"{run_dir.name}--"
+    steps = {}
+    for folder in run_dir.parent.glob(f"{prefix}*{STEP_CHECKPOINT_SUFFIX}"):
+        step = folder.name.removeprefix(prefix).removesuffix(STEP_CHECKPOINT_SUFFIX)
+        if step.isdigit():
+            steps[int(step)] = folder
+    return dict(sorted(steps.items()))
+
+
+def run_folder_hint(folder: Path) -> str:
+    """When ``folder`` is a training run folder (metrics) with step checkpoints beside it: which folder to use
+    instead, as a clause to append to an error ("" otherwise)."""
+    steps = step_checkpoint_folders(folder)
+    if not steps:
+        return ""
+    listed = ", ".join(path.name for path in steps.values())
+    return (
+        f"; {folder} is a training run folder (metrics, logs), its checkpoints are beside it ({listed}): use the "
+        f"checkpoint folder, e.g. the latest {steps[max(steps)]}"
+    )
 
 
 def check_policy_checkpoint(
-    checkpoint_dir: str | Path, flag: str, components: list[str], ignore_base_model_check: bool = False
+    checkpoint_dir: str | Path,
+    flag: str,
+    components: list[str],
+    ignore_base_model_check: bool = False,
+    require_statistics: bool = True,
 ) -> dict[str, Any]:
     """Checks the folder's weights (merged, or adapter + its base), the ``components`` files and the statistics;
-    returns the action/proprio statistics (``dataset_statistics.json``, else the config's ``norm_stats``)."""
+    returns the action/proprio statistics (``dataset_statistics.json``, else the config's ``norm_stats``; without
+    ``require_statistics`` a folder with neither gives ``{}``)."""
     checkpoint_dir = Path(checkpoint_dir)
     check_folder(checkpoint_dir, flag, "a checkpoint folder")
     settle_pending_install(checkpoint_dir, flag)
@@ -54,7 +84,7 @@ def check_policy_checkpoint(
     else:
         raise UserError(
             f"{flag} {checkpoint_dir} holds no model weights: expected {WEIGHTS_INDEX_NAME} with its shards, "
-            f"{WEIGHTS_NAME} or {LORA_ADAPTER_DIR}/"
+            f"{WEIGHTS_NAME} or {LORA_ADAPTER_DIR}/{run_folder_hint(checkpoint_dir)}"
         )
     for component in components:
         files = sorted(checkpoint_dir.glob(f"{component}--*checkpoint*"))
@@ -69,9 +99,9 @@ def check_policy_checkpoint(
     if statistics_path.exists():
         return read_json_file(statistics_path, flag)
     norm_stats = read_json_file(model_dir / "config.json", flag).get("norm_stats")
-    if not norm_stats:
+    if not norm_stats and require_statistics:
         raise UserError(
             f"{flag} {checkpoint_dir} has no {DATASET_STATISTICS_NAME} (and its config.json no norm_stats): expected "
             "the statistics file training saved beside the weights"
         )
-    return norm_stats
+    return norm_stats or {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,7 @@ def load_vla(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
     quantize: str = "none",
+    components: Collection[str] | None = None,
 ) -> LoadedVLA:
     """Load the VLA, processor, components and dataset statistics of a checkpoint folder for inference.
 
@@ -185,7 +187,8 @@ def load_vla(
     default to ``None`` = take it from the checkpoint; a given flag that contradicts the file is honoured with a
     warning. ``platform`` likewise overrides the embodiment's action-chunk geometry. Raises naming the missing or
     malformed file. ``quantize`` (int8 | nf4) stores the LLM decoder's Linear weights through bitsandbytes
-    (``prismatic.training.quantization``), after any adapter is merged.
+    (``prismatic.training.quantization``), after any adapter is merged. ``components`` limits the components loaded
+    (default: all that inference needs; probing takes only those that shape the visual tokens).
     """
     if use_l1_regression and use_diffusion:
         raise ValueError("use_l1_regression and use_diffusion are exclusive; choose one action head.")
@@ -239,7 +242,7 @@ def load_vla(
     norm_stats = load_dataset_statistics(checkpoint_dir) or vla.config.norm_stats or {}
     vla.norm_stats = norm_stats
 
-    names = component_names(policy_config, inference_only=True)
+    names = [n for n in component_names(policy_config, inference_only=True) if components is None or n in components]
     paths = {name: find_checkpoint_file(checkpoint_dir, name, checkpoint_step) for name in names}
     if policy_config.use_film:
         vla.enable_film()
@@ -253,7 +256,7 @@ def load_vla(
                 f"{paths['vision_backbone'].name} does not fit the FiLM vision backbone: {error}"
             ) from None
         vla.vision_backbone.to(dtype)  # as upstream's evaluation: the FiLM layers (fp32 in training) in `dtype`
-    heads = build_heads(policy_config, vla.llm_dim)
+    heads = {name: head for name, head in build_heads(policy_config, vla.llm_dim).items() if name in names}
     load_components(heads, paths)
 
     # Already in `dtype`; a blanket cast would also round fp32 buffers (RoPE). "none" only moves it.

@@ -21,13 +21,14 @@ from torch import Tensor
 
 from experiments.robot.image_utils import center_crop_image, check_image_format, resize_image_for_policy
 from prismatic.models.load import find_checkpoint_file, load_component_state_dict
-from prismatic.policy.config import VGGT_DIGEST_KEY, read_policy_config
+from prismatic.policy.config import VGGT_DIGEST_KEY, PolicyConfig, read_policy_config
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import ProbedVLA, load_probed_vla
 from prismatic.probing.figures import save_alignment_figure
 from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, VGGTTeacher
 from prismatic.util.cli import UserError
 from prismatic.util.io import file_sha256, write_json_atomic
+from vggt.constants import VGGT_IMAGE_SIZE
 from vggt.models.vggt import VGGT
 from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
@@ -43,7 +44,7 @@ class AlignmentMapConfig:
     image: Path | None = None  # ... or a primary-camera image file (upright, any size) ...
     wrist_image: Path | None = None  # ... and a wrist-camera image file (the proprio token then gets a zero state)
     instruction: str = ""  # Task text of the prompt (default: the scene's)
-    vggt_image_size: int = 518  # Teacher input size (the training run's --vggt_image_size)
+    vggt_image_size: int | None = None  # Teacher input size (default: the checkpoint's recorded one, else 518)
     vla_layers_align: int | None = None  # Override of the checkpoint's alignment settings (policy_config.json)
     out_dir: Path = Path("runs/alignment_maps")
 
@@ -74,6 +75,14 @@ def alignment_settings(
             f"--checkpoint {model.name}; pass --vla_layers_align (the layer the checkpoint was aligned at)"
         )
     return config
+
+
+def teacher_image_size(requested: int | None, policy_config: PolicyConfig) -> int:
+    """The teacher's input size: ``requested``, else the training run's ``--vggt_image_size`` as the checkpoint's
+    ``policy_config.json`` records it, else VGGT's own 518."""
+    if requested is not None:
+        return requested
+    return int((policy_config.spatial_forcing or {}).get("vggt_image_size", VGGT_IMAGE_SIZE))
 
 
 def pca_colors(features: Tensor, grid: tuple[int, int, int]) -> np.ndarray:
@@ -164,7 +173,8 @@ def make_alignment_maps(cfg: AlignmentMapConfig) -> dict[str, Any]:
     hidden_states, pixel_values = model.query(rgb, instruction, state)
     num_tokens = num_views * model.patches_per_image
     tokens = aligner.select_vision_tokens(hidden_states, num_prefix_tokens=1, num_vision_tokens=num_tokens)
-    prepare = functools.partial(vla_pixels_to_vggt_images, num_images=num_views, target_size=cfg.vggt_image_size)
+    image_size = teacher_image_size(cfg.vggt_image_size, model.policy_config)
+    prepare = functools.partial(vla_pixels_to_vggt_images, num_images=num_views, target_size=image_size)
     teacher = VGGTTeacher(vggt, prepare_images=prepare, layer=align_config.vggt_layers_align)
     targets = aligner.targets(*teacher(pixel_values.float()), num_vla_tokens=num_tokens, vla_grid_hw=model.grid_hw)
     projected = aligner.projector(tokens).float()  # [1, N, 2C]
@@ -187,6 +197,7 @@ def make_alignment_maps(cfg: AlignmentMapConfig) -> dict[str, Any]:
             "gain_feat_1move": align_config.gain_feat_1move,
             "use_vggt_pe": align_config.use_vggt_pe,
             "pooling_func": align_config.pooling_func,
+            "vggt_image_size": image_size,
         },
         "mean_cosine": {
             view: float(value)

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import (
     PAPER_LAYERS,
-    check_preprocessing,
+    check_probe_checkpoint,
     extract_features,
     load_probed_vla,
     resolve_layers,
@@ -140,11 +141,11 @@ def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
         "requested_layers": list(cfg.layers),
         "checkpoints": {},
     }
+    for path in cfg.checkpoint:  # every checkpoint, before the first one's tokens are extracted
+        check_probe_checkpoint(Path(path), data)
     figure_predictions = {}
-    first_suite = data.suites[0]
     for name, path in zip(names, cfg.checkpoint, strict=True):
         model = load_probed_vla(path, name, data.suites)
-        check_preprocessing(model, data, path)
         layers, note = resolve_layers(cfg.layers, model.num_llm_layers)
         if note:
             print(f"{name}: {note}")
@@ -155,11 +156,11 @@ def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
             features, layers, grid_hw, depth_full, targets, suite_indices, cfg.probe, device
         )
         metrics["checkpoints"][name] = {"path": str(path), "layers": layers, "layer_note": note, **result}
-        figure_predictions[name] = predictions[first_suite][: cfg.figure_scenes].numpy()
+        figure_predictions[name] = np.concatenate([predictions[s][: cfg.figure_scenes].numpy() for s in data.suites])
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cfg.out_dir / METRICS_NAME, metrics)
-    save_layer_plot(metrics, first_suite, cfg.out_dir / LAYER_PLOT_NAME)
-    shown = suite_indices[first_suite]["test"][: cfg.figure_scenes]
+    save_layer_plot(metrics, cfg.out_dir / LAYER_PLOT_NAME)
+    shown = [index for suite in data.suites for index in suite_indices[suite]["test"][: cfg.figure_scenes]]
     save_prediction_figure(
         data.rgb[shown],
         targets[shown].numpy(),

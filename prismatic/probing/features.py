@@ -10,6 +10,7 @@ bidirectional, so all of these shape the visual tokens. Visual token ``k`` of a 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from prismatic.models.checkpoint_checks import check_policy_checkpoint
 from prismatic.models.load import LoadedVLA, load_vla
+from prismatic.policy.components import component_names
 from prismatic.policy.config import PolicyConfig, load_policy_config
 from prismatic.policy.normalization import normalize
 from prismatic.policy.policy import policy_device, resolve_unnorm_key
@@ -33,6 +36,7 @@ from prismatic.vla.prompt import build_prompt
 PAPER_LAYERS = (6, 12, 18, 24)
 PAPER_LLM_DEPTH = 32
 NUM_PREFIX_TOKENS = 1  # BOS precedes the visual tokens
+PROPRIO_PROJECTOR, FILM_BACKBONE = "proprio_projector", "vision_backbone"  # the components that shape the tokens
 
 
 def resolve_layers(requested: Sequence[int], num_llm_layers: int) -> tuple[list[int], str | None]:
@@ -60,6 +64,37 @@ def checkpoint_policy_config(checkpoint_dir: str | Path) -> PolicyConfig:
         return load_policy_config(checkpoint_dir)
     except ValueError as error:
         raise UserError(str(error)) from None
+
+
+def probe_policy_config(checkpoint_dir: Path) -> PolicyConfig:
+    """The checkpoint's policy config as probing reads it: no action head is needed to read visual tokens, and the
+    proprio token is appended only where a proprio projector was trained (a base model such as openvla-7b has none)."""
+    settle_pending_install(checkpoint_dir, "--checkpoint")
+    policy_config = checkpoint_policy_config(checkpoint_dir)
+    if policy_config.model_family != "openvla-oft":
+        raise UserError(
+            f"--checkpoint {checkpoint_dir}: model_family {policy_config.model_family!r}; expected 'openvla-oft'"
+        )
+    has_projector = any(checkpoint_dir.glob(f"{PROPRIO_PROJECTOR}--*checkpoint*.pt"))
+    return dataclasses.replace(policy_config, use_proprio=policy_config.use_proprio and has_projector)
+
+
+def token_components(policy_config: PolicyConfig) -> list[str]:
+    """The components that shape the visual tokens: the FiLM vision backbone and the proprio projector."""
+    names = component_names(policy_config, inference_only=True)
+    return [name for name in names if name in (PROPRIO_PROJECTOR, FILM_BACKBONE)]
+
+
+def check_probe_checkpoint(checkpoint_dir: Path, data: ProbeData) -> PolicyConfig:
+    """Every file probing reads from a checkpoint (weights, token components, statistics for the proprio token) and
+    its fit to the data, checked from headers before any work; returns its probing policy config."""
+    if not checkpoint_dir.is_dir():
+        raise UserError(f"--checkpoint {checkpoint_dir}: not a folder; expected a checkpoint in the released layout")
+    policy_config = probe_policy_config(checkpoint_dir)
+    components = token_components(policy_config)
+    check_policy_checkpoint(checkpoint_dir, "--checkpoint", components, require_statistics=policy_config.use_proprio)
+    check_preprocessing(policy_config, data, checkpoint_dir)
+    return policy_config
 
 
 @dataclass
@@ -124,24 +159,15 @@ def load_probed_vla(checkpoint_dir: str | Path, name: str, data_suites: Sequence
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise UserError(f"--checkpoint {checkpoint_dir}: not a folder; expected a checkpoint in the released layout")
-    settle_pending_install(checkpoint_dir, "--checkpoint")
-    policy_config = checkpoint_policy_config(checkpoint_dir)
-    if policy_config.model_family != "openvla-oft":
-        raise UserError(
-            f"--checkpoint {checkpoint_dir}: model_family {policy_config.model_family!r}; expected 'openvla-oft'"
-        )
+    policy_config = probe_policy_config(checkpoint_dir)
     device, dtype = policy_device()
     try:
         loaded = load_vla(
             checkpoint_dir,
             platform=policy_config.embodiment.platform(),
-            use_l1_regression=False,
-            use_diffusion=False,
-            use_proprio=policy_config.use_proprio,
-            use_film=policy_config.use_film,
-            num_images_in_input=policy_config.num_images_in_input,
             dtype=dtype,
             device=device,
+            components=token_components(policy_config),
         )
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"--checkpoint {checkpoint_dir}: {error}") from None
@@ -159,10 +185,10 @@ def load_probed_vla(checkpoint_dir: str | Path, name: str, data_suites: Sequence
     return ProbedVLA(name, loaded, policy_config, proprio_stats, device, dtype)
 
 
-def check_preprocessing(model: ProbedVLA, data: ProbeData, checkpoint_dir: str | Path) -> None:
+def check_preprocessing(policy_config: PolicyConfig, data: ProbeData, checkpoint_dir: str | Path) -> None:
     """The data's images must be what this policy sees: same crop, both cameras."""
     expected = data.meta["preprocessing"]
-    image = model.policy_config.image
+    image = policy_config.image
     if image.center_crop != expected["center_crop"] or (
         image.center_crop and abs(image.crop_area - expected["crop_area"]) > 1e-9
     ):
@@ -171,9 +197,9 @@ def check_preprocessing(model: ProbedVLA, data: ProbeData, checkpoint_dir: str |
             f"but --data was rendered with center_crop={expected['center_crop']} (area {expected['crop_area']}); "
             "render the data with the policy's preprocessing (make_depth_probe_data.py --center_crop ...)"
         )
-    if model.policy_config.num_images_in_input != data.rgb.shape[1]:
+    if policy_config.num_images_in_input != data.rgb.shape[1]:
         raise UserError(
-            f"--checkpoint {checkpoint_dir}: the policy reads {model.policy_config.num_images_in_input} camera(s); "
+            f"--checkpoint {checkpoint_dir}: the policy reads {policy_config.num_images_in_input} camera(s); "
             f"the probe data has {data.rgb.shape[1]} views per scene"
         )
 

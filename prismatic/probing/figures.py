@@ -54,54 +54,101 @@ def save_preview_grid(data_dir: str | Path, num_scenes: int, path: str | Path) -
     return _save(figure, path)
 
 
-def save_layer_plot(metrics: dict[str, Any], suite: str, path: str | Path) -> Path:
-    """Per metric, the linear probe's in-suite value vs layer (one line per checkpoint); the DPT probe (fed all
-    layers) as a dashed line in the checkpoint's colour."""
-    figure, axes = plt.subplots(1, len(METRIC_LABELS), figsize=(4.2 * len(METRIC_LABELS), 3.4))
+def checkpoint_labels(names: list[str]) -> dict[str, str]:
+    """Short labels (A, B, ...) for the figures; ``_legend_table`` maps them back to the checkpoint names."""
+    return {name: chr(ord("A") + index) if index < 26 else f"C{index}" for index, name in enumerate(names)}
+
+
+def _legend_table(figure: plt.Figure, labels: dict[str, str], notes: dict[str, str] | None = None, y: float = 0.0):
+    """The label -> checkpoint table below the axes, at figure height ``y`` (the saved figure is cropped to hold it)."""
+    rows = [f"{label}: {name}{notes.get(name, '') if notes else ''}" for name, label in labels.items()]
+    figure.text(0.01, y, "\n".join(rows), fontsize=8, family="monospace", va="top", ha="left")
+
+
+def layer_figure(metrics: dict[str, Any]) -> plt.Figure:
+    """Rows: the data's suites; columns: metrics. The linear probes' in-suite value vs layer (solid, one line per
+    checkpoint) and the DPT probe fed all layers (dashed, the checkpoint's colour); short labels, legend below."""
+    suites = metrics["data"]["suites"]
+    checkpoints = metrics["checkpoints"]
+    labels = checkpoint_labels(list(checkpoints))
+    figure, axes = plt.subplots(
+        len(suites), len(METRIC_LABELS), figsize=(4.2 * len(METRIC_LABELS), 3.0 * len(suites)), squeeze=False
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, (name, result) in enumerate(metrics["checkpoints"].items()):
-        color = colors[index % len(colors)]
-        layers = sorted(set(result["layers"]))
-        for axis, metric in zip(axes, METRIC_LABELS, strict=True):
-            values = [result["linear"][str(layer)][suite][suite]["all"][metric] for layer in layers]
-            axis.plot(layers, values, marker="o", color=color, label=f"{name} linear")
-            dpt_value = result["dpt"][suite][suite]["all"][metric]
-            axis.axhline(dpt_value, color=color, linestyle="--", label=f"{name} DPT (layers {result['layers']})")
-    for axis, metric in zip(axes, METRIC_LABELS, strict=True):
-        axis.set_xlabel("LLM layer (hidden_states index)")
-        axis.set_title(METRIC_LABELS[metric], fontsize=9)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.suptitle(f"Depth probes on {suite} test scenes (trained on {suite} train scenes)", fontsize=10)
-    return _save(figure, path)
+    for row, suite in enumerate(suites):
+        for index, (name, result) in enumerate(checkpoints.items()):
+            color = colors[index % len(colors)]
+            layers = sorted(set(result["linear"]), key=int)
+            for axis, metric in zip(axes[row], METRIC_LABELS, strict=True):
+                values = [result["linear"][layer][suite][suite]["all"][metric] for layer in layers]
+                axis.plot(
+                    [int(layer) for layer in layers], values, marker="o", color=color, label=f"{labels[name]} linear"
+                )
+                axis.set_xticks([int(layer) for layer in layers])
+                dpt_value = result["dpt"][suite][suite]["all"][metric]
+                axis.axhline(dpt_value, color=color, linestyle="--", label=f"{labels[name]} DPT")
+        for axis, metric in zip(axes[row], METRIC_LABELS, strict=True):
+            axis.set_xlabel("LLM layer (hidden_states index)", fontsize=8)
+            axis.set_title(f"{suite}: {METRIC_LABELS[metric]}", fontsize=9)
+            axis.grid(alpha=0.3)
+    figure.suptitle("Depth probes, in-suite test scenes (trained on the suite's train scenes)", fontsize=10)
+    figure.tight_layout()
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(names), fontsize=8)
+    notes = {name: f" (DPT layers {result['layers']})" for name, result in checkpoints.items()}
+    _legend_table(figure, labels, notes, y=-0.1 / len(suites))  # below the legend row
+    return figure
 
 
-def save_prediction_figure(
-    rgb: np.ndarray, depth: np.ndarray, predictions: dict[str, np.ndarray], names: list[str], path: str | Path
-) -> Path:
-    """Rows: scenes; per view (primary, then wrist): RGB, ground truth, each checkpoint's DPT prediction.
+def save_layer_plot(metrics: dict[str, Any], path: str | Path) -> Path:
+    return _save(layer_figure(metrics), path)
+
+
+def prediction_figure(
+    rgb: np.ndarray, depth: np.ndarray, predictions: dict[str, np.ndarray], names: list[str]
+) -> plt.Figure:
+    """Rows: scenes (every suite's); per view (primary, then wrist): RGB, ground truth, each checkpoint's DPT
+    prediction (columns titled with short labels, the table below), and a colour bar in metres.
 
     ``rgb`` [S, 2, H, W, 3], ``depth`` [S, 2, H, W], ``predictions[name]`` [S, 2, H, W]; one depth colour scale per
     scene and view, shared by ground truth and predictions.
     """
+    labels = checkpoint_labels(list(predictions))
     columns_per_view = 2 + len(predictions)
     figure, axes = plt.subplots(
-        len(names), 2 * columns_per_view, figsize=(1.9 * 2 * columns_per_view, 2.0 * len(names)), squeeze=False
+        len(names),
+        2 * columns_per_view,
+        figsize=(2.0 * 2 * columns_per_view + 1.0, 2.1 * len(names)),
+        squeeze=False,
+        layout="constrained",
     )
     for row, name in enumerate(names):
         for view_index, view in enumerate(VIEWS):
             column = view_index * columns_per_view
             low, high = float(depth[row, view_index].min()), float(depth[row, view_index].max())
             axes[row, column].imshow(rgb[row, view_index])
-            _off(axes[row, column], f"{name}\n{view}" if view_index == 0 else view)
-            axes[row, column + 1].imshow(depth[row, view_index], cmap=DEPTH_COLORMAP, vmin=low, vmax=high)
-            _off(axes[row, column + 1], "ground truth")
+            _off(axes[row, column], f"{view} RGB")
+            if view_index == 0:
+                axes[row, column].set_ylabel(name, fontsize=7)
+            shown = axes[row, column + 1].imshow(depth[row, view_index], cmap=DEPTH_COLORMAP, vmin=low, vmax=high)
+            _off(axes[row, column + 1], "truth")
             for offset, (checkpoint, predicted) in enumerate(predictions.items()):
                 axes[row, column + 2 + offset].imshow(
                     predicted[row, view_index], cmap=DEPTH_COLORMAP, vmin=low, vmax=high
                 )
-                _off(axes[row, column + 2 + offset], checkpoint)
-    return _save(figure, path)
+                _off(axes[row, column + 2 + offset], labels[checkpoint])
+            depth_axes = list(axes[row, column + 1 : column + columns_per_view])
+            colorbar = figure.colorbar(shown, ax=depth_axes, fraction=0.02, pad=0.01, aspect=12)
+            colorbar.ax.tick_params(labelsize=6)
+            colorbar.set_label("depth [m]", fontsize=6)
+    _legend_table(figure, labels)
+    return figure
+
+
+def save_prediction_figure(
+    rgb: np.ndarray, depth: np.ndarray, predictions: dict[str, np.ndarray], names: list[str], path: str | Path
+) -> Path:
+    return _save(prediction_figure(rgb, depth, predictions, names), path)
 
 
 def save_alignment_figure(

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+from prismatic.training.presets import PRESETS
 from vggt.loading import save_vggt_weights
 from vggt.models.vggt import VGGT
 from vggt.presets import tiny_vggt_kwargs
@@ -18,41 +19,15 @@ TINY_VGGT_FILENAME = "tiny-vggt-model.pt"
 def tiny_finetune_flags(
     vla_dir: Path, vggt_path: Path, data_root: Path, run_root: Path, dataset_name: str, **overrides: object
 ) -> list[str]:
-    """``finetune_align.py`` flags of a tiny CPU run: the paper's command with tiny sizes and a short schedule.
-
-    The teacher sees 112 px images (an 8x8 VGGT grid, resampled to the VLA's 16x16) and the alignment reads layer 1
-    of the 2-layer tiny Llama. ``overrides`` replace or add flags.
-    """
+    """``finetune_align.py`` flags of a tiny CPU run: the ``tiny_cpu`` preset (the paper's command with tiny sizes and a
+    short schedule) with these paths, every value written out. ``overrides`` replace or add flags."""
     flags: dict[str, object] = {
+        **PRESETS["tiny_cpu"].settings,
         "vla_path": vla_dir,
         "vggt_path": vggt_path,
-        "vggt_image_size": 112,
         "data_root_dir": data_root,
         "dataset_name": dataset_name,
         "run_root_dir": run_root,
-        "pooling_func": "bilinear",
-        "vla_layers_align": 1,
-        "vggt_layers_align": -1,
-        "align_loss_type": "cosine",
-        "align_loss_coeff": 0.5,
-        "use_l1_regression": True,
-        "use_diffusion": False,
-        "use_film": False,
-        "use_vlm_norm": True,
-        "use_vggt_pe": True,
-        "num_images_in_input": 2,
-        "use_proprio": True,
-        "batch_size": 2,
-        "learning_rate": 5e-4,
-        "max_steps": 4,
-        "save_freq": 2,
-        "save_latest_checkpoint_only": False,
-        "merge_lora_during_training": False,
-        "image_aug": True,
-        "lora_rank": 4,
-        "shuffle_buffer_size": 64,
-        "use_wandb": False,
-        "wandb_log_freq": 1,
         **overrides,
     }
     return [f"--{name}={value}" for name, value in flags.items()]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prismatic.models.checkpoint_checks import STEP_CHECKPOINT_SUFFIX, step_checkpoint_folders
 from prismatic.policy.components import component_path
 from prismatic.util.checkpoint_install import (
     READY_DIR,
@@ -44,7 +45,7 @@ from prismatic.util.checkpoint_install import (
 
 def checkpoint_dir(run_dir: Path, step: int | None) -> Path:
     """Upstream's places: ``{run_dir}--{step}_chkpt``, or the run folder itself in latest-only mode (``None``)."""
-    return run_dir if step is None else run_dir.parent / f"{run_dir.name}--{step}_chkpt"
+    return run_dir if step is None else run_dir.parent / f"{run_dir.name}--{step}{STEP_CHECKPOINT_SUFFIX}"
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -127,11 +128,8 @@ def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path
         return folder, resume_step
     if component_path(run_dir, TRAINING_STATE, None).is_file():
         return run_dir, None
-    steps = []
-    for folder in run_dir.parent.glob(f"{run_dir.name}--*_chkpt"):
-        step = folder.name.removeprefix(f"{run_dir.name}--").removesuffix("_chkpt")
-        if step.isdigit() and component_path(folder, TRAINING_STATE, int(step)).is_file():
-            steps.append(int(step))
+    folders = step_checkpoint_folders(run_dir)
+    steps = [step for step, folder in folders.items() if component_path(folder, TRAINING_STATE, step).is_file()]
     if not steps:
         raise FileNotFoundError(
             f"--resume True: no complete checkpoint of run {run_dir.name!r}: expected "

@@ -50,6 +50,7 @@ from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor, PreT
 
 from prismatic.models.action_heads import L1RegressionActionHead
 from prismatic.models.base_model_record import verify_base_model
+from prismatic.models.checkpoint_checks import run_folder_hint
 from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.load import (
     LORA_ADAPTER_DIR,
@@ -447,7 +448,7 @@ def _check_flags(cfg: ConvertConfig) -> tuple[Path, Path]:
         if not required.is_file():
             raise FileNotFoundError(
                 f"--lora_finetuned_checkpoint_dir {checkpoint_dir}: missing {required.relative_to(checkpoint_dir)} "
-                f"(expected the peft adapter that training saved there)."
+                f"(expected the peft adapter that training saved there){run_folder_hint(checkpoint_dir)}."
             )
     if cfg.verify_only and cfg.skip_verify:
         raise ValueError("--verify_only and --skip_verify exclude each other.")

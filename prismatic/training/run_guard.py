@@ -69,6 +69,7 @@ RESUMABLE_FLAGS = frozenset(
         "run_id_note",
         "run_id_override",
         "attn_implementation",
+        "preset",  # what it fills is compared flag by flag
     }
 )
 STALE_TEMPORARY = re.compile(r"(?:\.tmp-|\.trash-|^\.merged-staging-)(\d+)$")

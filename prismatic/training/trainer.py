@@ -478,9 +478,13 @@ def _train(
         if step > 0 and step % cfg.save_freq == 0:
             with writing(f"the checkpoint of step {step} in {run_dir.parent}"):
                 last_checkpoint = save_checkpoint(cfg, run_dir, step, model, optimizer, scheduler, dataset, ctx)
+            if ctx.is_main:
+                print(f"step {step}: checkpoint saved to {last_checkpoint}", flush=True)
         if cfg.use_val_set and step > 0 and step % cfg.val_freq == 0:
             logger.write(step, run_validation(cfg, model, platform, ctx))
     logger.close()
+    if ctx.is_main:
+        print(_final_message(cfg, run_dir, last_checkpoint), flush=True)
     return last_checkpoint
 
 
@@ -494,6 +498,19 @@ def check_finite_losses(step: int, losses: dict[str, float], first_bad_batch: st
             "losses; training stopped before this update (the last checkpoint is intact): check that batch's data, "
             "or lower --learning_rate"
         )
+
+
+def _final_message(cfg: FinetuneConfig, run_dir: Path, last_checkpoint: Path | None) -> str:
+    """Where the run's results are: the checkpoint folder to merge, evaluate or serve, and the run folder's metrics."""
+    if last_checkpoint is None:
+        return (
+            f"Training finished without a checkpoint (--max_steps {cfg.max_steps} < --save_freq {cfg.save_freq}); "
+            f"metrics are in {run_dir}"
+        )
+    return (
+        f"Training finished. Checkpoint to merge, evaluate or serve: {last_checkpoint} "
+        f"(metrics and logs: {run_dir / 'metrics.jsonl'})"
+    )
 
 
 @torch.no_grad()

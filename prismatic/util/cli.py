@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import errno
+import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 from unittest import mock
 
 from draccus import cfgparsing
 from draccus.utils import DecodingError, ParsingError
+from draccus.wrappers.docstring import get_attribute_docstring
 
 USER_ERROR_EXIT_CODE = 2
 DEBUG_FLAG = "--debug"
@@ -35,9 +38,16 @@ class UserError(Exception):
     """A mistake the user can fix. The message names the flag, file or key and says what was expected."""
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch (``RANK``), or not launched by torchrun at all."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def fail(message: str) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print ``error: message`` on stderr and exit with status 2. Under torchrun only rank 0 prints (every rank
+    meets the same error in the same checks), so the message shows once."""
+    if is_main_process():
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT_CODE)
 
 
@@ -61,6 +71,30 @@ def parse_flag_value(text: str) -> object:
     if isinstance(value, dict) and not any(mark in text for mark in ("{", ": ", "\n")):
         return text
     return value
+
+
+def flag_description(config_class: type, name: str) -> str:
+    """A config field's description: its inline comment (as draccus reads it for ``--help``)."""
+    return get_attribute_docstring(config_class, name).comment_inline.strip()
+
+
+def print_grouped_help(config_class: type, groups: Mapping[str, Sequence[str]], prog: str, epilog: str = "") -> None:
+    """``--help`` of a flat draccus config: its docstring, then per group each flag's type, default and description,
+    then ``epilog``. Flags in no group are listed last, under "other"."""
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    grouped = [name for names in groups.values() for name in names]
+    sections = {**groups, "other": [name for name in fields if name not in grouped]}
+    lines = [f"usage: {prog} [--FLAG VALUE ...]", "", inspect.getdoc(config_class) or ""]
+    for group, names in sections.items():
+        present = [fields[name] for name in names if name in fields]
+        if present:
+            lines += ["", f"{group}:"]
+        for field in present:
+            default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            shown = '""' if default == "" else default
+            lines.append(f"  --{field.name} {field.type}  (default: {shown})")
+            lines.append(f"      {flag_description(config_class, field.name)}")
+    print("\n".join([*lines, "", epilog] if epilog else lines))
 
 
 def _decoding_message(error: ParsingError) -> str:

@@ -68,20 +68,24 @@ def test_missing_config_is_written_with_this_installation_paths(tmp_path: Path) 
     assert all(Path(config[key]).is_dir() for key in FOLDER_KEYS)
 
 
-def test_stale_entries_are_repaired_and_the_rest_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_stale_entries_are_repaired_in_all_five_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    custom_datasets = tmp_path / "my-datasets"
-    (config_dir / "config.yaml").write_text(
-        yaml.safe_dump({**stale_config(tmp_path), "datasets": str(custom_datasets)})
-    )
+    (config_dir / "config.yaml").write_text(yaml.safe_dump(stale_config(tmp_path)))
     with caplog.at_level(logging.WARNING):
         config = yaml.safe_load(ensure_libero_config(config_dir).read_text())
-    assert config["bddl_files"] == str(INSTALLED_BENCHMARK_ROOT / "bddl_files")
-    assert config["init_states"] == str(INSTALLED_BENCHMARK_ROOT / "init_files")
-    assert config["benchmark_root"] == str(INSTALLED_BENCHMARK_ROOT)
-    assert config["datasets"] == str(custom_datasets)  # not a folder LIBERO's scenes need: the user's value stays
-    assert "key 'bddl_files' points to" in caplog.text and "deleted-clone" in caplog.text
+    assert config == {
+        "benchmark_root": str(INSTALLED_BENCHMARK_ROOT),
+        "bddl_files": str(INSTALLED_BENCHMARK_ROOT / "bddl_files"),
+        "init_states": str(INSTALLED_BENCHMARK_ROOT / "init_files"),
+        "datasets": str(INSTALLED_BENCHMARK_ROOT.parent / "datasets"),
+        "assets": str(INSTALLED_BENCHMARK_ROOT / "assets"),
+    }
+    assert "key 'bddl_files' points to" in caplog.text and "key 'assets' points to" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # repaired once: the next start keeps it (even folders not there yet)
+        assert yaml.safe_load(ensure_libero_config(config_dir).read_text()) == config
+    assert caplog.text == ""
 
 
 def test_entries_naming_existing_folders_are_kept(tmp_path: Path) -> None:
@@ -89,7 +93,7 @@ def test_entries_naming_existing_folders_are_kept(tmp_path: Path) -> None:
     custom_bddl.mkdir()
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    written = {**stale_config(tmp_path), "benchmark_root": str(tmp_path), "init_states": str(tmp_path)}
+    written = {key: str(tmp_path) for key in stale_config(tmp_path)}
     written["bddl_files"] = str(custom_bddl)
     (config_dir / "config.yaml").write_text(yaml.safe_dump(written))
     config = yaml.safe_load(ensure_libero_config(config_dir).read_text())

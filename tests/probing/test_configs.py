@@ -36,7 +36,9 @@ def readme_command(script: str, occurrence: int) -> list[str]:
 
 
 def test_readme_commands_parse_as_documented():
-    sf_vs_oft = draccus.parse(config_class=ProbeDepthConfig, args=readme_command("probe_depth.py", 1))
+    tiny = draccus.parse(config_class=ProbeDepthConfig, args=readme_command("probe_depth.py", 1))
+    assert [str(path) for path in tiny.checkpoint] == ["ckpts/tiny-a/tiny-openvla", "ckpts/tiny-b/tiny-openvla"]
+    sf_vs_oft = draccus.parse(config_class=ProbeDepthConfig, args=readme_command("probe_depth.py", 2))
     assert [path.name for path in sf_vs_oft.checkpoint] == [
         "spatial-forcing-7b-finetuned-libero-spatial",
         "openvla-7b-oft-finetuned-libero-spatial",

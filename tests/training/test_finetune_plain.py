@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.metrics import read_metrics
 
 from .conftest import run_script, tiny_flags
 
-SF_ONLY_FLAGS = (
-    "vggt_path", "vggt_image_size", "pooling_func", "vla_layers_align", "vggt_layers_align", "align_loss_type",
-    "align_loss_coeff", "use_vlm_norm", "use_vggt_pe",
-)  # fmt: skip
+SF_ONLY_FLAGS = {field.name for field in dataclasses.fields(AlignFinetuneConfig)} - {
+    field.name for field in dataclasses.fields(FinetuneConfig)
+}
 
 
 @pytest.mark.slow
@@ -24,6 +26,9 @@ def test_plain_finetune_trains_and_saves_without_alignment(tiny_checkpoints, syn
     result = run_script("finetune.py", flags)
     assert result.returncode == 0, result.stderr[-4000:]
     folder = tmp_path / "tiny-run--2_chkpt"
+    # Where the weights are, at the save and at the end (the run folder holds only metrics and logs).
+    assert f"step 2: checkpoint saved to {folder}\n" in result.stdout
+    assert f"Checkpoint to merge, evaluate or serve: {folder} (metrics and logs: " in result.stdout
     assert (folder / "action_head--2_checkpoint.pt").is_file()
     assert not list(folder.glob("align_projector--*"))
     metrics = read_metrics(tmp_path / "tiny-run")

@@ -115,9 +115,9 @@ def ensure_libero_config(config_dir: Path) -> Path:
     """Make ``config_dir/config.yaml`` usable by the running installation and return its path.
 
     A missing file is written with this installation's paths (LIBERO asks for them on stdin at import time
-    otherwise, which fails in workers and CI). In an existing file, every entry of ``FOLDER_KEYS`` that does not
-    name an existing folder (left by a deleted checkout or virtualenv) is replaced by this installation's path,
-    with a warning; entries that name existing folders are the user's choice and are kept.
+    otherwise, which fails in workers and CI). In an existing file, every one of LIBERO's five path entries that
+    does not name an existing folder (left by a deleted checkout or virtualenv), or is missing, is replaced by this
+    installation's path, with a warning; entries that name existing folders are the user's choice and are kept.
     """
     config_file = config_dir / "config.yaml"
     installation = _installation_paths()
@@ -127,7 +127,11 @@ def ensure_libero_config(config_dir: Path) -> Path:
         config = yaml.safe_load(config_file.read_text()) or {}
         if not isinstance(config, dict):
             raise UserError(f"{config_file}: expected a mapping of LIBERO path keys, found {type(config).__name__}")
-        stale = [key for key in FOLDER_KEYS if not Path(str(config.get(key, ""))).is_dir()]
+        stale = [
+            key
+            for key, path in installation.items()
+            if config.get(key) != path and not Path(str(config.get(key, ""))).is_dir()
+        ]
         if not stale:
             return config_file
         for key in stale:

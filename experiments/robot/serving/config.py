@@ -139,11 +139,13 @@ def observation_spec(cfg: ServeConfig, policy_config: PolicyConfig) -> Observati
             f"--camera_keys {list(camera_keys)}: the checkpoint reads {policy_config.num_images_in_input} image(s)"
         )
     state_key = cfg.state_key if policy_config.use_proprio else None
+    aliases = default.camera_aliases if cfg.camera_keys is None else ()  # --camera_keys: exactly those keys
     return ObservationSpec(
         camera_keys,
         state_key,
         cfg.prompt_key,
         policy_config.embodiment.proprio_dim,
+        camera_aliases=aliases,
         image_size=cfg.input_image_size,
     )
 

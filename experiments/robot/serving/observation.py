@@ -21,6 +21,8 @@ MAX_IMAGE_SIDE = 8192
 RAW_ACTIONS_KEY = "raw_actions"
 # OpenVLA-OFT's ALOHA request names its two wrist cameras so (run_aloha_eval / deploy.py clients).
 OFT_ALOHA_CAMERA_KEYS = ("full_image", "left_wrist_image", "right_wrist_image")
+# openpi's LIBERO client keys, by camera order: also accepted when a checkpoint's cameras have other names (LeRobot).
+OPENPI_CAMERA_KEYS = ("observation/image", "observation/wrist_image")
 
 
 class ObservationError(ValueError):
@@ -50,6 +52,7 @@ class ObservationSpec:
     wrist_keys_by_name: bool = False
     # Every frame must be image_size x image_size (None: any size); see ServeConfig.input_image_size.
     image_size: int | None = None
+    camera_aliases: tuple[str, ...] = ()  # per camera, in order, another key accepted for it (openpi's short keys)
 
     @classmethod
     def openpi_default(cls, policy_config: PolicyConfig) -> ObservationSpec:
@@ -60,6 +63,7 @@ class ObservationSpec:
             state_key="observation/state" if policy_config.use_proprio else None,
             prompt_key="prompt",
             proprio_dim=policy_config.embodiment.proprio_dim,
+            camera_aliases=OPENPI_CAMERA_KEYS[: len(cameras)],
         )
 
     @classmethod
@@ -77,10 +81,10 @@ class ObservationSpec:
         )
 
     def request_camera_keys(self, request: dict[str, Any]) -> tuple[str, ...]:
-        """The keys of ``request`` that hold the cameras, primary first."""
+        """The keys of ``request`` that hold the cameras, primary first (a camera's alias where the request uses it)."""
         wrist_keys = [key for key in request if isinstance(key, str) and "wrist" in key]
         if not self.wrist_keys_by_name or len(self.camera_keys) == 1 or not wrist_keys:
-            return self.camera_keys
+            return tuple(self._camera_key(request, index) for index in range(len(self.camera_keys)))
         if len(wrist_keys) != len(self.camera_keys) - 1:
             raise ObservationError(
                 f"wrist image key(s) {wrist_keys}: the checkpoint reads {len(self.camera_keys) - 1} wrist image(s); "
@@ -95,7 +99,9 @@ class ObservationSpec:
         camera_keys = self.request_camera_keys(request)
         missing = [key for key in (*camera_keys, self.state_key, self.prompt_key) if key and key not in request]
         if missing:
-            raise ObservationError(f"missing key(s) {missing}; expected {self.expected_keys()}")
+            other = [alias for key, alias in zip(self.camera_keys, self.camera_aliases, strict=False) if alias != key]
+            also = f" (cameras also as {other}, by order)" if other else ""
+            raise ObservationError(f"missing key(s) {missing}; expected {self.expected_keys()}{also}")
         observation: Observation = {}
         for index, key in enumerate(camera_keys):
             try:
@@ -145,3 +151,16 @@ class ObservationSpec:
 
     def expected_keys(self) -> list[str]:
         return [key for key in (*self.camera_keys, self.state_key, self.prompt_key) if key]
+
+    def describe(self) -> str:
+        """The expected keys, each camera's alias beside it."""
+        aliases = dict(zip(self.camera_keys, self.camera_aliases, strict=False))
+        cameras = [f"{key} (or {aliases[key]})" if aliases.get(key, key) != key else key for key in self.camera_keys]
+        return ", ".join([*cameras, *[key for key in (self.state_key, self.prompt_key) if key]])
+
+    def _camera_key(self, request: dict, index: int) -> str:
+        """The request's key for camera ``index``: its own key, else its alias when the request has that."""
+        key = self.camera_keys[index]
+        if key not in request and index < len(self.camera_aliases) and self.camera_aliases[index] in request:
+            return self.camera_aliases[index]
+        return key

@@ -33,10 +33,13 @@ from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmen
 from prismatic.vla.datasets.config import ImageAugConfig, holdout_episodes
 from prismatic.vla.datasets.geometry import points_from_depth
 from prismatic.vla.datasets.lerobot import (
+    INFO_FILE,
     LeRobotMapping,
     frame_tolerance,
     get_lerobot_statistics,
     open_lerobot,
+    read_info,
+    resolve_mapping,
     split_episodes,
 )
 from prismatic.vla.datasets.pipeline import derive_seed
@@ -257,6 +260,14 @@ def missing_depth_message(dataset_name: str) -> str:
         f"--lerobot_depth_keys and --lerobot_intrinsics_keys naming each camera's depth [H, W] and intrinsics [3, 3] "
         f"features"
     )
+
+
+def lerobot_input_flags(cfg: Any) -> dict[str, object]:
+    """What a LeRobot dataset holds, as the values of ``--num_images_in_input`` and ``--use_proprio``: its cameras
+    (``--lerobot_camera_keys``, or every image feature) and its state (the mapping requires one). Reads info.json."""
+    root = Path(cfg.data_root_dir) / cfg.dataset_name
+    mapping = resolve_mapping(mapping_from_flags(cfg), read_info(root).get("features", {}), root / INFO_FILE)
+    return {"num_images_in_input": len(mapping.camera_keys), "use_proprio": True}
 
 
 def lerobot_platform(cfg: Any) -> PlatformConstants:

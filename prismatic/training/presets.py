@@ -1,0 +1,164 @@
+"""Named training settings (``--preset NAME``), looked up by name in one registry as openpi's ``get_config``.
+
+A preset gives values to the flags a command leaves out; a flag given on the command line always wins. Without
+``--preset``, a LIBERO dataset name (``libero_*_no_noops`` and their mixtures) gets ``paper_libero``, and a LeRobot
+dataset gets ``--num_images_in_input`` / ``--use_proprio`` from what its ``meta/info.json`` holds. Adding a preset
+is one entry in ``PRESETS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import draccus
+import yaml
+
+from prismatic.spatial_forcing.config import AlignConfig
+from prismatic.training.config import FLAG_GROUPS, FinetuneConfig
+from prismatic.util.cli import UserError, is_main_process, print_grouped_help, user_errors
+from prismatic.vla.datasets.lerobot import is_lerobot_dataset
+from prismatic.vla.datasets.lerobot_dataset import lerobot_input_flags
+from prismatic.vla.datasets.registry import DATASETS, MIXTURES
+
+ConfigT = TypeVar("ConfigT", bound=FinetuneConfig)
+HELP_FLAGS = ("-h", "--help")
+# The alignment flags and their paper values (the single source: AlignConfig's defaults).
+ALIGNMENT_FLAGS = ("vla_layers_align", "vggt_layers_align", "use_vlm_norm", "use_vggt_pe", "pooling_func")
+ALIGNMENT_FLAGS += ("align_loss_type", "align_loss_coeff", "gain_feat_1move")
+PAPER_ALIGNMENT: dict[str, object] = {name: getattr(AlignConfig, name) for name in ALIGNMENT_FLAGS}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of flag values (flag name -> value); flags a config class lacks are skipped."""
+
+    description: str
+    settings: Mapping[str, object]
+
+
+# The paper's LIBERO command (README, "Training"); its --save_latest_checkpoint_only True is left to the command.
+PAPER_LIBERO: dict[str, object] = {
+    **PAPER_ALIGNMENT,
+    "use_l1_regression": True,
+    "use_diffusion": False,
+    "use_film": False,
+    "num_images_in_input": 2,
+    "use_proprio": True,
+    "batch_size": 8,
+    "learning_rate": 5e-4,
+    "num_steps_before_decay": 100_000,
+    "max_steps": 150_005,
+    "save_freq": 10_000,
+    "merge_lora_during_training": True,
+    "image_aug": True,
+    "lora_rank": 32,
+}
+
+PRESETS: dict[str, Preset] = {
+    "paper_libero": Preset(
+        "the paper's LIBERO setting: alignment after layer 24 with LayerNorm and positional embedding, 2 cameras + "
+        "proprio, L1 head, batch 8, lr 5e-4, 150,005 steps (the default for LIBERO dataset names)",
+        PAPER_LIBERO,
+    ),
+    "upstream_script": Preset(
+        "upstream finetune_align.py's bare defaults: alignment of the last layer without LayerNorm or positional "
+        "embedding (a setting the paper never used), 1 camera, no proprio, hub and ALOHA names",
+        {
+            "vla_layers_align": -1,
+            "use_vlm_norm": False,
+            "use_vggt_pe": False,
+            "vla_path": "openvla/openvla-7b",
+            "vggt_path": "official_ckpts/vggt_model.pt",
+            "data_root_dir": Path("datasets/rlds"),
+            "dataset_name": "aloha_scoop_x_into_bowl",
+            "num_images_in_input": 1,
+            "use_proprio": False,
+            "max_steps": 200_000,
+        },
+    ),
+    "tiny_cpu": Preset(
+        "the paper's setting at tiny sizes for CPU: make_tiny_checkpoints.py --out_dir ckpts/tiny and "
+        "make_synthetic_libero.py --data_root_dir data/synthetic, 112 px teacher, layer 1 of the 2-layer LLM, "
+        "4 steps",
+        {
+            **PAPER_LIBERO,
+            "vla_path": "ckpts/tiny/tiny-openvla",
+            "vggt_path": "ckpts/tiny/tiny-vggt-model.pt",
+            "vggt_image_size": 112,
+            "data_root_dir": Path("data/synthetic"),
+            "dataset_name": "libero_spatial_no_noops",
+            "vla_layers_align": 1,
+            "batch_size": 2,
+            "max_steps": 4,
+            "save_freq": 2,
+            "merge_lora_during_training": False,
+            "lora_rank": 4,
+            "shuffle_buffer_size": 64,
+            "use_wandb": False,
+            "wandb_log_freq": 1,
+        },
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a UserError names the known ones otherwise."""
+    if name not in PRESETS:
+        raise UserError(f"--preset {name!r} is not a preset: expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def default_preset_name(cfg: FinetuneConfig) -> str:
+    """``paper_libero`` for a LIBERO RLDS dataset name (or mixture) that is not a LeRobot folder, else none."""
+    if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
+        return ""
+    return "paper_libero" if cfg.dataset_name in DATASETS or cfg.dataset_name in MIXTURES else ""
+
+
+def explicit_flags(args: Sequence[str]) -> set[str]:
+    """The flag names a command gives: on its command line (``--name value`` or ``--name=value``) and in the file of
+    draccus' ``--config_path`` (its top-level keys), which a preset must not override either."""
+    given = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+    if "config_path" in given:
+        index = next(i for i, arg in enumerate(args) if arg.split("=", 1)[0] == "--config_path")
+        path = args[index].split("=", 1)[1] if "=" in args[index] else args[index + 1]
+        with user_errors():
+            given |= set(yaml.safe_load(Path(path).read_text()) or {})
+    return given
+
+
+def resolve_config(config_class: type[ConfigT], args: Sequence[str] | None = None) -> ConfigT:
+    """Parses a training command: ``--help`` prints the grouped flags and exits; then the preset (``--preset``, or
+    the dataset's default) fills the flags left out, and a LeRobot dataset fills the inputs still left out."""
+    args = list(sys.argv[1:] if args is None else args)
+    if any(arg in HELP_FLAGS for arg in args):
+        presets = "\n".join(f"  {name}: {preset.description}" for name, preset in PRESETS.items())
+        epilog = f"presets (--preset NAME; a flag given on the command line overrides the preset):\n{presets}"
+        print_grouped_help(config_class, FLAG_GROUPS, prog=Path(sys.argv[0]).name, epilog=epilog)
+        sys.exit(0)
+    cfg = draccus.parse(config_class=config_class, args=args)
+    given = explicit_flags(args)
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    name = cfg.preset or default_preset_name(cfg)
+    filled: dict[str, object] = {}
+    if name:
+        settings = get_preset(name).settings
+        filled = {flag: value for flag, value in settings.items() if flag in fields and flag not in given}
+        cfg = dataclasses.replace(cfg, **filled)
+    if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
+        from_data = {flag: value for flag, value in lerobot_input_flags(cfg).items() if flag not in given | set(filled)}
+        cfg = dataclasses.replace(cfg, **from_data)
+        if from_data and is_main_process():
+            print(f"LeRobot dataset {cfg.dataset_name!r}: {_as_flags(from_data)} (what the data holds)", flush=True)
+    if filled and is_main_process():
+        print(f"preset {name}: {_as_flags(filled)}", flush=True)
+    return cfg
+
+
+def _as_flags(values: Mapping[str, object]) -> str:
+    return " ".join(f"--{flag} {value}" for flag, value in values.items())
