@@ -95,6 +95,8 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
     if cfg.use_lora and cfg.lora_rank < 1:
         raise ValueError(f"--lora_rank must be >= 1 with --use_lora True, got {cfg.lora_rank}.")
     check_attn_implementation(cfg.attn_implementation)
+    if isinstance(cfg, AlignFinetuneConfig):
+        check_teacher(cfg.teacher)  # a flag: checked before the files
 
     if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
         platform = lerobot_platform(cfg)
@@ -131,7 +133,6 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
                 f"so hidden_states has {num_layers + 1} entries (0 = embeddings, k = after layer k, -1 = last); "
                 f"expected {-(num_layers + 1)}..{num_layers}."
             )
-        check_teacher(cfg.teacher)
         if cfg.teacher == "vggt":
             if not Path(cfg.vggt_path).is_file():
                 raise FileNotFoundError(

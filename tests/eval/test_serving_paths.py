@@ -100,7 +100,10 @@ class GripperSwitchPolicy:
         chunk[:, -1] = 1.0 if steps == 0 else 0.4
         return chunk
 
-    def predict_chunks(self, queries: list[tuple[dict, str]]) -> list[np.ndarray]:
+    def prepare(self, observation: dict, instruction: str) -> tuple[dict, str]:
+        return observation, instruction
+
+    def predict_prepared(self, queries: list[tuple[dict, str]]) -> list[np.ndarray]:
         return [self.predict_chunk(observation, instruction) for observation, instruction in queries]
 
 
