@@ -18,7 +18,7 @@ interrupted by ``kill -9`` is finished by ``prismatic.util.checkpoint_install.fi
 resuming and before any reader reads the folder, so a complete checkpoint is always recoverable.
 Folders are only ever renamed into place, and deleted only after an atomic rename to ``*.trash-<pid>``; a "latest"
 step folder being replaced is first renamed to ``*.old``, so ``kill -9`` at any point of any sequence of saves leaves
-a complete checkpoint (leftovers of dead processes are removed by ``run_guard.remove_stale_temporaries``).
+a complete checkpoint (leftovers of dead processes are removed by ``prismatic.util.io.remove_stale_temporaries``).
 """
 
 from __future__ import annotations

@@ -65,7 +65,6 @@ from prismatic.models.projectors import ProprioProjector
 from prismatic.policy.components import build_heads, component_names, load_components
 from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.training.lora import merge_lora
-from prismatic.training.run_guard import remove_stale_temporaries
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import (
@@ -76,6 +75,7 @@ from prismatic.util.file_checks import (
     check_writable_dir,
     read_json_file,
 )
+from prismatic.util.io import remove_stale_temporaries
 from prismatic.vla.constants import PlatformConstants, constants_for
 from prismatic.vla.prompt import build_prompt
 

@@ -21,8 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir, read_json_file
-from prismatic.util.io import file_sha256, write_json_atomic
+from prismatic.util.io import STALE_TEMPORARY, file_sha256, remove_stale_temporaries, write_json_atomic
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.registry import resolve_data_mix
 from prismatic.vla.datasets.statistics import statistics_to_json
@@ -72,11 +70,8 @@ RESUMABLE_FLAGS = frozenset(
         "preset",  # what it fills is compared flag by flag
     }
 )
-STALE_TEMPORARY = re.compile(r"(?:\.tmp-|\.trash-|^\.merged-staging-)(\d+)$")
 CONTENT_KEY = "content_sha256"  # training_config.json's record of what the flags' paths held
 STATISTICS_CACHE = "dataset_statistics_*.json"  # the readers' caches beside the data, not data
-# prismatic.util.io.atomic_output's temporary files: ".<stem>.tmp<pid><suffix>".
-ATOMIC_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(?:\.[^.]+)?$")
 
 
 def flags_as_dict(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -214,40 +209,6 @@ def check_run_folder(cfg: FinetuneConfig, run_dir: Path, content: dict[str, str]
             "started with (or a new run id)"
         )
     return [f"--{name} {old!r} -> {new!r}" for name, (old, new) in changed.items() if name not in ("resume",)]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def stale_temporaries(folder: Path) -> list[Path]:
-    """Temporary folders/files in ``folder`` whose process (the pid in their name) no longer runs."""
-    if not folder.is_dir():
-        return []
-    stale = []
-    for path in folder.iterdir():
-        match = STALE_TEMPORARY.search(path.name) or ATOMIC_TEMPORARY.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            stale.append(path)
-    return sorted(stale)
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Removes what :func:`stale_temporaries` finds; returns the removed paths."""
-    removed = stale_temporaries(folder)
-    for path in removed:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        logger.info("Removed %s, left by an interrupted process", path)
-    return removed
 
 
 def check_same_statistics(run_dir: Path, statistics: dict[str, Any]) -> None:

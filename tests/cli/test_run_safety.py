@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from prismatic.models.base_model_record import base_model_record, verify_base_model, write_base_model_record
 from prismatic.models.load import WEIGHTS_INDEX_NAME
+from prismatic.testing.processes import dead_pid
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
@@ -31,9 +32,9 @@ from prismatic.training.run_guard import (
     check_same_statistics,
     content_digests,
     prepare_run_folder,
-    remove_stale_temporaries,
 )
 from prismatic.util.cli import UserError, run_cli, writing
+from prismatic.util.io import remove_stale_temporaries
 from prismatic.util.locking import hold_run_lock
 from prismatic.vla.datasets.statistics import compute_statistics, save_dataset_statistics
 
@@ -125,12 +126,6 @@ def test_a_kill_during_the_install_then_a_kill_of_the_resumed_save_keeps_the_com
         with pytest.raises(Killed):
             save_latest(run_dir, 3)
     assert resumable_version(run_dir) == 2
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from experiments.robot.libero.config import GenerateConfig, config_as_dict
 from experiments.robot.libero.evaluation import RunPaths, eval_libero
 from experiments.robot.results import EpisodeResult, EpisodeStore
+from prismatic.testing.processes import dead_pid
 
 TASK = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 
@@ -43,6 +44,12 @@ def finished_run(
 
 def test_finished_run_reports_without_running_episodes(finished_run: tuple[GenerateConfig, RunPaths]) -> None:
     cfg, paths = finished_run
+    # Left by a writer killed mid-write (atomic_output's temporaries): removed when the run starts again.
+    killed = dead_pid()
+    stale = [paths.config.parent / f".done--summary.tmp{killed}.json", paths.videos / f".episode_0.tmp{killed}.mp4"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
     # WANDB_MODE=disabled
     assert eval_libero(dataclasses.replace(cfg, use_wandb=True), UnusablePolicy(), "libero") == 0.5
     log = paths.log.read_text()
@@ -53,6 +60,7 @@ def test_finished_run_reports_without_running_episodes(finished_run: tuple[Gener
     assert summary["total"] == {"episodes": 2, "successes": 1, "success_rate": 0.5}
     assert paths.chart.stat().st_size > 0
     assert len(paths.episodes.read_text().splitlines()) == 2
+    assert not any(path.exists() for path in stale)
 
 
 def test_resume_with_other_result_affecting_flags_is_refused(finished_run: tuple[GenerateConfig, RunPaths]) -> None:

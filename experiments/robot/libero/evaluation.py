@@ -51,7 +51,7 @@ from experiments.robot.results import (
     total_success_rate,
 )
 from experiments.robot.robot_utils import environment_fingerprint
-from prismatic.util.io import write_json_atomic
+from prismatic.util.io import remove_stale_temporaries, write_json_atomic
 from prismatic.vla.constants import constants_for
 
 logger = logging.getLogger(__name__)
@@ -379,6 +379,8 @@ def eval_libero(cfg: GenerateConfig, policy: Policy | None, gripper: str) -> flo
         )
     run_id = make_run_id(cfg)
     paths = RunPaths.for_run(Path(cfg.local_log_dir), run_id)
+    for folder in (paths.config.parent, paths.videos):  # files of killed writers (atomic_output's temporaries)
+        remove_stale_temporaries(folder)
     if paths.config.exists():
         check_resumable(json.loads(paths.config.read_text()), cfg)
     else:
