@@ -115,6 +115,14 @@ class CheckpointWriter:
         return self.final_dir
 
 
+def saved_training_step(folder: Path, file_step: int | None) -> int:
+    """The optimizer step a checkpoint's training state records (its tensors memory-mapped, not read)."""
+    state = torch.load(
+        component_path(folder, TRAINING_STATE, file_step), map_location="cpu", weights_only=True, mmap=True
+    )
+    return state["step"]
+
+
 def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path, int | None]:
     """The checkpoint folder to resume from and its file step (``None`` = latest-only files in the run folder).
 

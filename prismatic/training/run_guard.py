@@ -192,8 +192,7 @@ def check_run_folder(cfg: FinetuneConfig, run_dir: Path, content: dict[str, str]
         folder, step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
     except FileNotFoundError as error:
         raise UserError(str(error).rstrip(".")) from None
-    if step is not None:  # a latest-only checkpoint's step is known once its training state is loaded
-        check_steps_left(cfg.max_steps, step)
+    check_steps_left(cfg.max_steps, step if step is not None else ckpt.saved_training_step(folder, None))
     verify_base_model(folder, cfg.vla_path, "--vla_path")
     saved_path = run_dir / TRAINING_CONFIG_NAME
     if not saved_path.is_file():

@@ -52,7 +52,6 @@ from prismatic.training.quantization import check_quantization_flags, quantize_b
 from prismatic.training.run_guard import (
     check_run_folder,
     check_same_statistics,
-    check_steps_left,
     content_digests,
     prepare_run_folder,
 )
@@ -410,7 +409,6 @@ def _train(
     if cfg.resume:
         saved_step, resume_rng = load_training_state(cfg, run_dir, model, optimizer, scheduler, ctx)
         start_update = saved_step + 1
-        check_steps_left(cfg.max_steps, saved_step)
         if ctx.is_main:
             print(
                 f"--resume: run {run_dir.name!r} continues from its checkpoint of step {saved_step}: training steps "

@@ -164,6 +164,14 @@ def cli_world(tmp_path_factory: pytest.TempPathFactory) -> CliWorld:
     saved = draccus.parse(AlignFinetuneConfig, args=world.train_flags(run_id_override="r1"))
     record = {**flags_as_dict(saved), CONTENT_KEY: content_digests(saved)}
     (runs / "r1" / TRAINING_CONFIG_NAME).write_text(json.dumps(record))
+    # A run "r3" that saves latest-only: its checkpoint (step 3) in the run folder itself.
+    (runs / "r3").mkdir()
+    torch.save({"step": 3}, runs / "r3" / "training_state--latest_checkpoint.pt")
+    write_base_model_record(runs / "r3", base_model_record(base))
+    saved_r3 = draccus.parse(AlignFinetuneConfig, args=world.train_flags(run_id_override="r3"))
+    (runs / "r3" / TRAINING_CONFIG_NAME).write_text(
+        json.dumps({**flags_as_dict(saved_r3), CONTENT_KEY: content_digests(saved_r3)})
+    )
     # A run "r2" without training_config.json: its checkpoint's policy_config.json records what the policy is.
     write_policy_config(
         Path(shutil.copytree(checkpoint, runs / "r2--2_chkpt")),

@@ -221,6 +221,12 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
             align(run_id_override="r1", resume=True, max_steps=2),
             "--max_steps 2: the run resumes from its checkpoint of step 2",
         ),
+        (
+            "resume_latest_max_steps_done",
+            FINETUNE_ALIGN,
+            align(run_id_override="r3", resume=True, max_steps=3),
+            "--max_steps 3: the run resumes from its checkpoint of step 3",
+        ),
         *[
             (case, FINETUNE, plain(data_root_dir=root / "lerobot", dataset_name=case), culprit)
             for case, culprit in (
