@@ -22,7 +22,7 @@ import contextlib
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,9 +33,10 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from experiments.robot.action_ensembling import EpisodeActionSelector
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, rotate_180
 from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
+    CameraGate,
     get_libero_env,
     prepare_observation,
     process_action,
@@ -112,29 +113,40 @@ def run_episode(
     settings: EpisodeSettings,
     request_chunk: Callable[[Observation], np.ndarray],
     keep_frames: bool,
+    cameras: CameraGate | None = None,
 ) -> EpisodeOutcome:
     """Upstream's episode from the initial observation ``obs``: ``num_steps_wait`` no-ops, then up to ``max_steps``
     policy actions, re-querying the policy whenever the open-loop queue is empty. A simulator exception ends the
-    episode as a failure (recorded in ``error``)."""
+    episode as a failure (recorded in ``error``).
+
+    With ``cameras`` (installed on ``env``), the cameras render only for the observations the policy reads (every
+    step when ``keep_frames``); ``obs`` must hold rendered images."""
     select_actions = EpisodeActionSelector(settings.action_ensembling, settings.num_open_loop_steps)
     action_queue: deque[np.ndarray] = deque()
     frames: list[np.ndarray] = []
     success, steps, error = False, 0, None
+
+    def step(action: Sequence[float], next_observation_read: bool) -> tuple[dict[str, np.ndarray], bool]:
+        if cameras is not None:
+            cameras.render_next = keep_frames or next_observation_read
+        next_obs, _, done, _ = env.step(list(action))
+        return next_obs, done
+
     try:
-        for _ in range(settings.num_steps_wait):
-            obs, _, _, _ = env.step(list(LIBERO_DUMMY_ACTION))
+        for wait_step in range(settings.num_steps_wait):
+            obs, _ = step(LIBERO_DUMMY_ACTION, wait_step == settings.num_steps_wait - 1)
         while steps < settings.max_steps:
-            observation, frame = prepare_observation(obs, OPENVLA_IMAGE_SIZE)
             if keep_frames:
-                frames.append(frame)
+                frames.append(rotate_180(obs["agentview_image"]))
             if not action_queue:
+                observation, _ = prepare_observation(obs, OPENVLA_IMAGE_SIZE)
                 # Without ensembling: the first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k)
                 # would keep the last k when k < chunk; identical for the default k = chunk).
                 action_queue.extend(select_actions(request_chunk(observation)))
             action = action_queue.popleft()
             if settings.policy_server is None:  # a policy server replies in the robot's units already
                 action = process_action(action, settings.model_family)
-            obs, _, done, _ = env.step(action.tolist())
+            obs, done = step(action.tolist(), not action_queue)
             steps += 1
             if done:
                 success = True
@@ -165,6 +177,7 @@ class _TaskEnv:
     def __init__(self, unit: WorkUnit, resolution: int):
         self.task_id = unit.task_id
         self.env = get_libero_env(unit.bddl_file, resolution)
+        self.cameras = CameraGate()
         self.rng_state = np.random.get_state()  # as env.seed(0) left it
         self.resets_done = 0
 
@@ -175,6 +188,8 @@ class _TaskEnv:
             self.env.reset()
             self.rng_state = np.random.get_state()
             self.resets_done += 1
+            self.cameras.install(self.env)
+        self.cameras.render_next = True
         return self.env.set_init_state(spec.initial_state)
 
     def close(self) -> None:
@@ -215,7 +230,9 @@ def _run_unit(
     for spec in unit.episodes:
         started = time.perf_counter()
         obs = task_env.start_episode(spec)
-        outcome = run_episode(task_env.env, obs, settings, request_chunk, settings.video_dir is not None)
+        outcome = run_episode(
+            task_env.env, obs, settings, request_chunk, settings.video_dir is not None, task_env.cameras
+        )
         seconds = time.perf_counter() - started
         video = None
         if settings.video_dir is not None:

@@ -13,6 +13,8 @@ from experiments.robot.robot_utils import invert_gripper_action, normalize_gripp
 
 # Model families trained on RLDS data whose gripper is 1 = open (LIBERO: -1 = open).
 GRIPPER_INVERTED_FAMILIES = ("openvla", "svla")
+# robosuite's camera observables of a LIBERO env (the policy's primary and wrist views).
+CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")
 # Arm still, gripper open: stepped while objects settle at the start of an episode.
 LIBERO_DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -33,6 +35,38 @@ def get_libero_env(bddl_file: str, resolution: int, camera_depths: bool = False)
     )
     env.seed(0)
     return env
+
+
+class CameraGate:
+    """Renders a LIBERO env's cameras only for the observations someone will look at.
+
+    robosuite samples each camera observable once per control step, inside ``env.step``'s substep loop. The gate keeps
+    that schedule (the observables stay enabled and sample at the same substep) and replaces only their sensors: when
+    ``render_next`` is False a sensor returns its last frame instead of rendering. Rendering does not change the
+    simulation, so an episode steps through identical states and, at the steps where it renders, sees identical
+    images. Set ``render_next`` before each ``env.step``; call :meth:`install` after every ``env.reset()`` (a hard
+    reset builds new sensors).
+    """
+
+    def __init__(self) -> None:
+        self.render_next = True
+
+    def install(self, env: Any) -> None:
+        observables = env.env._observables  # robosuite keeps them private; there is no public way to wrap a sensor
+        for name in CAMERA_OBSERVABLES:
+            # Assigned directly: set_sensor() would render once to validate the sensor.
+            observables[name]._sensor = self._gated(observables[name]._sensor)
+
+    def _gated(self, sensor: Any) -> Any:
+        last_frame: list[np.ndarray] = []
+
+        def gated_sensor(obs_cache: dict[str, Any]) -> np.ndarray:
+            if self.render_next or not last_frame:
+                last_frame[:] = [sensor(obs_cache)]
+            return last_frame[0]
+
+        gated_sensor.__modality__ = sensor.__modality__
+        return gated_sensor
 
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
