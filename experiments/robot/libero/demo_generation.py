@@ -181,7 +181,7 @@ def check_output(cfg: DemoGenerationConfig) -> None:
 _ENVS: dict[str, Any] = {}
 
 
-def _env_for(bddl_file: str, image_size: int) -> Any:
+def oracle_env(bddl_file: str, image_size: int) -> Any:
     """This worker's env of a task: cameras off in the observations, an off-screen renderer for the kept steps."""
     if bddl_file not in _ENVS:
         from libero.libero.envs import OffScreenRenderEnv  # needs prepare_libero()
@@ -254,7 +254,7 @@ def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
 def run_attempt(job: Attempt) -> None:
     """Search one attempt without cameras; if it succeeds, render its kept steps; save the result atomically."""
     started = time.perf_counter()
-    env = _env_for(job.bddl_file, job.image_size)
+    env = oracle_env(job.bddl_file, job.image_size)
     run = run_oracle(env, job.reset_seed)
     payload: dict[str, Any] = {"success": np.array(run.success), "oracle_steps": np.array(len(run.actions))}
     if run.success:
