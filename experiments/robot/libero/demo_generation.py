@@ -353,6 +353,8 @@ def _pending_attempts(cfg: DemoGenerationConfig, tasks: list[TaskInfo]) -> list[
 
 def run_attempts(cfg: DemoGenerationConfig, tasks: list[TaskInfo]) -> None:
     """Runs attempts in ``num_workers`` spawned processes until every task has its demonstrations (or its limit)."""
+    if not _pending_attempts(cfg, tasks):
+        return
     total = cfg.num_demos * len(tasks)
     have = sum(len(_task_outcome(cfg, task).kept) for task in tasks)
     progress = tqdm(total=total, initial=have, desc="demonstrations", unit="demo")
