@@ -283,6 +283,7 @@ def run_attempt(job: Attempt) -> None:
             actions=actions[keep],
             num_noops=np.array(len(actions) - len(keep)),
             instruction=np.array(job.instruction),
+            file_path=np.array(f"task{job.task_id:02d}/attempt{job.attempt:05d}"),
         )
     payload["seconds"] = np.array(time.perf_counter() - started)
     payload["reset_seed"] = np.array(job.reset_seed)
@@ -369,23 +370,10 @@ def run_attempts(cfg: DemoGenerationConfig, tasks: list[TaskInfo]) -> None:
     progress.close()
 
 
-def load_episode(path: Path, task_id: int) -> LiberoEpisode:
-    with np.load(path) as saved:
-        return LiberoEpisode(
-            images=saved["images"],
-            wrist_images=saved["wrist_images"],
-            states=saved["states"],
-            joint_states=saved["joint_states"],
-            actions=saved["actions"],
-            language_instruction=str(saved["instruction"]),
-            file_path=f"task{task_id:02d}/{path.name}",
-        )
-
-
 def kept_episodes(outcomes: list[TaskOutcome]) -> Iterator[LiberoEpisode]:
     for outcome in outcomes:
         for path in outcome.kept:
-            yield load_episode(path, outcome.task_id)
+            yield LiberoEpisode.from_npz(path)
 
 
 def save_preview(outcomes: list[TaskOutcome], path: Path, rows: int = 4) -> Path:

@@ -37,6 +37,20 @@ class LiberoEpisode:
     language_instruction: str
     file_path: str  # provenance, stored as episode_metadata/file_path
 
+    @classmethod
+    def from_npz(cls, path: str | Path) -> LiberoEpisode:
+        """An episode saved by ``np.savez`` with these fields' names (``instruction`` for the language)."""
+        with np.load(path) as saved:
+            return cls(
+                images=saved["images"],
+                wrist_images=saved["wrist_images"],
+                states=saved["states"],
+                joint_states=saved["joint_states"],
+                actions=saved["actions"],
+                language_instruction=str(saved["instruction"]),
+                file_path=str(saved["file_path"]),
+            )
+
     def validate(self, image_size: int) -> None:
         """Raises ``ValueError`` naming the episode and field whose shape or dtype is wrong."""
         num_steps = len(self.actions)
