@@ -25,7 +25,8 @@ def main() -> None:
     meta = dataset.meta
     print(f"episodes {meta.total_episodes}, frames {meta.total_frames}, fps {meta.fps}, cameras {meta.video_keys}")
     print(f"tasks: {list(meta.tasks.index)}")
-    rows = dataset.hf_dataset.with_format("numpy")[:]
+    table = dataset.hf_dataset.with_format("arrow")[:]  # the numpy formatter would import torchvision.io
+    rows = {name: np.asarray(table.column(name).to_pylist()) for name in table.column_names}
     assert len(rows["index"]) == meta.total_frames == len(dataset)
     for episode in range(meta.total_episodes):
         record = meta.episodes[episode]
@@ -33,8 +34,7 @@ def main() -> None:
         assert stop - start == record["length"]
         assert (rows["episode_index"][start:stop] == episode).all()
         assert (rows["frame_index"][start:stop] == np.arange(record["length"])).all()
-    state = np.stack(rows["observation.state"])
-    action = np.stack(rows["action"])
+    state, action = rows["observation.state"], rows["action"]
     print(f"observation.state {state.shape}, action {action.shape}; stats keys {sorted(meta.stats)}")
     np.testing.assert_allclose(np.asarray(meta.stats["action"]["mean"]), action.mean(axis=0), rtol=1e-5, atol=1e-6)
     for key in meta.video_keys:
