@@ -239,6 +239,7 @@ class PickPlaceOracle:
         self.object_z_at_grasp = 0.0
         self.lift_z = 0.0
         self.in_hand_offset = np.zeros(3)
+        self.release_point = np.zeros(3)
         self.retreat_z = 0.0
 
     # --- geometry -------------------------------------------------------------------------------------------------
