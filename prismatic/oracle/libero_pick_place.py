@@ -38,6 +38,7 @@ STALL_M = 0.0015
 STALL_STEPS = 4
 MISSED_GRASP_M = 0.02
 MAX_GRASP_TRIES = 2
+HALF_TURN_MARGIN_RAD = 1e-2  # within this of pi, the rotation axis is read from the symmetric part
 COLLISION_GROUP = 0  # robosuite's collision geoms (visual geoms are group 1)
 
 # mujoco.mjtGeom values
@@ -182,16 +183,19 @@ def quat_xyzw_to_matrix(quat: np.ndarray) -> np.ndarray:
 
 def matrix_to_axis_angle(rotation: np.ndarray) -> np.ndarray:
     """Rotation matrix -> axis scaled by angle (radians)."""
-    cosine = np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0)
-    angle = np.arccos(cosine)
+    angle = np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))
     if angle < 1e-8:
         return np.zeros(3)
-    axis = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]])
-    norm = np.linalg.norm(axis)
-    if norm < 1e-8:  # angle close to pi: the axis from the symmetric part
-        axis = np.sqrt(np.clip((np.diag(rotation) + 1) / 2, 0, None))
-        return axis * angle
-    return axis / norm * angle
+    antisymmetric = np.array(
+        [rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]]
+    )  # 2 sin(angle) k
+    if np.pi - angle > HALF_TURN_MARGIN_RAD:
+        return antisymmetric / np.linalg.norm(antisymmetric) * angle
+    # Near a half turn sin(angle) vanishes; R + I tends to 2 k k^T, whose largest column lies along the axis k.
+    symmetric = rotation + np.eye(3)
+    axis = symmetric[:, np.argmax(np.linalg.norm(symmetric, axis=0))]
+    axis = axis / np.linalg.norm(axis)
+    return (-axis if axis @ antisymmetric < 0 else axis) * angle
 
 
 @dataclass(frozen=True)
