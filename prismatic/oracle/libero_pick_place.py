@@ -77,6 +77,9 @@ PHASE_LIMITS = {
 # (suite, task id) -> what its BDDL goal asks; the tasks this oracle was measured to solve (README).
 SUPPORTED_TASKS: dict[tuple[str, int], str] = {
     ("libero_spatial", 0): "black bowl between the plate and the ramekin -> plate",
+    ("libero_spatial", 3): "black bowl on the cookie box -> plate",
+    ("libero_spatial", 5): "black bowl on the ramekin -> plate",
+    ("libero_spatial", 9): "black bowl on the wooden cabinet -> plate",
 }
 
 

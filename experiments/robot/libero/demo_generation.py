@@ -66,7 +66,7 @@ class DemoGenerationConfig:
     task_suite_name: str = "libero_spatial"  # LIBERO suite
     task_ids: list[int] = field(default_factory=lambda: [0])  # Tasks of the suite (the oracle's supported ones)
     num_demos: int = 50  # Successful demonstrations per task
-    data_root_dir: Path = Path("datasets/oracle")  # Output: <root>/<suite>_no_noops (RLDS) and <root>/oracle_work
+    data_root_dir: Path = Path("datasets/oracle")  # Output: <root>/<suite>_no_noops (RLDS), <root>/<suite>_oracle_work
     format: str = "rlds"  # rlds (the trainer's LIBERO layout) | lerobot (LeRobot v3.0)
     num_workers: int = 1  # Simulator processes
     seed: int = 0  # Seeds the resets: attempt a of task t resets with seed (seed, suite, t, a)
