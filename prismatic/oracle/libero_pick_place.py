@@ -74,12 +74,12 @@ PHASE_LIMITS = {
     Phase.RETREAT: PhaseLimits(0.015, 25),
 }
 
-# (suite, task id) -> what its BDDL goal asks; the tasks this oracle was measured to solve (README).
+# (suite, task id) -> what its BDDL goal asks; the tasks this oracle was measured to solve (README). Not listed:
+# libero_spatial 9 (bowl on the wooden cabinet: 1/4 seeded resets), tasks needing a front approach (drawers).
 SUPPORTED_TASKS: dict[tuple[str, int], str] = {
     ("libero_spatial", 0): "black bowl between the plate and the ramekin -> plate",
     ("libero_spatial", 3): "black bowl on the cookie box -> plate",
     ("libero_spatial", 5): "black bowl on the ramekin -> plate",
-    ("libero_spatial", 9): "black bowl on the wooden cabinet -> plate",
 }
 
 
