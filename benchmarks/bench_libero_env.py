@@ -1,11 +1,14 @@
 """LIBERO evaluation costs: observation preprocessing, simulator step and reset, and parallel-worker throughput.
 
     python benchmarks/bench_libero_env.py [--suite libero_spatial] [--env_img_res 256] [--steps 20]
-                                          [--episodes 4] [--num_workers 2]
+                                          [--episodes 4] [--num_workers 2] [--repeats 3] [--skip_throughput]
 
 Prints (medians after a warm-up where it applies):
 - the TF-free observation chain (rotate, JPEG, lanczos3 to 224) and the center crop, per frame;
 - ``env.step`` with both cameras rendered, and ``env.reset`` (a hard reset rebuilds the MuJoCo model);
+- episodes per hour with the cameras rendered at every step (the evaluation before query-step rendering) and only at
+  the steps where the policy reads them (``CameraGate``), interleaved A B A B over ``--repeats`` rounds of one
+  ``--steps``-step episode each (reset included), with the spread;
 - the wall time of ``--episodes`` short episodes (``--steps`` policy steps, zero-motion policy) on one worker and on
   ``--num_workers`` workers, and their ratio, measured in one run.
 Rendering runs in this process and in spawned workers, so this script never imports TensorFlow.
@@ -24,8 +27,9 @@ import numpy as np
 
 from experiments.robot.image_utils import center_crop_image, resize_image_for_policy, rotate_180
 from experiments.robot.libero.config import GenerateConfig
+from experiments.robot.libero.env_worker import EpisodeSettings, run_episode
 from experiments.robot.libero.evaluation import eval_libero, plan_tasks
-from experiments.robot.libero.libero_utils import get_libero_env
+from experiments.robot.libero.libero_utils import CameraGate, get_libero_env
 from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero
 from experiments.robot.policy import Observation
 
@@ -67,6 +71,33 @@ def bench_env(args: argparse.Namespace) -> None:
     env.close()
 
 
+def bench_query_rendering(args: argparse.Namespace) -> None:
+    plan = plan_tasks(GenerateConfig(task_suite_name=args.suite, task_ids=[0], num_trials_per_task=1), print)[0]
+    env = get_libero_env(plan.bddl_file, args.env_img_res)
+    settings = EpisodeSettings(args.suite, "openvla", 10, args.steps, 8, 7, args.env_img_res, None)
+    policy = ZeroMotionPolicy()
+    hours: dict[str, list[float]] = {"every step": [], "query steps": []}
+    for _ in range(args.repeats):
+        for mode in hours:
+            started = time.perf_counter()
+            env.reset()
+            cameras = CameraGate() if mode == "query steps" else None
+            if cameras is not None:
+                cameras.install(env)
+            obs = env.set_init_state(plan.episodes[0].initial_state)
+            run_episode(env, obs, settings, lambda observation: policy.predict_chunk(observation, ""), False, cameras)
+            hours[mode].append((time.perf_counter() - started) / 3600)
+    for mode, values in hours.items():
+        rates = [1 / value for value in values]
+        print(
+            f"episodes/hour, cameras rendered at {mode}: median {statistics.median(rates):.0f} "
+            f"(spread {min(rates):.0f}-{max(rates):.0f}, {args.steps} policy steps + 10 wait steps, reset included)"
+        )
+    speedup = statistics.median(hours["every step"]) / statistics.median(hours["query steps"])
+    print(f"query-step rendering speed-up: {speedup:.2f}x")
+    env.close()
+
+
 def bench_throughput(args: argparse.Namespace, log_dir: str) -> None:
     walls = {}
     for num_workers in (1, args.num_workers):
@@ -94,12 +125,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--episodes", type=int, default=4)
     parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip_throughput", action="store_true", help="only the env costs and query-step rendering")
     args = parser.parse_args()
     print(f"CPU cores: {os.cpu_count()}, rendering: {configure_rendering()}")
     prepare_libero()
     with tempfile.TemporaryDirectory() as log_dir:
         bench_env(args)
-        bench_throughput(args, log_dir)
+        bench_query_rendering(args)
+        if not args.skip_throughput:
+            bench_throughput(args, log_dir)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import contextlib
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,9 +33,10 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from experiments.robot.action_ensembling import EpisodeActionSelector
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
+from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, rotate_180
 from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
+    CameraGate,
     TaskEnv,
     prepare_observation,
     robot_state,
@@ -112,29 +113,40 @@ def run_episode(
     settings: EpisodeSettings,
     request_chunk: Callable[[Observation], np.ndarray],
     keep_frames: bool,
+    cameras: CameraGate | None = None,
 ) -> EpisodeOutcome:
     """Upstream's episode from the initial observation ``obs``: ``num_steps_wait`` no-ops, then up to ``max_steps``
     policy actions, re-querying the policy whenever the open-loop queue is empty. Each executed action is selected
     (``--action_ensembling``) from chunks in the dataset's frame and then post-processed by the checkpoint's gripper
     convention, whether the chunks come from the runner or from a policy server. A simulator exception ends the
-    episode as a failure (recorded in ``error``)."""
+    episode as a failure (recorded in ``error``).
+
+    With ``cameras`` (installed on ``env``), the cameras render only for the observations the policy reads (every
+    step when ``keep_frames``); ``obs`` must hold rendered images."""
     select_actions = EpisodeActionSelector(settings.action_ensembling, settings.num_open_loop_steps)
     action_queue: deque[np.ndarray] = deque()
     frames: list[np.ndarray] = []
     success, steps, error = False, 0, None
+
+    def step(action: Sequence[float], next_observation_read: bool) -> tuple[dict[str, np.ndarray], bool]:
+        if cameras is not None:
+            cameras.render_next = keep_frames or next_observation_read
+        next_obs, _, done, _ = env.step(list(action))
+        return next_obs, done
+
     try:
-        for _ in range(settings.num_steps_wait):
-            obs, _, _, _ = env.step(list(LIBERO_DUMMY_ACTION))
+        for wait_step in range(settings.num_steps_wait):
+            obs, _ = step(LIBERO_DUMMY_ACTION, wait_step == settings.num_steps_wait - 1)
         while steps < settings.max_steps:
-            observation, frame = prepare_observation(obs, OPENVLA_IMAGE_SIZE)
             if keep_frames:
-                frames.append(frame)
+                frames.append(rotate_180(obs["agentview_image"]))
             if not action_queue:
+                observation, _ = prepare_observation(obs, OPENVLA_IMAGE_SIZE)
                 # Without ensembling: the first num_open_loop_steps actions of the chunk (upstream's deque(maxlen=k)
                 # would keep the last k when k < chunk; identical for the default k = chunk).
                 action_queue.extend(select_actions(request_chunk(observation)))
             action = postprocess_actions(action_queue.popleft(), settings.gripper)
-            obs, _, done, _ = env.step(action.tolist())
+            obs, done = step(action.tolist(), not action_queue)
             steps += 1
             if done:
                 success = True
@@ -190,7 +202,9 @@ def _run_unit(
     for spec in unit.episodes:
         started = time.perf_counter()
         obs = task_env.start_episode(spec.reset_index, spec.initial_state)
-        outcome = run_episode(task_env.env, obs, settings, request_chunk, settings.video_dir is not None)
+        outcome = run_episode(
+            task_env.env, obs, settings, request_chunk, settings.video_dir is not None, task_env.cameras
+        )
         seconds = time.perf_counter() - started
         video = None
         if settings.video_dir is not None:

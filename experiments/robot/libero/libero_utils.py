@@ -10,6 +10,8 @@ import numpy as np
 from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, resize_image_for_policy, rotate_180
 from experiments.robot.policy import Observation
 
+# robosuite's camera observables of a LIBERO env (the policy's primary and wrist views).
+CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")
 # Arm still, gripper open: stepped while objects settle at the start of an episode.
 LIBERO_DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -44,20 +46,54 @@ class TaskEnv:
     def __init__(self, task_id: int, bddl_file: str, resolution: int):
         self.task_id = task_id
         self.env = get_libero_env(bddl_file, resolution)
+        self.cameras = CameraGate()  # renders every step until an episode runner gates it
         self.rng_state = np.random.get_state()  # as env.seed(0) left it
         self.resets_done = 0
 
     def start_episode(self, reset_index: int, initial_state: np.ndarray) -> dict[str, np.ndarray]:
-        """Replay the resets before ``reset_index`` in the reset stream, reset, set ``initial_state``."""
+        """Replay the resets before ``reset_index`` in the reset stream, reset, set ``initial_state`` (its
+        observation rendered)."""
         while self.resets_done <= reset_index:
             np.random.set_state(self.rng_state)
             self.env.reset()
             self.rng_state = np.random.get_state()
             self.resets_done += 1
+            self.cameras.install(self.env)  # a reset builds new sensors
+        self.cameras.render_next = True
         return self.env.set_init_state(initial_state)
 
     def close(self) -> None:
         self.env.close()
+class CameraGate:
+    """Renders a LIBERO env's cameras only for the observations someone will look at.
+
+    robosuite samples each camera observable once per control step, inside ``env.step``'s substep loop. The gate keeps
+    that schedule (the observables stay enabled and sample at the same substep) and replaces only their sensors: when
+    ``render_next`` is False a sensor returns its last frame instead of rendering. Rendering does not change the
+    simulation, so an episode steps through identical states and, at the steps where it renders, sees identical
+    images. Set ``render_next`` before each ``env.step``; call :meth:`install` after every ``env.reset()`` (a hard
+    reset builds new sensors).
+    """
+
+    def __init__(self) -> None:
+        self.render_next = True
+
+    def install(self, env: Any) -> None:
+        observables = env.env._observables  # robosuite keeps them private; there is no public way to wrap a sensor
+        for name in CAMERA_OBSERVABLES:
+            # Assigned directly: set_sensor() would render once to validate the sensor.
+            observables[name]._sensor = self._gated(observables[name]._sensor)
+
+    def _gated(self, sensor: Any) -> Any:
+        last_frame: list[np.ndarray] = []
+
+        def gated_sensor(obs_cache: dict[str, Any]) -> np.ndarray:
+            if self.render_next or not last_frame:
+                last_frame[:] = [sensor(obs_cache)]
+            return last_frame[0]
+
+        gated_sensor.__modality__ = sensor.__modality__
+        return gated_sensor
 
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:

@@ -165,19 +165,6 @@ def replay_outcome(job: DemoJob) -> tuple[bool, int]:
         return bool(saved["success"]), int(saved["num_noops"])
 
 
-def load_episode(job: DemoJob) -> LiberoEpisode:
-    with np.load(job.result_path) as saved:
-        return LiberoEpisode(
-            images=saved["images"],
-            wrist_images=saved["wrist_images"],
-            states=saved["states"],
-            joint_states=saved["joint_states"],
-            actions=saved["actions"],
-            language_instruction=str(saved["instruction"]),
-            file_path=str(saved["file_path"]),
-        )
-
-
 def regenerate_libero(
     hdf5_paths: list[Path],
     data_root_dir: Path,
@@ -206,6 +193,10 @@ def regenerate_libero(
     summary = RegenerationSummary(len(jobs), len(kept), failed, sum(n for _, n in outcomes), None)
     if kept:  # episodes are loaded one at a time while the writer consumes them
         summary.builder_dir = write_libero_rlds(
-            (load_episode(job) for job in kept), data_root_dir, dataset_name, image_size=image_size, overwrite=overwrite
+            (LiberoEpisode.from_npz(job.result_path) for job in kept),
+            data_root_dir,
+            dataset_name,
+            image_size=image_size,
+            overwrite=overwrite,
         )
     return summary

@@ -44,6 +44,20 @@ class LiberoEpisode:
     intrinsics: np.ndarray | None = None
     wrist_intrinsics: np.ndarray | None = None
 
+    @classmethod
+    def from_npz(cls, path: str | Path) -> LiberoEpisode:
+        """An episode saved by ``np.savez`` with these fields' names (``instruction`` for the language)."""
+        with np.load(path) as saved:
+            return cls(
+                images=saved["images"],
+                wrist_images=saved["wrist_images"],
+                states=saved["states"],
+                joint_states=saved["joint_states"],
+                actions=saved["actions"],
+                language_instruction=str(saved["instruction"]),
+                file_path=str(saved["file_path"]),
+            )
+
     def validate(self, image_size: int, with_depth: bool = False) -> None:
         """Raises ``ValueError`` naming the episode and field whose shape or dtype is wrong."""
         num_steps = len(self.actions)
