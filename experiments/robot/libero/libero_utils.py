@@ -64,6 +64,8 @@ class TaskEnv:
 
     def close(self) -> None:
         self.env.close()
+
+
 class CameraGate:
     """Renders a LIBERO env's cameras only for the observations someone will look at.
 
