@@ -102,9 +102,8 @@ class AlignFinetuneConfig(FinetuneConfig):
     gain_feat_1move: bool = AlignConfig.gain_feat_1move      # Upstream's one-token shift of the VLA slice (README)
     vggt_image_size: int = 518                       # Ours: side of the teacher's input images (518 = VGGT's)
     vggt_dtype: str = "float32"                      # Ours: teacher weights float32 (upstream) | bfloat16 (CUDA)
-    # Ours: the teacher. vggt (the paper) | geometry (true 3D structure from the data's depth and intrinsics;
-    # prismatic.spatial_forcing.teachers) | rgb (the control: a fixed random network on the pixels alone)
-    teacher: str = "vggt"
+    # geometry: true 3D structure from the data's depth and intrinsics; rgb: a fixed random network on the pixels
+    teacher: str = "vggt"                            # Ours: the teacher: vggt (the paper) | geometry | rgb (control)
     teacher_width: int = 2048                        # geometry | rgb: feature width (VGGT-1B's targets: 2048)
     teacher_patch_size: int = 14                     # geometry | rgb: pixels per patch of the VLA's images
     teacher_seed: int = 0                            # geometry | rgb: seed of the fixed random map
