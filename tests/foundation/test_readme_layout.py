@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -69,3 +70,15 @@ def test_the_prismatic_subpackages_named_are_the_tracked_ones():
 def test_the_parser_reads_folder_names_outside_parentheses_only():
     text = "models/ (heads, datasets/), vla/ (prompt), x.extern.hf paths"
     assert folders_outside_parentheses(text) == {"models", "vla"}
+
+
+def test_every_relative_link_of_the_readme_and_the_reference_pages_resolves():
+    documents = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs" / "reference").glob("*.md"))]
+    links = [
+        (document, target.split("#")[0])
+        for document in documents
+        for target in re.findall(r"\]\(([^)]+)\)", document.read_text())
+        if not target.startswith(("http://", "https://", "#"))
+    ]
+    assert len(links) > 20
+    assert [(document.name, target) for document, target in links if not (document.parent / target).exists()] == []
