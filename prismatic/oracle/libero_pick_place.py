@@ -74,7 +74,7 @@ PHASE_LIMITS = {
     Phase.RETREAT: PhaseLimits(0.015, 25),
 }
 
-# (suite, task id) -> what its BDDL goal asks; the tasks this oracle was measured to solve (README). Not listed:
+# (suite, task id) -> what its BDDL goal asks; the tasks this oracle was measured to solve (docs). Not listed:
 # libero_spatial 9 (bowl on the wooden cabinet: 1/4 seeded resets), tasks needing a front approach (drawers).
 SUPPORTED_TASKS: dict[tuple[str, int], str] = {
     ("libero_spatial", 0): "black bowl between the plate and the ramekin -> plate",

@@ -69,7 +69,7 @@ class FinetuneConfig:
     attn_implementation: str = "sdpa"                # sdpa | eager (flash_attention_2 cannot honour the mask)
     val_batches: int = 16                            # Upper bound on batches per validation round
     val_set_fraction: float = 0.05                   # --use_val_set: share of episodes held out (the last ones)
-    crop_independent_draws: bool = False             # Crop box from 4 independent draws (upstream: one; README)
+    crop_independent_draws: bool = False             # Crop box from 4 independent draws (upstream: one; docs)
     lora_fp32: bool = False                          # LoRA adapters in fp32 (upstream: the base model's dtype)
     lerobot_camera_keys: str = ""                    # LeRobot: image features, comma-separated, primary first ("": all)
     lerobot_state_key: str = "observation.state"     # LeRobot: feature fed as proprio
@@ -99,7 +99,7 @@ class AlignFinetuneConfig(FinetuneConfig):
     vggt_layers_align: int = AlignConfig.vggt_layers_align   # Aggregator layer (-1 = last)
     use_vlm_norm: bool = AlignConfig.use_vlm_norm    # LayerNorm before the align projector
     use_vggt_pe: bool = AlignConfig.use_vggt_pe      # Add 0.1 x fixed 2D sin-cos embedding to the targets
-    gain_feat_1move: bool = AlignConfig.gain_feat_1move      # Upstream's one-token shift of the VLA slice (README)
+    gain_feat_1move: bool = AlignConfig.gain_feat_1move      # Upstream's one-token shift of the VLA slice (docs)
     vggt_image_size: int = 518                       # Ours: side of the teacher's input images (518 = VGGT's)
     vggt_dtype: str = "float32"                      # Ours: teacher weights float32 (upstream) | bfloat16 (CUDA)
     # geometry: true 3D structure from the data's depth and intrinsics; rgb: a fixed random network on the pixels

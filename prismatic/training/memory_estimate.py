@@ -59,7 +59,7 @@ CUBLAS_WORKSPACE_BYTES = 32 * 2**20
 NCCL_BUFFER_BYTES = 0.25 * GB
 # The caching allocator rounds every block up to 512 bytes and large blocks into 2 MiB / 20 MiB segments; the
 # fraction it keeps reserved beyond what tensors occupy is not a first-principles quantity, so none is added and
-# the README compares the tensor estimate plus the fixed overheads above with the published figures.
+# docs/reference/memory.md compares the tensor estimate plus the fixed overheads above with the published figures.
 
 
 def _storage_key(tensor: Tensor) -> int:

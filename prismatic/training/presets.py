@@ -41,7 +41,7 @@ class Preset:
     settings: Mapping[str, object]
 
 
-# The paper's LIBERO command (README, "Training"); its --save_latest_checkpoint_only True is left to the command.
+# The paper's LIBERO command (README); its --save_latest_checkpoint_only True is left to the command.
 PAPER_LIBERO: dict[str, object] = {
     **PAPER_ALIGNMENT,
     "use_l1_regression": True,

@@ -10,7 +10,7 @@ Optimizer update ``k`` (0-based; the checkpoint of step ``k`` holds ``k + 1`` up
 
 Upstream's warm-up code sets the learning rate to ``learning_rate * warmup(k)`` on every step, also after the
 warm-up, which overwrites the decay (with W > 0 upstream never decays). Here the factors multiply, so the decay
-happens (README: "Where we differ from upstream").
+happens (docs/reference/upstream-differences.md).
 """
 
 from __future__ import annotations

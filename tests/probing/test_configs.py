@@ -1,4 +1,4 @@
-"""The probing CLIs' configs: --help lists every flag, and the README's commands parse as documented."""
+"""The probing CLIs' configs: --help lists every flag, and the documented commands parse as documented."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prismatic.probing.alignment_maps import AlignmentMapConfig
 from prismatic.probing.depth_probe import ProbeDepthConfig
 from prismatic.probing.features import PAPER_LAYERS, resolve_layers
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DEPTH_PROBING_DOC = Path(__file__).resolve().parents[2] / "docs" / "reference" / "depth-probing.md"
 
 
 @pytest.mark.parametrize("config_class", [DepthProbeDataConfig, ProbeDepthConfig, AlignmentMapConfig])
@@ -25,8 +25,8 @@ def test_help_lists_every_flag(config_class, capsys):
     assert not [name for name in config_class.__dataclass_fields__ if f"--{name}" not in help_text]
 
 
-def readme_command(script: str, occurrence: int) -> list[str]:
-    text = README.read_text()
+def documented_command(script: str, occurrence: int) -> list[str]:
+    text = DEPTH_PROBING_DOC.read_text()
     start = -1
     for _ in range(occurrence + 1):
         start = text.index(f"python vla-scripts/{script}", start + 1)
@@ -35,18 +35,18 @@ def readme_command(script: str, occurrence: int) -> list[str]:
     return arguments[2:]
 
 
-def test_readme_commands_parse_as_documented():
-    tiny = draccus.parse(config_class=ProbeDepthConfig, args=readme_command("probe_depth.py", 1))
+def test_documented_commands_parse_as_documented():
+    tiny = draccus.parse(config_class=ProbeDepthConfig, args=documented_command("probe_depth.py", 1))
     assert [str(path) for path in tiny.checkpoint] == ["ckpts/tiny-a/tiny-openvla", "ckpts/tiny-b/tiny-openvla"]
-    sf_vs_oft = draccus.parse(config_class=ProbeDepthConfig, args=readme_command("probe_depth.py", 2))
+    sf_vs_oft = draccus.parse(config_class=ProbeDepthConfig, args=documented_command("probe_depth.py", 2))
     assert [path.name for path in sf_vs_oft.checkpoint] == [
         "spatial-forcing-7b-finetuned-libero-spatial",
         "openvla-7b-oft-finetuned-libero-spatial",
     ]
     assert sf_vs_oft.layers == [6, 12, 18, 24] and sf_vs_oft.probe.seed == 0
-    data = draccus.parse(config_class=DepthProbeDataConfig, args=readme_command("make_depth_probe_data.py", 0))
+    data = draccus.parse(config_class=DepthProbeDataConfig, args=documented_command("make_depth_probe_data.py", 0))
     assert data.suites == ["libero_spatial", "libero_object"] and data.num_perturbations == 2
-    maps = draccus.parse(config_class=AlignmentMapConfig, args=readme_command("alignment_maps.py", 0))
+    maps = draccus.parse(config_class=AlignmentMapConfig, args=documented_command("alignment_maps.py", 0))
     assert maps.vggt_path == Path("ckpts/model.pt")
 
 

@@ -11,7 +11,7 @@ from vggt.models.vggt import VGGT
 from vggt.presets import tiny_vggt_kwargs
 
 BF16_EPS = 2.0**-8  # unit roundoff of bfloat16 (8 significand bits)
-ALIGN_LOSS_TOLERANCE = 5e-4  # stated in the README: |loss(bf16 teacher) - loss(fp32 teacher)|
+ALIGN_LOSS_TOLERANCE = 5e-4  # stated in docs/reference/memory.md: |loss(bf16 teacher) - loss(fp32 teacher)|
 
 
 def _teachers():

@@ -27,10 +27,12 @@ SCRIPT_CONFIGS = {
 }
 
 
+DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs" / "reference").glob("*.md"))]
+
+
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """Every command of the README's code blocks that runs a training script: (script, its arguments)."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    blocks = readme.split("```")[1::2]
+    """Every command of the README's and docs/reference's code blocks that runs a training script: (script, args)."""
+    blocks = [block for document in DOCUMENTS for block in document.read_text().split("```")[1::2]]
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -66,9 +68,11 @@ def test_every_readme_training_command_resolves_to_the_papers_alignment(script, 
 
 def test_the_readme_lerobot_command_no_longer_gets_upstreams_script_alignment():
     """The LeRobot command names no LIBERO dataset: it used to train layer -1 without LayerNorm or PE, silently."""
-    (arguments,) = [args for _, args in readme_commands() if "--lerobot_action_key" in args]
-    cfg = resolve_config(AlignFinetuneConfig, arguments)
-    assert (cfg.vla_layers_align, cfg.use_vlm_norm, cfg.use_vggt_pe) == (24, True, True)
+    lerobot_commands = [args for _, args in readme_commands() if "--lerobot_action_key" in args]
+    assert lerobot_commands  # in the README and in docs/reference/training.md
+    for arguments in lerobot_commands:
+        cfg = resolve_config(AlignFinetuneConfig, arguments)
+        assert (cfg.vla_layers_align, cfg.use_vlm_norm, cfg.use_vggt_pe) == (24, True, True)
 
 
 def test_a_libero_name_gets_paper_libero_and_explicit_flags_win(capsys):
@@ -112,8 +116,8 @@ def test_adding_a_preset_is_one_registry_entry(monkeypatch):
 
 
 def test_the_readme_tiny_cpu_recipe_trains_on_what_its_first_two_commands_wrote(tmp_path, monkeypatch):
-    readme = (REPO_ROOT / "README.md").read_text()
-    block = readme[readme.index("**Tiny CPU runs.**") :].split("```")[1]
+    training_doc = (REPO_ROOT / "docs" / "reference" / "training.md").read_text()
+    block = training_doc[training_doc.index("**Tiny CPU runs.**") :].split("```")[1]
     commands = [shlex.split(line) for line in block.splitlines() if line.startswith("python ")]
     assert [Path(words[1]).name for words in commands] == [
         "make_tiny_checkpoints.py",
