@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         )["curve"]
 
     if synthetic:
-        print("[skip] closed-loop evaluation: synthetic data has no simulator task (recorded as skipped)", flush=True)
+        print("[not run] closed-loop evaluation: synthetic data has no simulator task (recorded as skipped)", flush=True)
     else:
         for entry in units:
             entry["eval"] = unit(
