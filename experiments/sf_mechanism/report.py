@@ -120,6 +120,8 @@ def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
         "",
         "## Held-out action L1 and the secondary metric",
         "",
+        "Each fraction holds out its own last episodes, so L1 values compare variants within a fraction only.",
+        "",
         "| task | fraction | variant | seeds | final L1 (mean) | steps to plain's final L1 | ratio vs plain |",
         "|---|---|---|---|---|---|---|",
     ]

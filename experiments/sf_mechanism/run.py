@@ -15,6 +15,7 @@ the demonstrations are the synthetic reach task and the closed-loop stage is ski
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.robot.libero.demo_generation import DemoGenerationConfig
 from experiments.sf_mechanism.design import (
     DATASET_NAME,
     HEIGHT_TASK,
@@ -37,6 +39,7 @@ from experiments.sf_mechanism.design import (
     wilson_interval,
 )
 from experiments.sf_mechanism.report import write_figures, write_report
+from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, supported_task_names
 from prismatic.probing.data import FORMAT_VERSION, ScenePlan, write_meta, write_scene
 from prismatic.training.metrics import read_metrics
 from prismatic.training.presets import PRESETS
@@ -49,6 +52,7 @@ SCRIPTS = REPO_ROOT / "vla-scripts"
 DATA_SOURCES = ("oracle", "synthetic")
 PRESET = "sf_mechanism_cpu"
 DONE_NAME = ".done.json"
+FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism.md"
 TOOL_ENV = {"USE_TF": "0", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
 
 
@@ -59,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", default="full", help=f"one of {list(SCALES)} (design.py); --quick sets quick")
     parser.add_argument("--data_source", default="oracle", help=f"one of {DATA_SOURCES}")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
-    parser.add_argument("--report", type=Path, default=None, help="report page (default: <out>/sf_mechanism.md)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help=f"report page (default: {FULL_REPORT} for the full oracle run, else <out>/sf_mechanism.md)",
+    )
     args = parser.parse_args(argv)
     check_args(args)
     return args
@@ -80,6 +89,8 @@ def check_args(args: argparse.Namespace) -> None:
     if "plain" not in variants:
         raise UserError(f"--variants {args.variants!r}: expected 'plain' among them (the baseline of every ratio)")
     args.variants = variants
+    if args.data_source == "oracle":
+        check_oracle(SCALES[args.scale])
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: not a folder; expected the experiment folder (created if missing)")
     manifest = args.out / "experiment.json"
@@ -91,6 +102,20 @@ def check_args(args: argparse.Namespace) -> None:
                 f"--out {args.out} holds a run with {earlier}; expected the same --scale/--data_source to resume it, "
                 "or a new --out"
             )
+
+
+def check_oracle(scale: Scale) -> None:
+    """The oracle demonstrates every task of the scale and writes the depth the geometry teacher reads."""
+    unsupported = [task for task in scale.tasks if (SUITE, task) not in SUPPORTED_TASKS]
+    if unsupported:
+        raise UserError(
+            f"--data_source oracle: {SUITE} tasks {unsupported} have no oracle; expected among {supported_task_names()}"
+        )
+    if "with_depth" not in {field.name for field in dataclasses.fields(DemoGenerationConfig)}:
+        raise UserError(
+            "--data_source oracle: vla-scripts/generate_libero_demos.py has no --with_depth; expected a generator "
+            "that writes the depth features the geometry teacher reads (or --data_source synthetic)"
+        )
 
 
 def run_tool(command: list[str], log: Path) -> None:
@@ -398,7 +423,9 @@ def main(argv: list[str] | None = None) -> None:
         )["curve"]
 
     if synthetic:
-        print("[not run] closed-loop evaluation: synthetic data has no simulator task (recorded as skipped)", flush=True)
+        print(
+            "[not run] closed-loop evaluation: synthetic data has no simulator task (recorded as skipped)", flush=True
+        )
     else:
         for entry in units:
             entry["eval"] = unit(
@@ -436,8 +463,9 @@ def main(argv: list[str] | None = None) -> None:
         "units": units,
     }
     write_json_atomic(out / "results.json", results)
-    figures = write_figures(results, out / "figures")
-    report = args.report or out / "sf_mechanism.md"
+    full_run = args.scale == "full" and not synthetic
+    report = args.report or (FULL_REPORT if full_run else out / "sf_mechanism.md")
+    figures = write_figures(results, report.parent / f"{report.stem}_figures")  # beside the page, committed with it
     write_report(results, figures, report)
     print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
 

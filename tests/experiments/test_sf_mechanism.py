@@ -94,7 +94,7 @@ def test_the_stage_graph_on_synthetic_data_writes_every_artefact_and_resumes(tmp
             [row["step"], row["val_action_loss"]] for row in metrics if "val_action_loss" in row
         ]
     for name in ("learning_curves.png", "success.png", "probe_layers.png"):
-        assert Image.open(out / "figures" / name).size[0] > 200
+        assert Image.open(out / "sf_mechanism_figures" / name).size[0] > 200
     report = (out / "sf_mechanism.md").read_text()
     assert "Not measured: skipped: synthetic data has no simulator task." in report
     assert (
