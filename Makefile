@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup clean-venv
+.PHONY: demo test lint setup clean-venv experiment
 
 setup: $(STAMP)
 
@@ -25,3 +25,9 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The Spatial Forcing mechanism experiment (experiments/sf_mechanism/run.py; resumable):
+#   make experiment                      the full run; make experiment EXPERIMENT_ARGS=--quick for one task and seed
+EXPERIMENT_ARGS ?=
+experiment: $(STAMP)
+	PYTHONPATH=. $(PYTHON) experiments/sf_mechanism/run.py $(EXPERIMENT_ARGS)

@@ -59,6 +59,25 @@ PAPER_LIBERO: dict[str, object] = {
     "lora_rank": 32,
 }
 
+# The paper's setting at tiny sizes for CPU (the tiny_cpu preset; experiments build on it).
+TINY_CPU: dict[str, object] = {
+    **PAPER_LIBERO,
+    "vla_path": "ckpts/tiny/tiny-openvla",
+    "vggt_path": "ckpts/tiny/tiny-vggt-model.pt",
+    "vggt_image_size": 112,
+    "data_root_dir": Path("data/synthetic"),
+    "dataset_name": "libero_spatial_no_noops",
+    "vla_layers_align": 1,
+    "batch_size": 2,
+    "max_steps": 4,
+    "save_freq": 2,
+    "merge_lora_during_training": False,
+    "lora_rank": 4,
+    "shuffle_buffer_size": 64,
+    "use_wandb": False,
+    "wandb_log_freq": 1,
+}
+
 PRESETS: dict[str, Preset] = {
     "paper_libero": Preset(
         "the paper's LIBERO setting: alignment after layer 24 with LayerNorm and positional embedding, 2 cameras + "
@@ -85,22 +104,21 @@ PRESETS: dict[str, Preset] = {
         "the paper's setting at tiny sizes for CPU: make_tiny_checkpoints.py --out_dir ckpts/tiny and "
         "make_synthetic_libero.py --data_root_dir data/synthetic, 112 px teacher, layer 1 of the 2-layer LLM, "
         "4 steps",
+        TINY_CPU,
+    ),
+    "sf_mechanism_cpu": Preset(
+        "the Spatial Forcing mechanism experiment (experiments/sf_mechanism): tiny_cpu's model sizes with a held-out "
+        "split validated during training, merged checkpoints for evaluation and probing, a 64-wide geometry/rgb "
+        "teacher; one learning rate and schedule for every variant",
         {
-            **PAPER_LIBERO,
-            "vla_path": "ckpts/tiny/tiny-openvla",
-            "vggt_path": "ckpts/tiny/tiny-vggt-model.pt",
-            "vggt_image_size": 112,
-            "data_root_dir": Path("data/synthetic"),
-            "dataset_name": "libero_spatial_no_noops",
-            "vla_layers_align": 1,
-            "batch_size": 2,
-            "max_steps": 4,
-            "save_freq": 2,
-            "merge_lora_during_training": False,
-            "lora_rank": 4,
-            "shuffle_buffer_size": 64,
-            "use_wandb": False,
-            "wandb_log_freq": 1,
+            **TINY_CPU,
+            "use_val_set": True,
+            "val_set_fraction": 0.2,
+            "val_batches": 4,
+            "merge_lora_during_training": True,
+            "save_latest_checkpoint_only": True,
+            "teacher_width": 64,
+            "batch_size": 4,
         },
     ),
 }

@@ -1,0 +1,98 @@
+"""The Spatial Forcing mechanism experiment, declared before anything runs (issue 23).
+
+Primary metric: closed-loop success at equal training steps on the height-dependent task (libero_spatial 3), with
+Wilson 95 % intervals. Secondary: steps to reach the plain baseline's final held-out action L1, as a ratio
+(baseline steps / variant steps; the paper reports up to 3.8x). Every variant trains with the same learning rate and
+schedule (the ``sf_mechanism_cpu`` preset's); nothing is tuned per variant. No sweep on the baseline has been run
+here yet: the preset's rate is the paper's 5e-4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRIMARY_METRIC = "closed-loop success at equal steps on the height-dependent task (Wilson 95 % interval)"
+SECONDARY_METRIC = "steps to reach the plain baseline's final held-out action L1, as a ratio (baseline / variant)"
+HEIGHT_TASK = 3  # libero_spatial 3: the bowl sits on the cookie box, so the grasp height matters
+FLAT_TASK = 0  # libero_spatial 0: the flat control
+SUITE = "libero_spatial"
+DATASET_NAME = "libero_spatial_no_noops"
+# variant -> (training script, teacher); "plain" trains without alignment.
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "plain": ("finetune.py", None),
+    "sf_geometry": ("finetune_align.py", "geometry"),
+    "sf_rgb": ("finetune_align.py", "rgb"),
+}
+WILSON_Z = 1.959964  # two-sided 95 %
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one run of the experiment; the full run and --quick differ only here."""
+
+    tasks: tuple[int, ...]
+    seeds: tuple[int, ...]
+    fractions: tuple[float, ...]
+    num_demos: int  # demonstrations per task at 100 %
+    max_steps: int
+    val_freq: int
+    eval_episodes: int  # closed-loop episodes per task (benchmark held-out init states)
+    eval_max_steps: int  # cap on the episode length
+    probe_init_states: int
+    probe_dpt_steps: int
+
+
+FULL = Scale(
+    tasks=(HEIGHT_TASK, FLAT_TASK),
+    seeds=(0, 1, 2),
+    fractions=(1.0, 0.2),
+    num_demos=50,
+    max_steps=2000,
+    val_freq=100,
+    eval_episodes=50,
+    eval_max_steps=220,
+    probe_init_states=10,
+    probe_dpt_steps=500,
+)
+QUICK = Scale(
+    tasks=(HEIGHT_TASK,),
+    seeds=(0,),
+    fractions=(1.0, 0.2),
+    num_demos=5,
+    max_steps=40,
+    val_freq=10,
+    eval_episodes=2,
+    eval_max_steps=40,
+    probe_init_states=2,
+    probe_dpt_steps=5,
+)
+# The harness's own check (pytest, synthetic data): every stage at the smallest sizes that still produce each artefact.
+SMOKE = Scale(
+    tasks=(HEIGHT_TASK,),
+    seeds=(0,),
+    fractions=(1.0, 0.5),
+    num_demos=4,
+    max_steps=4,
+    val_freq=2,
+    eval_episodes=1,
+    eval_max_steps=8,
+    probe_init_states=2,
+    probe_dpt_steps=2,
+)
+SCALES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
+    """Wilson score 95 % interval of a success rate; (0, 1) for no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    z2 = WILSON_Z**2
+    centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = WILSON_Z * (rate * (1 - rate) / trials + z2 / (4 * trials**2)) ** 0.5 / (1 + z2 / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first step whose held-out L1 is at or below ``target``; None if the curve never gets there."""
+    return next((step for step, value in curve if value <= target), None)

@@ -1,0 +1,479 @@
+"""The Spatial Forcing mechanism experiment (``make experiment``): does aligning to true geometry speed up learning?
+
+    python experiments/sf_mechanism/run.py --out runs/sf_mechanism            # the full run (design.FULL)
+    python experiments/sf_mechanism/run.py --out runs/sf_quick --quick        # one task, one seed, every artefact
+    python experiments/sf_mechanism/run.py --out /tmp/sf --data_source synthetic --quick   # harness check, no sim
+
+Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes):
+base checkpoints -> demonstrations with depth (per task: 100 % and each fraction) -> training of every (task,
+variant, fraction, seed) -> held-out action L1 curves (the runs' validation) -> closed-loop evaluation on the
+benchmark's init states (Wilson 95 % intervals) -> depth probe of every 100 % checkpoint -> results.json, figures and
+the report page. The metrics are declared in ``experiments/sf_mechanism/design.py``. With ``--data_source synthetic``
+the demonstrations are the synthetic reach task and the closed-loop stage is skipped (recorded as skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from experiments.robot.libero.demo_generation import DemoGenerationConfig
+from experiments.sf_mechanism.design import (
+    DATASET_NAME,
+    HEIGHT_TASK,
+    PRIMARY_METRIC,
+    SCALES,
+    SECONDARY_METRIC,
+    SUITE,
+    VARIANTS,
+    Scale,
+    steps_to_reach,
+    wilson_interval,
+)
+from experiments.sf_mechanism.report import write_figures, write_report
+from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, supported_task_names
+from prismatic.probing.data import FORMAT_VERSION, ScenePlan, write_meta, write_scene
+from prismatic.training.metrics import read_metrics
+from prismatic.training.presets import PRESETS
+from prismatic.util.cli import UserError, run_cli
+from prismatic.util.io import write_json_atomic
+from prismatic.vla.datasets.synthetic import ReachScene
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO_ROOT / "vla-scripts"
+DATA_SOURCES = ("oracle", "synthetic")
+PRESET = "sf_mechanism_cpu"
+DONE_NAME = ".done.json"
+FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism.md"
+TOOL_ENV = {"USE_TF": "0", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "sf_mechanism", help="experiment folder")
+    parser.add_argument("--quick", action="store_true", help="one task, one seed, every artefact (--scale quick)")
+    parser.add_argument("--scale", default="full", help=f"one of {list(SCALES)} (design.py); --quick sets quick")
+    parser.add_argument("--data_source", default="oracle", help=f"one of {DATA_SOURCES}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help=f"report page (default: {FULL_REPORT} for the full oracle run, else <out>/sf_mechanism.md)",
+    )
+    args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag checked before anything is written or loaded."""
+    if args.quick:
+        args.scale = "quick"
+    if args.scale not in SCALES:
+        raise UserError(f"--scale {args.scale!r}: expected one of {list(SCALES)}")
+    if args.data_source not in DATA_SOURCES:
+        raise UserError(f"--data_source {args.data_source!r}: expected one of {list(DATA_SOURCES)}")
+    variants = [name for name in args.variants.split(",") if name]
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown or not variants:
+        raise UserError(f"--variants {args.variants!r}: expected a comma-separated subset of {list(VARIANTS)}")
+    if "plain" not in variants:
+        raise UserError(f"--variants {args.variants!r}: expected 'plain' among them (the baseline of every ratio)")
+    args.variants = variants
+    if args.data_source == "oracle":
+        check_oracle(SCALES[args.scale])
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: not a folder; expected the experiment folder (created if missing)")
+    manifest = args.out / "experiment.json"
+    if manifest.exists():
+        earlier = json.loads(manifest.read_text())
+        now = {"scale": args.scale, "data_source": args.data_source}
+        if {key: earlier.get(key) for key in now} != now:
+            raise UserError(
+                f"--out {args.out} holds a run with {earlier}; expected the same --scale/--data_source to resume it, "
+                "or a new --out"
+            )
+
+
+def check_oracle(scale: Scale) -> None:
+    """The oracle demonstrates every task of the scale and writes the depth the geometry teacher reads."""
+    unsupported = [task for task in scale.tasks if (SUITE, task) not in SUPPORTED_TASKS]
+    if unsupported:
+        raise UserError(
+            f"--data_source oracle: {SUITE} tasks {unsupported} have no oracle; expected among {supported_task_names()}"
+        )
+    if "with_depth" not in {field.name for field in dataclasses.fields(DemoGenerationConfig)}:
+        raise UserError(
+            "--data_source oracle: vla-scripts/generate_libero_demos.py has no --with_depth; expected a generator "
+            "that writes the depth features the geometry teacher reads (or --data_source synthetic)"
+        )
+
+
+def run_tool(command: list[str], log: Path) -> None:
+    """Runs one tool with its output in ``log``; a failure names the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ {' '.join(command)}", flush=True)
+    with open(log, "w") as handle:
+        completed = subprocess.run(
+            command, cwd=REPO_ROOT, env={**os.environ, **TOOL_ENV}, stdout=handle, stderr=subprocess.STDOUT
+        )
+    if completed.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"{command[1]} failed (exit {completed.returncode}); log {log}:\n{tail}")
+
+
+def unit(folder: Path, title: str, work: Callable[[], dict]) -> dict:
+    """Runs ``work`` unless ``folder`` holds its finished marker; returns what the marker records."""
+    marker = folder / DONE_NAME
+    if marker.exists():
+        print(f"[skip] {title} (done)", flush=True)
+        return json.loads(marker.read_text())
+    print(f"[run ] {title}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = work()
+    write_json_atomic(marker, record)
+    return record
+
+
+def fraction_tag(fraction: float) -> str:
+    return f"f{round(fraction * 100):03d}"
+
+
+def num_demos(scale: Scale, fraction: float) -> int:
+    """Demonstrations at ``fraction``: the first ones of the same seeded generation (at least 2, one held out)."""
+    return max(2, round(scale.num_demos * fraction))
+
+
+def make_checkpoints(out: Path) -> dict:
+    folder = out / "ckpts"
+    run_tool([sys.executable, str(SCRIPTS / "make_tiny_checkpoints.py"), f"--out_dir={folder}"], folder / "log.txt")
+    return {"vla_path": str(folder / "tiny-openvla"), "vggt_path": str(folder / "tiny-vggt-model.pt")}
+
+
+def make_demos(out: Path, data_source: str, task: int, count: int) -> dict:
+    root = out / "data" / f"task{task}_n{count:03d}"
+    if data_source == "synthetic":
+        command = [
+            str(SCRIPTS / "make_synthetic_libero.py"),
+            f"--data_root_dir={root}",
+            f"--dataset_name={DATASET_NAME}",
+            f"--num_episodes={count}",
+            "--episode_length=16",
+            "--image_size=64",
+            f"--seed={task}",
+            "--with_depth=True",
+        ]
+    else:
+        command = [
+            str(SCRIPTS / "generate_libero_demos.py"),
+            f"--task_suite_name={SUITE}",
+            f"--task_ids=[{task}]",
+            f"--num_demos={count}",
+            f"--data_root_dir={root}",
+            "--with_depth=True",
+        ]
+    run_tool([sys.executable, *command], root / "log.txt")
+    return {"data_root_dir": str(root)}
+
+
+def train(out: Path, scale: Scale, base: dict, data_root: str, variant: str, seed: int, run_id: str) -> dict:
+    script, teacher = VARIANTS[variant]
+    run_root = out / "runs"
+    flags = [
+        f"--preset={PRESET}",
+        f"--vla_path={base['vla_path']}",
+        f"--data_root_dir={data_root}",
+        f"--dataset_name={DATASET_NAME}",
+        f"--run_root_dir={run_root}",
+        f"--run_id_override={run_id}",
+        f"--seed={seed}",
+        f"--max_steps={scale.max_steps}",
+        f"--num_steps_before_decay={scale.max_steps}",
+        f"--save_freq={scale.max_steps}",
+        f"--val_freq={scale.val_freq}",
+        "--overwrite_run=True",  # an unfinished unit restarts from step 0 (its marker is written only at the end)
+    ]
+    if teacher is not None:
+        flags += [f"--teacher={teacher}", f"--vggt_path={base['vggt_path']}"]
+    run_tool([sys.executable, str(SCRIPTS / script), *flags], out / "logs" / f"train_{run_id}.txt")
+    return {"run_dir": str(run_root / run_id), "checkpoint": str(run_root / run_id)}
+
+
+def l1_curve(run_dir: str) -> list[tuple[int, float]]:
+    """(step, held-out action L1) of a run's validation rounds."""
+    return [
+        (int(row["step"]), float(row["val_action_loss"]))
+        for row in read_metrics(Path(run_dir))
+        if "val_action_loss" in row
+    ]
+
+
+def evaluate(out: Path, scale: Scale, checkpoint: str, task: int, run_id: str) -> dict:
+    log_dir = out / "eval"
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "experiments" / "robot" / "libero" / "run_libero_eval.py"),
+        f"--pretrained_checkpoint={checkpoint}",
+        f"--task_suite_name={SUITE}",
+        f"--task_ids=[{task}]",
+        f"--num_trials_per_task={scale.eval_episodes}",
+        f"--max_steps={scale.eval_max_steps}",
+        f"--local_log_dir={log_dir}",
+        f"--run_id={run_id}",
+    ]
+    run_tool(command, out / "logs" / f"eval_{run_id}.txt")
+    episodes = [json.loads(line) for line in (log_dir / f"{run_id}.jsonl").read_text().splitlines() if line.strip()]
+    successes = sum(bool(episode["success"]) for episode in episodes)
+    low, high = wilson_interval(successes, len(episodes))
+    return {
+        "successes": successes,
+        "episodes": len(episodes),
+        "rate": successes / len(episodes),
+        "wilson95": [low, high],
+    }
+
+
+def make_probe_data(out: Path, scale: Scale, data_source: str, task: int) -> dict:
+    root = out / "probe_data" / f"task{task}"
+    if data_source == "synthetic":
+        write_synthetic_probe_data(root, scenes=2 * scale.probe_init_states, seed=task)
+    else:
+        command = [
+            sys.executable,
+            str(SCRIPTS / "make_depth_probe_data.py"),
+            f"--out_dir={root}",
+            f"--suites=[{SUITE}]",
+            f"--task_ids=[{task}]",
+            f"--num_init_states={scale.probe_init_states}",
+            "--num_perturbations=1",
+        ]
+        run_tool(command, out / "logs" / f"probe_data_task{task}.txt")
+    return {"data": str(root)}
+
+
+def write_synthetic_probe_data(root: Path, scenes: int, seed: int) -> None:
+    """Depth-probe scenes of the synthetic reach task in make_depth_probe_data.py's format (224 px, both cameras,
+    the evaluation's 0.9-area centre crop recorded); the second half are test scenes."""
+    rng = np.random.default_rng(seed)
+    plans = []
+    for index in range(scenes):
+        split = "train" if index < scenes // 2 else "test"
+        plan = ScenePlan(f"{SUITE}_t00_i{index:03d}_v00", SUITE, 0, index, 0, split, "reach the block")
+        scene = ReachScene(rng, image_size=224)
+        rgb = np.stack([scene.render_agentview(), scene.render_wrist()])
+        depth = np.stack([scene.render_agentview_depth(), scene.render_wrist_depth()])
+        write_scene(root, plan.name, rgb=rgb, depth=depth, state=np.zeros(8))
+        plans.append(plan)
+    scenes_meta = [vars(plan) for plan in plans]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "settings": {
+            "source": "synthetic reach task (prismatic.vla.datasets.synthetic)",
+            "seed": seed,
+            "scenes": scenes,
+        },
+        "cameras": ["agentview", "wrist"],
+        "preprocessing": {"image_size": 224, "center_crop": True, "crop_area": 0.9},
+        "depth_units": "metres along the optical axis",
+        "scenes": scenes_meta,
+    }
+    write_meta(root, meta)
+
+
+def probe(out: Path, scale: Scale, checkpoints: dict[str, str], data: str, task: int) -> dict:
+    probe_dir = out / "probe" / f"task{task}"
+    command = [
+        sys.executable,
+        str(SCRIPTS / "probe_depth.py"),
+        f"--checkpoint=[{','.join(checkpoints.values())}]",
+        f"--data={data}",
+        f"--out_dir={probe_dir}",
+        "--overwrite=True",
+        f"--probe.dpt_steps={scale.probe_dpt_steps}",
+        "--probe.batch_size=2",
+        "--probe.token_dim=8",
+        "--probe.dpt_features=4",
+        "--probe.target_size=32",
+        "--figure_scenes=2",
+    ]
+    run_tool(command, out / "logs" / f"probe_task{task}.txt")
+    metrics = json.loads((probe_dir / "metrics.json").read_text())
+    per_run = {}
+    for run_id, checkpoint in checkpoints.items():
+        result = metrics["checkpoints"][Path(checkpoint).name]
+        per_layer = {
+            layer: scores[SUITE][SUITE]["all"]["abs_rel"]
+            for layer, scores in sorted(result["linear"].items(), key=lambda item: int(item[0]))
+        }
+        per_run[run_id] = {
+            "linear_abs_rel_by_layer": per_layer,
+            "dpt_abs_rel": result["dpt"][SUITE][SUITE]["all"]["abs_rel"],
+        }
+    return {"metrics": str(probe_dir / "metrics.json"), "runs": per_run}
+
+
+def summarise(units: list[dict], scale: Scale, variants: list[str]) -> dict:
+    """Per (task, fraction, variant): mean/min/max curves over seeds, success, probe, and the secondary ratio."""
+    groups: dict[str, dict] = {}
+    for task in scale.tasks:
+        for fraction in scale.fractions:
+            key = f"task{task}_{fraction_tag(fraction)}"
+            rows = {}
+            for variant in variants:
+                mine = [u for u in units if (u["task"], u["fraction"], u["variant"]) == (task, fraction, variant)]
+                curves = [u["l1_curve"] for u in mine]
+                steps = [step for step, _ in curves[0]] if curves and curves[0] else []
+                values = np.array([[value for _, value in curve] for curve in curves]) if steps else np.zeros((0, 0))
+                evals = [u["eval"] for u in mine if u.get("eval")]
+                successes, episodes = sum(e["successes"] for e in evals), sum(e["episodes"] for e in evals)
+                rows[variant] = {
+                    "seeds": [u["seed"] for u in mine],
+                    "steps": steps,
+                    "l1_mean": values.mean(axis=0).tolist() if steps else [],
+                    "l1_min": values.min(axis=0).tolist() if steps else [],
+                    "l1_max": values.max(axis=0).tolist() if steps else [],
+                    "success": None
+                    if not evals
+                    else {
+                        "successes": successes,
+                        "episodes": episodes,
+                        "rate": successes / episodes,
+                        "wilson95": list(wilson_interval(successes, episodes)),
+                    },
+                    "probe": [u["probe"] for u in mine if u.get("probe")],
+                }
+            baseline = rows["plain"]
+            target = baseline["l1_mean"][-1] if baseline["l1_mean"] else None
+            base_steps = (
+                steps_to_reach(list(zip(baseline["steps"], baseline["l1_mean"], strict=True)), target)
+                if target is not None
+                else None
+            )
+            for row in rows.values():
+                reached = (
+                    steps_to_reach(list(zip(row["steps"], row["l1_mean"], strict=True)), target)
+                    if target is not None
+                    else None
+                )
+                row["steps_to_baseline_final_l1"] = reached
+                row["speedup_vs_plain"] = base_steps / reached if reached and base_steps else None
+            groups[key] = {"task": task, "fraction": fraction, "baseline_final_l1": target, "variants": rows}
+    return groups
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    scale = SCALES[args.scale]
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        out / "experiment.json", {"scale": args.scale, "data_source": args.data_source, "sizes": vars(scale)}
+    )
+    synthetic = args.data_source == "synthetic"
+
+    base = unit(out / "ckpts", "base checkpoints", lambda: make_checkpoints(out))
+    data_roots = {}
+    for task in scale.tasks:
+        for fraction in scale.fractions:
+            count = num_demos(scale, fraction)
+            folder = out / "data" / f"task{task}_n{count:03d}"
+            record = unit(
+                folder, f"demos task {task} x{count}", lambda t=task, c=count: make_demos(out, args.data_source, t, c)
+            )
+            data_roots[task, fraction] = record["data_root_dir"]
+
+    units = []
+    for task in scale.tasks:
+        for fraction in scale.fractions:
+            for variant in args.variants:
+                for seed in scale.seeds:
+                    run_id = f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}"
+                    trained = unit(
+                        out / "stages" / "train" / run_id,
+                        f"train {run_id}",
+                        lambda v=variant, s=seed, r=run_id, d=data_roots[task, fraction]: train(
+                            out, scale, base, d, v, s, r
+                        ),
+                    )
+                    units.append(
+                        {
+                            "run_id": run_id,
+                            "task": task,
+                            "fraction": fraction,
+                            "variant": variant,
+                            "seed": seed,
+                            **trained,
+                        }
+                    )
+
+    for entry in units:
+        entry["l1_curve"] = unit(
+            out / "stages" / "l1" / entry["run_id"],
+            f"held-out L1 {entry['run_id']}",
+            lambda e=entry: {"curve": l1_curve(e["run_dir"])},
+        )["curve"]
+
+    if synthetic:
+        print(
+            "[not run] closed-loop evaluation: synthetic data has no simulator task (recorded as skipped)", flush=True
+        )
+    else:
+        for entry in units:
+            entry["eval"] = unit(
+                out / "stages" / "eval" / entry["run_id"],
+                f"closed-loop {entry['run_id']}",
+                lambda e=entry: evaluate(out, scale, e["checkpoint"], e["task"], e["run_id"]),
+            )
+
+    for task in scale.tasks:
+        data = unit(
+            out / "stages" / "probe_data" / f"task{task}",
+            f"probe data task {task}",
+            lambda t=task: make_probe_data(out, scale, args.data_source, t),
+        )
+        full = {u["run_id"]: u["checkpoint"] for u in units if u["task"] == task and u["fraction"] == 1.0}
+        probed = unit(
+            out / "stages" / "probe" / f"task{task}",
+            f"depth probe task {task}",
+            lambda t=task, f=full, d=data["data"]: probe(out, scale, f, d, t),
+        )
+        for entry in units:
+            if entry["run_id"] in probed["runs"]:
+                entry["probe"] = probed["runs"][entry["run_id"]]
+
+    results = {
+        "primary_metric": PRIMARY_METRIC,
+        "secondary_metric": SECONDARY_METRIC,
+        "height_task": HEIGHT_TASK,
+        "data_source": args.data_source,
+        "scale": args.scale,
+        "sizes": vars(scale),
+        "closed_loop": "skipped: synthetic data has no simulator task" if synthetic else "run",
+        "aligned_layer": aligned_layer(),
+        "groups": summarise(units, scale, args.variants),
+        "units": units,
+    }
+    write_json_atomic(out / "results.json", results)
+    full_run = args.scale == "full" and not synthetic
+    report = args.report or (FULL_REPORT if full_run else out / "sf_mechanism.md")
+    figures = write_figures(results, report.parent / f"{report.stem}_figures")  # beside the page, committed with it
+    write_report(results, figures, report)
+    print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
+
+
+def aligned_layer() -> int:
+    """The hidden-states index the SF variants align (the preset's ``vla_layers_align``)."""
+    return int(PRESETS[PRESET].settings["vla_layers_align"])
+
+
+if __name__ == "__main__":
+    run_cli(main)
