@@ -26,7 +26,7 @@ from prismatic.training.run_guard import check_run_folder, content_digests, prep
 from prismatic.util.cli import UserError
 
 from .conftest import NORM_STATS, CliWorld
-from .test_run_safety import Killed, file_operations_killed_at, save_latest
+from .test_run_safety import Killed, file_operations_killed_at, save_latest, saved_version
 
 
 def folder_contents(folder: Path) -> dict[str, bytes]:
@@ -124,7 +124,7 @@ def test_resume_finishes_the_first_latest_only_save_killed_while_moved_into_plac
 
     assert not (run_dir / ckpt.READY_DIR).exists()
     assert ckpt.find_resume_checkpoint(run_dir, None) == (run_dir, None)
-    assert (run_dir / "training_state--latest_checkpoint.pt").read_text() == "1"
+    assert saved_version(run_dir / "training_state--latest_checkpoint.pt") == 1
 
 
 def test_a_partial_staging_folder_left_by_a_full_disk_is_removed_at_start(cli_world, tmp_path):
@@ -140,4 +140,4 @@ def test_a_partial_staging_folder_left_by_a_full_disk_is_removed_at_start(cli_wo
 
     assert not (run_dir / ckpt.STAGING_DIR).exists()
     assert not list(run_dir.glob(f"{ckpt.STAGING_DIR}*"))
-    assert (run_dir / "training_state--latest_checkpoint.pt").read_text() == "1"
+    assert saved_version(run_dir / "training_state--latest_checkpoint.pt") == 1

@@ -48,11 +48,17 @@ class Killed(Exception):
 
 
 def save_latest(run_dir: Path, version: int) -> None:
-    """One latest-only save (into the run folder itself, as upstream) whose every file holds ``version``."""
+    """One latest-only save (into the run folder itself, as upstream) whose every file holds ``{"step": version}``
+    (a training state as ``--resume``'s checks read it)."""
     writer = ckpt.CheckpointWriter(ckpt.checkpoint_dir(run_dir, None), in_place=True)
     for name in FILES_PER_SAVE:
-        (writer.tmp_dir / name).write_text(str(version))
+        torch.save({"step": version}, writer.tmp_dir / name)
     writer.commit()
+
+
+def saved_version(path: Path) -> int:
+    """The version :func:`save_latest` wrote into ``path``."""
+    return torch.load(path, weights_only=True)["step"]
 
 
 def resumable_version(run_dir: Path) -> int:
@@ -61,7 +67,7 @@ def resumable_version(run_dir: Path) -> int:
     ckpt.finish_pending_install(run_dir)
     folder, step = ckpt.find_resume_checkpoint(run_dir, None)
     assert step is None
-    versions = {(folder / name).read_text() for name in FILES_PER_SAVE}
+    versions = {saved_version(folder / name) for name in FILES_PER_SAVE}
     assert len(versions) == 1, f"{folder} mixes saves {versions}"
     return int(versions.pop())
 

@@ -107,7 +107,7 @@ def _lerobot_config(root: Path, **overrides) -> LeRobotConfig:
 def test_lerobot_frames_carry_point_maps_cropped_like_their_images(tmp_path, monkeypatch):
     dataset = LeRobotDataset(_lerobot_config(_lerobot_with_depth(tmp_path)), batch_transform=lambda frame: frame)
     monkeypatch.setattr(dataset, "decode_image", lambda camera, row: _ramp_image())  # pixels that name their place
-    for sample_index, row in enumerate((0, 7, 30, 74)):
+    for sample_index, row in enumerate(dataset.rows[[0, 7, 30, -1]].tolist()):  # rows that start a chunk
         observation = dataset.frame_at(row, sample_index)["observation"]
         points = observation["points_primary"][0]
         assert points.shape == (*OUTPUT, 3) and points.dtype == np.float32
