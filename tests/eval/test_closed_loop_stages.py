@@ -29,7 +29,7 @@ def _episodes(cfg: ClosedLoopConfig, stage: str, successes: list[bool]) -> None:
 
 def _cache(tmp_path: Path, kept: int, step: int | None) -> ClosedLoopConfig:
     """A cache holding ``kept`` demonstrations and (with ``step``) a latest-only checkpoint of that step."""
-    cfg = ClosedLoopConfig(cache=tmp_path / "cache", num_demos=2, max_steps=10, episodes=3)
+    cfg = ClosedLoopConfig(cache=tmp_path / "cache", num_demos=2, max_steps=50, episodes=3)
     work = cfg.data_dir / "libero_spatial_oracle_work"
     work.mkdir(parents=True)
     (work / "outcomes.json").write_text(json.dumps({"tasks": [{"kept": [f"attempt{i}" for i in range(kept)]}]}))
@@ -42,19 +42,19 @@ def _cache(tmp_path: Path, kept: int, step: int | None) -> ClosedLoopConfig:
 
 
 def test_finished_stages_are_skipped_and_the_others_resume(tmp_path: Path, monkeypatch) -> None:
-    cfg = _cache(tmp_path, kept=2, step=4)
+    cfg = _cache(tmp_path, kept=2, step=25)
     _episodes(cfg, "eval", [True, False, True])
     _episodes(cfg, "serve_eval", [True])
     assert stage_done(cfg, "demos") and not stage_done(ClosedLoopConfig(cache=cfg.cache, num_demos=3), "demos")
     assert not stage_done(cfg, "base") and not stage_done(cfg, "train")
-    assert stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=5), "train")
+    assert stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=25), "train")
     assert stage_done(cfg, "eval") and not stage_done(cfg, "serve_eval")
     commands: list[list[str]] = []
     monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
     run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["demos", "base", "train", "eval"]}))
     assert [Path(command[1]).name for command in commands] == ["make_tiny_checkpoints.py", "finetune.py"]
     train = commands[1]
-    assert "--preset=closed_loop_cpu" in train and "--resume=True" in train and "--max_steps=10" in train
+    assert "--preset=closed_loop_cpu" in train and "--resume=True" in train and "--max_steps=50" in train
     assert f"--vla_path={cfg.vla_dir}" in train and f"--data_root_dir={cfg.data_dir}" in train
 
 
@@ -96,7 +96,7 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
     [
         ({"episodes": 51}, "--episodes 51: expected 1..50"),
         ({"stages": ["fly"]}, "--stages ['fly']: expected a non-empty list of"),
-        ({"max_steps": 0}, "--max_steps 0: expected a positive integer"),
+        ({"max_steps": 30}, "--max_steps 30: expected a positive multiple of 25"),
     ],
 )
 def test_bad_flags_are_refused_before_writing(flags: dict, message: str, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from experiments.robot.results import EpisodeResult, EpisodeStore
 from prismatic.testing.tiny_checkpoints import TINY_VLA_DIRNAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.metrics import read_metrics
+from prismatic.training.presets import PRESETS
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir
 from prismatic.util.io import atomic_output, write_json_atomic
@@ -44,6 +45,8 @@ DATASET_NAME = f"{SUITE}_no_noops"
 RUN_ID = "closed-loop"
 EVAL_RUN_IDS = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
+PRESET = "closed_loop_cpu"
+SAVE_FREQ = int(PRESETS[PRESET].settings["save_freq"])
 SERVER_LINE = re.compile(r"on ws://127\.0\.0\.1:(\d+) ")
 
 
@@ -54,7 +57,7 @@ class ClosedLoopConfig:
     cache: Path = Path.home() / ".cache" / "spatial_forcing" / "closed_loop"  # Everything is written here
     num_demos: int = 20  # Oracle demonstrations of libero_spatial task 0
     num_workers: int = 1  # Simulator processes of the demonstration stage
-    max_steps: int = 200  # Training steps (the preset's value)
+    max_steps: int | None = None  # Last training step, a multiple of the preset's save_freq (default: the preset's)
     episodes: int = 10  # Held-out benchmark initial states evaluated (0..episodes-1)
     episode_steps: int | None = None  # Cap on the policy steps of an episode (default: the suite's limit)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # Stages to run, in the order of STAGES
@@ -81,9 +84,14 @@ def check_config(cfg: ClosedLoopConfig) -> None:
     unknown = [stage for stage in cfg.stages if stage not in STAGES]
     if unknown or not cfg.stages:
         raise UserError(f"--stages {cfg.stages}: expected a non-empty list of {list(STAGES)}")
-    for name in ("num_demos", "num_workers", "max_steps"):
+    for name in ("num_demos", "num_workers"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} {getattr(cfg, name)}: expected a positive integer")
+    if cfg.max_steps is not None and (cfg.max_steps < 1 or cfg.max_steps % SAVE_FREQ):
+        raise UserError(
+            f"--max_steps {cfg.max_steps}: expected a positive multiple of {SAVE_FREQ} (the {PRESET} preset's "
+            "--save_freq, so that the last step is saved)"
+        )
     if not 1 <= cfg.episodes <= MAX_TRIALS:
         raise UserError(f"--episodes {cfg.episodes}: expected 1..{MAX_TRIALS} (the benchmark's initial states)")
     if cfg.episode_steps is not None and cfg.episode_steps < 1:
@@ -109,6 +117,10 @@ def trained_step(run_dir: Path) -> int | None:
     return ckpt.saved_training_step(run_dir, None)
 
 
+def last_step(cfg: ClosedLoopConfig) -> int:
+    return int(PRESETS[PRESET].settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
+
+
 def eval_episodes(cfg: ClosedLoopConfig, stage: str) -> list[EpisodeResult]:
     return EpisodeStore(cfg.eval_dir / f"{EVAL_RUN_IDS[stage]}.jsonl").load()
 
@@ -121,7 +133,7 @@ def stage_done(cfg: ClosedLoopConfig, stage: str) -> bool:
         return (cfg.vla_dir / "config.json").is_file()
     if stage == "train":
         step = trained_step(cfg.run_dir) if cfg.run_dir.is_dir() else None
-        return step is not None and step + 1 >= cfg.max_steps
+        return step is not None and step >= last_step(cfg)
     if stage in EVAL_RUN_IDS:
         return len(eval_episodes(cfg, stage)) >= cfg.episodes
     return (cfg.cache / "results.json").is_file() and (cfg.cache / "loss.png").is_file()
@@ -203,12 +215,12 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
         run(
             [
                 *script("finetune.py"),
-                "--preset=closed_loop_cpu",
+                f"--preset={PRESET}",
                 f"--vla_path={cfg.vla_dir}",
                 f"--data_root_dir={cfg.data_dir}",
                 f"--run_root_dir={cfg.run_dir.parent}",
                 f"--run_id_override={RUN_ID}",
-                f"--max_steps={cfg.max_steps}",
+                f"--max_steps={last_step(cfg)}",
                 f"--resume={resume}",
             ]
         )
