@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _episodes(cfg: ClosedLoopConfig, stage: str, successes: list[bool]) -> None:
-    store = EpisodeStore(cfg.eval_dir / f"{closed_loop.EVAL_RUN_IDS[stage]}.jsonl")
+    store = EpisodeStore(cfg.eval_dir / f"{closed_loop.eval_run_id(cfg, stage)}.jsonl")
     for episode, success in enumerate(successes):
         store.append(EpisodeResult("libero_spatial", 0, "pick up the bowl", episode, success, 50 + episode, 1.0))
 
@@ -49,6 +49,7 @@ def test_finished_stages_are_skipped_and_the_others_resume(tmp_path: Path, monke
     assert not stage_done(cfg, "base") and not stage_done(cfg, "train")
     assert stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=25), "train")
     assert stage_done(cfg, "eval") and not stage_done(cfg, "serve_eval")
+    assert not stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=100, episodes=3), "eval")  # a longer training
     commands: list[list[str]] = []
     monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
     run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["demos", "base", "train", "eval"]}))
@@ -77,7 +78,13 @@ def test_report_has_per_episode_results_agreement_and_wilson_interval(tmp_path: 
     run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["report"]}))
     report = json.loads((cfg.cache / "results.json").read_text())
     assert report["demonstrations"] == 2
-    assert report["training"] == {"checkpoint_step": 9, "last_logged_step": 9, "first_loss": 1.0, "last_loss": 0.1}
+    assert report["training"] == {
+        "checkpoint_step": 9,
+        "last_logged_step": 9,
+        "evaluated_step": 50,
+        "first_loss": 1.0,
+        "last_loss": 0.1,
+    }
     assert report["in-process"]["successes"] == 2 and report["in-process"]["episodes"] == 3
     assert [row["success"] for row in report["server"]["per_episode"]] == [True, False, True]
     assert report["same_per_episode"] is True

@@ -8,7 +8,7 @@ Stages, each skipped when its work is already in the cache (``--cache``, default
 3. ``train``: ``finetune.py --preset closed_loop_cpu`` (the whole VLA from scratch) into ``runs/closed-loop/``,
    resumed from its latest checkpoint;
 4. ``eval``: ``run_libero_eval.py`` in process on the benchmark's initial states 0..N-1 (held out: the
-   demonstrations come from seeded resets), resumed by its run id;
+   demonstrations come from seeded resets), resumed by its run id (``in-process-step<max_steps>``);
 5. ``serve_eval``: the same episodes through ``serve_policy.py`` (a loopback server, ``--policy_server``);
 6. ``report``: ``results.json`` (success per episode of both, their agreement, Wilson 95 % interval) and
    ``loss.png`` (the training loss curve).
@@ -43,7 +43,7 @@ STAGES = ("demos", "base", "train", "eval", "serve_eval", "report")
 SUITE, TASK_ID = "libero_spatial", 0
 DATASET_NAME = f"{SUITE}_no_noops"
 RUN_ID = "closed-loop"
-EVAL_RUN_IDS = {"eval": "in-process", "serve_eval": "server"}
+EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
 PRESET = "closed_loop_cpu"
 SAVE_FREQ = int(PRESETS[PRESET].settings["save_freq"])
@@ -121,8 +121,13 @@ def last_step(cfg: ClosedLoopConfig) -> int:
     return int(PRESETS[PRESET].settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
 
 
+def eval_run_id(cfg: ClosedLoopConfig, stage: str) -> str:
+    """The evaluation's run id: its mode and the training step it evaluates (a longer training is evaluated anew)."""
+    return f"{EVAL_MODES[stage]}-step{last_step(cfg)}"
+
+
 def eval_episodes(cfg: ClosedLoopConfig, stage: str) -> list[EpisodeResult]:
-    return EpisodeStore(cfg.eval_dir / f"{EVAL_RUN_IDS[stage]}.jsonl").load()
+    return EpisodeStore(cfg.eval_dir / f"{eval_run_id(cfg, stage)}.jsonl").load()
 
 
 def stage_done(cfg: ClosedLoopConfig, stage: str) -> bool:
@@ -134,7 +139,7 @@ def stage_done(cfg: ClosedLoopConfig, stage: str) -> bool:
     if stage == "train":
         step = trained_step(cfg.run_dir) if cfg.run_dir.is_dir() else None
         return step is not None and step >= last_step(cfg)
-    if stage in EVAL_RUN_IDS:
+    if stage in EVAL_MODES:
         return len(eval_episodes(cfg, stage)) >= cfg.episodes
     return (cfg.cache / "results.json").is_file() and (cfg.cache / "loss.png").is_file()
 
@@ -156,7 +161,7 @@ def eval_command(cfg: ClosedLoopConfig, stage: str) -> list[object]:
     command = [sys.executable, REPO_ROOT / "experiments" / "robot" / "libero" / "run_libero_eval.py"]
     command += [f"--pretrained_checkpoint={cfg.run_dir}", f"--task_suite_name={SUITE}", f"--task_ids=[{TASK_ID}]"]
     command += [f"--num_trials_per_task={cfg.episodes}", f"--local_log_dir={cfg.eval_dir}"]
-    command += [f"--run_id={EVAL_RUN_IDS[stage]}", f"--save_videos={stage == 'eval'}"]
+    command += [f"--run_id={eval_run_id(cfg, stage)}", f"--save_videos={stage == 'eval'}"]
     if cfg.episode_steps is not None:
         command.append(f"--max_steps={cfg.episode_steps}")
     return command
@@ -262,12 +267,13 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
         "training": {
             "checkpoint_step": trained_step(cfg.run_dir),
             "last_logged_step": metrics[-1]["step"],
+            "evaluated_step": last_step(cfg),
             "first_loss": metrics[0]["loss"],
             "last_loss": metrics[-1]["loss"],
         },
     }
     per_mode = {}
-    for stage, mode in EVAL_RUN_IDS.items():
+    for stage, mode in EVAL_MODES.items():
         results = [r for r in eval_episodes(cfg, stage) if r.episode < cfg.episodes]
         successes = sum(r.success for r in results)
         low, high = wilson_interval(successes, len(results))
