@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint setup clean-venv experiment
+.PHONY: demo closed-loop experiment test lint setup clean-venv
 
 setup: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml requirements-cpu.txt scripts/setup_env.sh
 
 demo: $(STAMP)
 	USE_TF=0 $(PYTHON) scripts/demo.py
+
+# Oracle demonstrations -> a tiny VLA trained from scratch -> LIBERO in process and through the server; resumable,
+# cached in ~/.cache/spatial_forcing/closed_loop (CLOSED_LOOP_ARGS: e.g. --num_demos 10 --max_steps 100).
+CLOSED_LOOP_ARGS ?=
+closed-loop: $(STAMP)
+	$(PYTHON) scripts/closed_loop.py $(CLOSED_LOOP_ARGS)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

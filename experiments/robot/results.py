@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -146,3 +147,13 @@ def plot_success_rates(path: Path, suite: str, summaries: list[TaskSummary]) -> 
     figure.tight_layout()
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a success rate (95 % by default); (0, 1) for no trials."""
+    if trials == 0:
+        return 0.0, 1.0
+    rate = successes / trials
+    centre = (rate + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -23,7 +23,6 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "sf_geometry": ("finetune_align.py", "geometry"),
     "sf_rgb": ("finetune_align.py", "rgb"),
 }
-WILSON_Z = 1.959964  # two-sided 95 %
 
 
 @dataclass(frozen=True)
@@ -80,17 +79,6 @@ SMOKE = Scale(
     probe_dpt_steps=2,
 )
 SCALES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
-
-
-def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
-    """Wilson score 95 % interval of a success rate; (0, 1) for no trials."""
-    if trials == 0:
-        return 0.0, 1.0
-    rate = successes / trials
-    z2 = WILSON_Z**2
-    centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
-    half = WILSON_Z * (rate * (1 - rate) / trials + z2 / (4 * trials**2)) ** 0.5 / (1 + z2 / trials)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:

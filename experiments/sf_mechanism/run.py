@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.robot.libero.demo_generation import DemoGenerationConfig
+from experiments.robot.results import wilson_interval
 from experiments.sf_mechanism.design import (
     DATASET_NAME,
     HEIGHT_TASK,
@@ -36,7 +37,6 @@ from experiments.sf_mechanism.design import (
     VARIANTS,
     Scale,
     steps_to_reach,
-    wilson_interval,
 )
 from experiments.sf_mechanism.report import write_figures, write_report
 from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, supported_task_names

@@ -121,6 +121,31 @@ PRESETS: dict[str, Preset] = {
             "batch_size": 4,
         },
     ),
+    "closed_loop_cpu": Preset(
+        "a small VLA trained from scratch on CPU for `make closed-loop` (scripts/closed_loop.py): the whole tiny "
+        "VLA (make_tiny_checkpoints.py, no LoRA), third-person camera + proprio, L1 head, no image augmentation, "
+        "batch 4, lr 5e-4 (x0.1 after step 150), 200 steps, latest checkpoint every 25",
+        {
+            "use_l1_regression": True,
+            "use_diffusion": False,
+            "use_film": False,
+            "num_images_in_input": 1,
+            "use_proprio": True,
+            "use_lora": False,
+            "image_aug": False,
+            "batch_size": 4,
+            "learning_rate": 5e-4,
+            "num_steps_before_decay": 150,
+            "max_steps": 200,
+            "save_freq": 25,
+            "save_latest_checkpoint_only": True,
+            "merge_lora_during_training": False,
+            "shuffle_buffer_size": 2_000,
+            "dataset_name": "libero_spatial_no_noops",
+            "use_wandb": False,
+            "wandb_log_freq": 1,
+        },
+    ),
 }
 
 

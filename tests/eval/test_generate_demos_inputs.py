@@ -33,6 +33,7 @@ def _files(root: Path) -> dict[str, bytes]:
             "--task_ids 4: the oracle does not support libero_spatial task 4; supported: libero_spatial 0",
         ),
         ({"format": "hdf5"}, "--format 'hdf5': expected one of ('rlds', 'lerobot')"),
+        ({"format": "lerobot", "with_depth": True}, "--with_depth True: expected --format rlds"),
     ],
 )
 def test_bad_suite_task_or_format_is_refused_before_writing(

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from experiments.sf_mechanism.design import steps_to_reach, wilson_interval
+from experiments.robot.results import wilson_interval
+from experiments.sf_mechanism.design import steps_to_reach
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN = "experiments/sf_mechanism/run.py"

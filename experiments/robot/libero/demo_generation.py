@@ -16,6 +16,11 @@ Per attempt, ``<work_dir>/task<T>/attempt<A>.npz`` (written atomically, so a rer
     states, joint_states, actions, success, seconds, instruction
 A rotated frame is the upright image mirrored left-right: pixel (r, c) of a stored frame is (r, S - 1 - c) of the
 upright image that ``intrinsics`` describe. A failed attempt stores only its outcome.
+
+``--with_depth True`` (RLDS only) also stores each camera's depth in metres (float32) and the intrinsics of the stored
+(mirrored) frame as ``observation/{image,wrist_image}_{depth,intrinsics}`` (``prismatic.vla.datasets.geometry``):
+``stored_frame_intrinsics`` negates fx and mirrors cx, so back-projected points stay in the camera's own OpenCV frame
+(x right in the upright view, y down, z forward), the frame of ``extrinsics``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import multiprocessing
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,7 @@ class DemoGenerationConfig:
     num_workers: int = 1  # Simulator processes
     seed: int = 0  # Seeds the resets: attempt a of task t resets with seed (seed, suite, t, a)
     image_size: int = 256  # Camera resolution (upstream's RLDS data: 256)
+    with_depth: bool = False  # RLDS: also store metric depth and intrinsics per camera (the geometry teacher's input)
 
     @property
     def dataset_name(self) -> str:
@@ -121,6 +127,8 @@ def resolve_tasks(cfg: DemoGenerationConfig) -> list[TaskInfo]:
     """The requested tasks from LIBERO's benchmark; raises UserError for a bad suite, id or unsupported task."""
     if cfg.format not in FORMATS:
         raise UserError(f"--format {cfg.format!r}: expected one of {FORMATS}")
+    if cfg.with_depth and cfg.format != "rlds":
+        raise UserError(f"--with_depth True: expected --format rlds (depth is not written as {cfg.format})")
     if cfg.num_demos < 1 or cfg.num_workers < 1:
         raise UserError(f"--num_demos {cfg.num_demos} / --num_workers {cfg.num_workers}: expected positive integers")
     prepare_libero()
@@ -370,10 +378,37 @@ def run_attempts(cfg: DemoGenerationConfig, tasks: list[TaskInfo]) -> None:
     progress.close()
 
 
-def kept_episodes(outcomes: list[TaskOutcome]) -> Iterator[LiberoEpisode]:
+def stored_frame_intrinsics(intrinsics: np.ndarray, width: int) -> np.ndarray:
+    """Intrinsics of the stored frame (the upright image mirrored left-right) in the same camera frame: column c of
+    the stored frame is column ``width - 1 - c`` of the upright one, so fx changes sign and cx mirrors."""
+    mirrored = np.array(intrinsics, np.float32)
+    mirrored[..., 0, 0] *= -1
+    mirrored[..., 0, 2] = width - 1 - mirrored[..., 0, 2]
+    return mirrored
+
+
+def load_episode(path: Path, with_depth: bool) -> LiberoEpisode:
+    """A kept attempt as an episode; ``with_depth``: with metric depth [T, S, S] float32 and per-step intrinsics."""
+    episode = LiberoEpisode.from_npz(path)
+    if not with_depth:
+        return episode
+    with np.load(path) as saved:
+        depth, intrinsics = saved["depth"], saved["intrinsics"]
+    metres = depth.astype(np.float32) / np.float32(1000.0)
+    per_step = np.broadcast_to(stored_frame_intrinsics(intrinsics, depth.shape[-1]), (len(depth), 2, 3, 3))
+    return replace(
+        episode,
+        depths=metres[:, 0],
+        wrist_depths=metres[:, 1],
+        intrinsics=np.ascontiguousarray(per_step[:, 0]),
+        wrist_intrinsics=np.ascontiguousarray(per_step[:, 1]),
+    )
+
+
+def kept_episodes(outcomes: list[TaskOutcome], with_depth: bool = False) -> Iterator[LiberoEpisode]:
     for outcome in outcomes:
         for path in outcome.kept:
-            yield LiberoEpisode.from_npz(path)
+            yield load_episode(path, with_depth)
 
 
 def save_preview(outcomes: list[TaskOutcome], path: Path, rows: int = 4) -> Path:
@@ -441,7 +476,13 @@ def write_dataset(cfg: DemoGenerationConfig, outcomes: list[TaskOutcome]) -> Pat
     if cfg.format == "rlds":
         from prismatic.vla.datasets.writer import write_libero_rlds  # loads TensorFlow: after the workers are gone
 
-        write_libero_rlds(kept_episodes(outcomes), staging, cfg.dataset_name, image_size=cfg.image_size)
+        write_libero_rlds(
+            kept_episodes(outcomes, cfg.with_depth),
+            staging,
+            cfg.dataset_name,
+            image_size=cfg.image_size,
+            with_depth=cfg.with_depth,
+        )
     else:
         from prismatic.vla.datasets.lerobot_writer import write_lerobot_v30
 

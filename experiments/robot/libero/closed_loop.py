@@ -1,0 +1,293 @@
+"""``make closed-loop`` (scripts/closed_loop.py): demonstrations -> training -> LIBERO, on real simulator data, on CPU.
+
+Stages, each skipped when its work is already in the cache (``--cache``, default
+``~/.cache/spatial_forcing/closed_loop``), so a rerun resumes where an earlier one stopped:
+
+1. ``demos``: ``generate_libero_demos.py`` (libero_spatial task 0, the scripted oracle, RLDS) into ``data/``;
+2. ``base``: ``make_tiny_checkpoints.py`` into ``base/`` (a randomly initialised tiny OpenVLA);
+3. ``train``: ``finetune.py --preset closed_loop_cpu`` (the whole VLA from scratch) into ``runs/closed-loop/``,
+   resumed from its latest checkpoint;
+4. ``eval``: ``run_libero_eval.py`` in process on the benchmark's initial states 0..N-1 (held out: the
+   demonstrations come from seeded resets), resumed by its run id (``in-process-step<max_steps>``);
+5. ``serve_eval``: the same episodes through ``serve_policy.py`` (a loopback server, ``--policy_server``);
+6. ``report``: ``results.json`` (success per episode of both, their agreement, Wilson 95 % interval) and
+   ``loss.png`` (the training loss curve).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from experiments.robot.results import EpisodeResult, EpisodeStore, wilson_interval
+from prismatic.testing.tiny_checkpoints import TINY_VLA_DIRNAME
+from prismatic.training import checkpointing as ckpt
+from prismatic.training.metrics import read_metrics
+from prismatic.training.presets import PRESETS
+from prismatic.util.cli import UserError
+from prismatic.util.file_checks import check_writable_dir
+from prismatic.util.io import atomic_output, write_json_atomic
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+STAGES = ("demos", "base", "train", "eval", "serve_eval", "report")
+SUITE, TASK_ID = "libero_spatial", 0
+DATASET_NAME = f"{SUITE}_no_noops"
+RUN_ID = "closed-loop"
+EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
+MAX_TRIALS = 50  # the benchmark's initial states per task
+PRESET = "closed_loop_cpu"
+SAVE_FREQ = int(PRESETS[PRESET].settings["save_freq"])
+SERVER_LINE = re.compile(r"on ws://127\.0\.0\.1:(\d+) ")
+
+
+@dataclass
+class ClosedLoopConfig:
+    """scripts/closed_loop.py (``make closed-loop``); the stages' defaults of the other flags are their scripts'."""
+
+    cache: Path = Path.home() / ".cache" / "spatial_forcing" / "closed_loop"  # Everything is written here
+    num_demos: int = 20  # Oracle demonstrations of libero_spatial task 0
+    num_workers: int = 1  # Simulator processes of the demonstration stage
+    max_steps: int | None = None  # Last training step, a multiple of the preset's save_freq (default: the preset's)
+    episodes: int = 10  # Held-out benchmark initial states evaluated (0..episodes-1)
+    episode_steps: int | None = None  # Cap on the policy steps of an episode (default: the suite's limit)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))  # Stages to run, in the order of STAGES
+
+    @property
+    def data_dir(self) -> Path:
+        return self.cache / "data"
+
+    @property
+    def vla_dir(self) -> Path:
+        return self.cache / "base" / TINY_VLA_DIRNAME
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cache / "runs" / RUN_ID
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.cache / "eval"
+
+
+def check_config(cfg: ClosedLoopConfig) -> None:
+    """Raises UserError for a bad flag (nothing written yet)."""
+    unknown = [stage for stage in cfg.stages if stage not in STAGES]
+    if unknown or not cfg.stages:
+        raise UserError(f"--stages {cfg.stages}: expected a non-empty list of {list(STAGES)}")
+    for name in ("num_demos", "num_workers"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} {getattr(cfg, name)}: expected a positive integer")
+    if cfg.max_steps is not None and (cfg.max_steps < 1 or cfg.max_steps % SAVE_FREQ):
+        raise UserError(
+            f"--max_steps {cfg.max_steps}: expected a positive multiple of {SAVE_FREQ} (the {PRESET} preset's "
+            "--save_freq, so that the last step is saved)"
+        )
+    if not 1 <= cfg.episodes <= MAX_TRIALS:
+        raise UserError(f"--episodes {cfg.episodes}: expected 1..{MAX_TRIALS} (the benchmark's initial states)")
+    if cfg.episode_steps is not None and cfg.episode_steps < 1:
+        raise UserError(f"--episode_steps {cfg.episode_steps}: expected a positive integer")
+    check_writable_dir(cfg.cache, "--cache")
+
+
+# --- what is finished ---------------------------------------------------------------------------------------------
+def kept_demos(cfg: ClosedLoopConfig) -> int:
+    """Demonstrations the last finished generation wrote into the dataset (0 without one)."""
+    outcomes = cfg.data_dir / f"{SUITE}_oracle_work" / "outcomes.json"
+    dataset_info = cfg.data_dir / DATASET_NAME / "1.0.0" / "dataset_info.json"
+    if not outcomes.is_file() or not dataset_info.is_file():
+        return 0
+    return sum(len(task["kept"]) for task in json.loads(outcomes.read_text())["tasks"])
+
+
+def trained_step(run_dir: Path) -> int | None:
+    """The step of the run's latest-only checkpoint, or None without one."""
+    ckpt.finish_pending_install(run_dir)
+    if not ckpt.component_path(run_dir, ckpt.TRAINING_STATE, None).is_file():
+        return None
+    return ckpt.saved_training_step(run_dir, None)
+
+
+def last_step(cfg: ClosedLoopConfig) -> int:
+    return int(PRESETS[PRESET].settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
+
+
+def eval_run_id(cfg: ClosedLoopConfig, stage: str) -> str:
+    """The evaluation's run id: its mode and the training step it evaluates (a longer training is evaluated anew)."""
+    return f"{EVAL_MODES[stage]}-step{last_step(cfg)}"
+
+
+def eval_episodes(cfg: ClosedLoopConfig, stage: str) -> list[EpisodeResult]:
+    return EpisodeStore(cfg.eval_dir / f"{eval_run_id(cfg, stage)}.jsonl").load()
+
+
+def stage_done(cfg: ClosedLoopConfig, stage: str) -> bool:
+    """Whether ``stage``'s work is already in the cache."""
+    if stage == "demos":
+        return kept_demos(cfg) >= cfg.num_demos
+    if stage == "base":
+        return (cfg.vla_dir / "config.json").is_file()
+    if stage == "train":
+        step = trained_step(cfg.run_dir) if cfg.run_dir.is_dir() else None
+        return step is not None and step >= last_step(cfg)
+    if stage in EVAL_MODES:
+        return len(eval_episodes(cfg, stage)) >= cfg.episodes
+    return (cfg.cache / "results.json").is_file() and (cfg.cache / "loss.png").is_file()
+
+
+# --- the stages ---------------------------------------------------------------------------------------------------
+def run(command: Sequence[object]) -> None:
+    """Runs one stage's command with its output streaming to the terminal."""
+    command = [str(part) for part in command]
+    print(f"$ {' '.join(command)}", flush=True)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "WANDB_MODE": "offline"}
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env)
+
+
+def script(name: str) -> list[object]:
+    return [sys.executable, REPO_ROOT / "vla-scripts" / name]
+
+
+def eval_command(cfg: ClosedLoopConfig, stage: str) -> list[object]:
+    command = [sys.executable, REPO_ROOT / "experiments" / "robot" / "libero" / "run_libero_eval.py"]
+    command += [f"--pretrained_checkpoint={cfg.run_dir}", f"--task_suite_name={SUITE}", f"--task_ids=[{TASK_ID}]"]
+    command += [f"--num_trials_per_task={cfg.episodes}", f"--local_log_dir={cfg.eval_dir}"]
+    command += [f"--run_id={eval_run_id(cfg, stage)}", f"--save_videos={stage == 'eval'}"]
+    if cfg.episode_steps is not None:
+        command.append(f"--max_steps={cfg.episode_steps}")
+    return command
+
+
+@contextmanager
+def policy_server(checkpoint: Path) -> Iterator[str]:
+    """``serve_policy.py`` on a free loopback port for the block; yields its ``ws://`` address."""
+    command = [*script("serve_policy.py"), f"--pretrained_checkpoint={checkpoint}", "--port=0"]
+    server = subprocess.Popen([str(part) for part in command], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in server.stdout:
+            print(line, end="", flush=True)
+            if match := SERVER_LINE.search(line):
+                yield f"ws://127.0.0.1:{match.group(1)}"
+                break
+        else:
+            raise RuntimeError(f"serve_policy.py exited with status {server.wait()} before serving")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def run_stages(cfg: ClosedLoopConfig) -> None:
+    """Checks the flags, then runs the selected stages whose work is not yet in the cache."""
+    check_config(cfg)
+    for stage in STAGES:
+        if stage not in cfg.stages:
+            continue
+        if stage != "report" and stage_done(cfg, stage):
+            print(f"=== {stage}: done (in {cfg.cache}), skipped", flush=True)
+            continue
+        print(f"=== {stage}", flush=True)
+        run_stage(cfg, stage)
+    if (cfg.cache / "results.json").is_file():
+        print(f"results: {cfg.cache / 'results.json'}, loss curve: {cfg.cache / 'loss.png'}")
+
+
+def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
+    if stage == "demos":
+        run(
+            [
+                *script("generate_libero_demos.py"),
+                f"--task_suite_name={SUITE}",
+                f"--task_ids=[{TASK_ID}]",
+                f"--num_demos={cfg.num_demos}",
+                f"--data_root_dir={cfg.data_dir}",
+                "--format=rlds",
+                f"--num_workers={cfg.num_workers}",
+            ]
+        )
+    elif stage == "base":
+        run([*script("make_tiny_checkpoints.py"), f"--out_dir={cfg.vla_dir.parent}"])
+    elif stage == "train":
+        resume = cfg.run_dir.is_dir() and trained_step(cfg.run_dir) is not None
+        run(
+            [
+                *script("finetune.py"),
+                f"--preset={PRESET}",
+                f"--vla_path={cfg.vla_dir}",
+                f"--data_root_dir={cfg.data_dir}",
+                f"--run_root_dir={cfg.run_dir.parent}",
+                f"--run_id_override={RUN_ID}",
+                f"--max_steps={last_step(cfg)}",
+                f"--resume={resume}",
+            ]
+        )
+    elif stage == "eval":
+        run(eval_command(cfg, stage))
+    elif stage == "serve_eval":
+        with policy_server(cfg.run_dir) as address:
+            run([*eval_command(cfg, stage), f"--policy_server={address}"])
+    else:
+        write_report(cfg)
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+def episode_rows(results: list[EpisodeResult]) -> list[dict[str, object]]:
+    return [
+        {"episode": r.episode, "success": r.success, "steps": r.steps}
+        for r in sorted(results, key=lambda result: result.key)
+    ]
+
+
+def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
+    """``results.json`` and ``loss.png`` from the run's metrics and both evaluations (whichever exist)."""
+    if not (cfg.run_dir / "metrics.jsonl").is_file():
+        raise UserError(f"--stages report: {cfg.run_dir} holds no training metrics: expected the train stage first")
+    metrics = read_metrics(cfg.run_dir)
+    report: dict[str, object] = {
+        "task": f"{SUITE} {TASK_ID}",
+        "demonstrations": kept_demos(cfg),
+        "training": {
+            "checkpoint_step": trained_step(cfg.run_dir),
+            "last_logged_step": metrics[-1]["step"],
+            "evaluated_step": last_step(cfg),
+            "first_loss": metrics[0]["loss"],
+            "last_loss": metrics[-1]["loss"],
+        },
+    }
+    per_mode = {}
+    for stage, mode in EVAL_MODES.items():
+        results = [r for r in eval_episodes(cfg, stage) if r.episode < cfg.episodes]
+        successes = sum(r.success for r in results)
+        low, high = wilson_interval(successes, len(results))
+        per_mode[mode] = episode_rows(results)
+        report[mode] = {
+            "episodes": len(results),
+            "successes": successes,
+            "success_rate": successes / len(results) if results else None,
+            "wilson_95": [low, high],
+            "per_episode": per_mode[mode],
+        }
+    report["same_per_episode"] = per_mode["in-process"] == per_mode["server"] and bool(per_mode["server"])
+    write_json_atomic(cfg.cache / "results.json", report)
+    plot_loss(cfg.cache / "loss.png", metrics)
+    return report
+
+
+def plot_loss(path: Path, metrics: list[dict[str, float]]) -> None:
+    figure = Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
+    axes.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="loss (L1, normalised actions)")
+    axes.set_xlabel("step")
+    axes.set_yscale("log")
+    axes.set_title(f"closed loop: {SUITE} {TASK_ID}, tiny VLA from scratch")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=90)

@@ -1,0 +1,20 @@
+"""The whole chain on real simulator data, on CPU (``make closed-loop``): oracle demonstrations of libero_spatial
+task 0 -> a tiny VLA trained from scratch with finetune.py -> LIBERO evaluation in process and through
+serve_policy.py -> results.json and loss.png. Stage-resumable; see ``experiments.robot.libero.closed_loop``.
+
+    python scripts/closed_loop.py [--num_demos 20] [--max_steps 200] [--episodes 10] [--stages '[demos,train]']
+"""
+
+import draccus
+
+from experiments.robot.libero.closed_loop import ClosedLoopConfig, run_stages
+from prismatic.util.cli import run_cli
+
+
+@draccus.wrap()
+def main(cfg: ClosedLoopConfig) -> None:
+    run_stages(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main)

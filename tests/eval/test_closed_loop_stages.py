@@ -1,0 +1,129 @@
+"""scripts/closed_loop.py without the simulator: which stages a cache skips, the commands of the others, the report
+and bad flags (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.robot.libero import closed_loop
+from experiments.robot.libero.closed_loop import ClosedLoopConfig, run_stages, stage_done
+from experiments.robot.results import EpisodeResult, EpisodeStore, wilson_interval
+from prismatic.training import checkpointing as ckpt
+from prismatic.util.cli import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _episodes(cfg: ClosedLoopConfig, stage: str, successes: list[bool]) -> None:
+    store = EpisodeStore(cfg.eval_dir / f"{closed_loop.eval_run_id(cfg, stage)}.jsonl")
+    for episode, success in enumerate(successes):
+        store.append(EpisodeResult("libero_spatial", 0, "pick up the bowl", episode, success, 50 + episode, 1.0))
+
+
+def _cache(tmp_path: Path, kept: int, step: int | None) -> ClosedLoopConfig:
+    """A cache holding ``kept`` demonstrations and (with ``step``) a latest-only checkpoint of that step."""
+    cfg = ClosedLoopConfig(cache=tmp_path / "cache", num_demos=2, max_steps=50, episodes=3)
+    work = cfg.data_dir / "libero_spatial_oracle_work"
+    work.mkdir(parents=True)
+    (work / "outcomes.json").write_text(json.dumps({"tasks": [{"kept": [f"attempt{i}" for i in range(kept)]}]}))
+    (cfg.data_dir / "libero_spatial_no_noops" / "1.0.0").mkdir(parents=True)
+    (cfg.data_dir / "libero_spatial_no_noops" / "1.0.0" / "dataset_info.json").write_text("{}")
+    cfg.run_dir.mkdir(parents=True)
+    if step is not None:
+        torch.save({"step": step}, ckpt.component_path(cfg.run_dir, ckpt.TRAINING_STATE, None))
+    return cfg
+
+
+def test_finished_stages_are_skipped_and_the_others_resume(tmp_path: Path, monkeypatch) -> None:
+    cfg = _cache(tmp_path, kept=2, step=25)
+    _episodes(cfg, "eval", [True, False, True])
+    _episodes(cfg, "serve_eval", [True])
+    assert stage_done(cfg, "demos") and not stage_done(ClosedLoopConfig(cache=cfg.cache, num_demos=3), "demos")
+    assert not stage_done(cfg, "base") and not stage_done(cfg, "train")
+    assert stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=25), "train")
+    assert stage_done(cfg, "eval") and not stage_done(cfg, "serve_eval")
+    assert not stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=100, episodes=3), "eval")  # a longer training
+    commands: list[list[str]] = []
+    monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["demos", "base", "train", "eval"]}))
+    assert [Path(command[1]).name for command in commands] == ["make_tiny_checkpoints.py", "finetune.py"]
+    train = commands[1]
+    assert "--preset=closed_loop_cpu" in train and "--resume=True" in train and "--max_steps=50" in train
+    assert f"--vla_path={cfg.vla_dir}" in train and f"--data_root_dir={cfg.data_dir}" in train
+
+
+def test_a_fresh_cache_generates_and_trains_without_resume(tmp_path: Path, monkeypatch) -> None:
+    cfg = _cache(tmp_path, kept=1, step=None)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["demos", "train"]}))
+    assert Path(commands[0][1]).name == "generate_libero_demos.py" and "--num_demos=2" in commands[0]
+    assert "--format=rlds" in commands[0] and "--resume=False" in commands[1]
+
+
+def test_report_has_per_episode_results_agreement_and_wilson_interval(tmp_path: Path) -> None:
+    cfg = _cache(tmp_path, kept=2, step=9)
+    (cfg.run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n" for s in range(10))
+    )
+    _episodes(cfg, "eval", [True, False, True])
+    _episodes(cfg, "serve_eval", [True, False, True])
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["report"]}))
+    report = json.loads((cfg.cache / "results.json").read_text())
+    assert report["demonstrations"] == 2
+    assert report["training"] == {
+        "checkpoint_step": 9,
+        "last_logged_step": 9,
+        "evaluated_step": 50,
+        "first_loss": 1.0,
+        "last_loss": 0.1,
+    }
+    assert report["in-process"]["successes"] == 2 and report["in-process"]["episodes"] == 3
+    assert [row["success"] for row in report["server"]["per_episode"]] == [True, False, True]
+    assert report["same_per_episode"] is True
+    assert report["in-process"]["wilson_95"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert (cfg.cache / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_wilson_interval_matches_the_textbook_values() -> None:
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"episodes": 51}, "--episodes 51: expected 1..50"),
+        ({"stages": ["fly"]}, "--stages ['fly']: expected a non-empty list of"),
+        ({"max_steps": 30}, "--max_steps 30: expected a positive multiple of 25"),
+    ],
+)
+def test_bad_flags_are_refused_before_writing(flags: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
+        run_stages(ClosedLoopConfig(cache=tmp_path / "cache", **flags))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_report_without_training_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="holds no training metrics: expected the train stage first"):
+        run_stages(ClosedLoopConfig(cache=tmp_path / "cache", stages=["report"]))
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "scripts/closed_loop.py", "--cache", str(tmp_path / "cache"), "--episodes", "0"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert (
+        completed.stderr.strip().splitlines()[-1]
+        == "error: --episodes 0: expected 1..50 (the benchmark's initial states)"
+    )
+    assert not (tmp_path / "cache").exists()
