@@ -38,9 +38,8 @@ def tiny_data(tmp_path_factory) -> Path:
             state=np.zeros(8),
         )
     preprocessing = {"center_crop": True, "crop_area": 0.9}
-    write_meta(
-        root, {"format_version": 1, "scenes": [dataclasses.asdict(s) for s in scenes], "preprocessing": preprocessing}
-    )
+    meta = {"format_version": 1, "settings": {"env_img_res": 224}, "preprocessing": preprocessing}
+    write_meta(root, {**meta, "scenes": [dataclasses.asdict(s) for s in scenes]})
     return root
 
 
