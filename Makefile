@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo closed-loop experiment test lint setup clean-venv
+.PHONY: demo closed-loop experiment test test-slow lint setup clean-venv
 
 setup: $(STAMP)
 
@@ -23,8 +23,13 @@ CLOSED_LOOP_ARGS ?=
 closed-loop: $(STAMP)
 	$(PYTHON) scripts/closed_loop.py $(CLOSED_LOOP_ARGS)
 
+# The fast suite (within 15 minutes on 2 cores); the tests marked slow (long simulator runs, training runs, golden
+# parity of whole models) run in `make test-slow`. CI (.ci/run) runs both. Times per folder: docs/reference/test-times.md.
 test: $(STAMP)
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

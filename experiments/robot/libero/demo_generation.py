@@ -26,7 +26,6 @@ upright image that ``intrinsics`` describe. A failed attempt stores only its out
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import time
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ from experiments.robot.libero.depth_render import (
     depth_buffer_to_metric,
 )
 from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, robot_state
-from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
+from experiments.robot.libero.sim_setup import init_simulator_worker, prepare_libero, simulator_worker_context
 from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, Phase, PickPlaceOracle, supported_task_names
 from prismatic.util.cli import UserError
 from prismatic.util.io import atomic_output, write_json_atomic
@@ -299,11 +298,6 @@ def run_attempt(job: Attempt) -> None:
         np.savez_compressed(handle, **payload)
 
 
-def _init_worker() -> None:
-    prepare_libero()
-    assert_tensorflow_absent()
-
-
 # --- the run (main process) ---------------------------------------------------------------------------------------
 @dataclass
 class TaskOutcome:
@@ -367,9 +361,8 @@ def run_attempts(cfg: DemoGenerationConfig, tasks: list[TaskInfo]) -> None:
     total = cfg.num_demos * len(tasks)
     have = sum(len(_task_outcome(cfg, task).kept) for task in tasks)
     progress = tqdm(total=total, initial=have, desc="demonstrations", unit="demo")
-    configure_rendering()  # inherited by the workers
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(cfg.num_workers, initializer=_init_worker) as pool:
+    context = simulator_worker_context()
+    with context.Pool(cfg.num_workers, initializer=init_simulator_worker) as pool:
         while jobs := _pending_attempts(cfg, tasks):
             # Successes of the first (lowest) attempts are kept, so whichever worker finishes first does not matter.
             for _ in pool.imap_unordered(run_attempt, jobs):

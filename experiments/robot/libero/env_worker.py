@@ -42,7 +42,7 @@ from experiments.robot.libero.libero_utils import (
     robot_state,
     video_file_name,
 )
-from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
+from experiments.robot.libero.sim_setup import configure_rendering, init_simulator_worker
 from experiments.robot.policy import NonFiniteActionError, Observation, check_finite_actions
 from experiments.robot.results import EpisodeResult
 from experiments.robot.robot_utils import postprocess_actions
@@ -235,8 +235,7 @@ def worker_main(connection: Connection, settings: EpisodeSettings) -> None:
     server = None
     try:
         configure_rendering()
-        prepare_libero()
-        assert_tensorflow_absent()
+        init_simulator_worker()
         if settings.policy_server is not None:
             server = PolicyClient(settings.policy_server)
         while True:

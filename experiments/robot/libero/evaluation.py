@@ -40,7 +40,12 @@ from experiments.robot.libero.config import (
     validate_config,
 )
 from experiments.robot.libero.env_worker import EpisodeSettings, EpisodeSpec, WorkUnit, worker_main
-from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero, task_init_states
+from experiments.robot.libero.sim_setup import (
+    configure_rendering,
+    prepare_libero,
+    simulator_worker_context,
+    task_init_states,
+)
 from experiments.robot.policy import Policy
 from experiments.robot.results import (
     EpisodeResult,
@@ -201,7 +206,7 @@ class SimWorkerPool:
     """Spawned LIBERO worker processes, fed work units and served policy requests one at a time."""
 
     def __init__(self, num_workers: int, settings: EpisodeSettings):
-        context = multiprocessing.get_context("spawn")  # fresh interpreters: nothing (TensorFlow, CUDA) inherited
+        context = simulator_worker_context()
         self._connections: list[Connection] = []
         self._processes: list[multiprocessing.process.BaseProcess] = []
         for index in range(num_workers):

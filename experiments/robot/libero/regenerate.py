@@ -14,7 +14,6 @@ as RLDS through ``write_libero_rlds`` (the only step that loads TensorFlow, afte
 
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from experiments.robot.image_utils import rotate_180
 from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, TaskEnv, robot_state
-from experiments.robot.libero.sim_setup import assert_tensorflow_absent, configure_rendering, prepare_libero
+from experiments.robot.libero.sim_setup import init_simulator_worker, simulator_worker_context
 from prismatic.util.cli import UserError
 from prismatic.util.io import atomic_output
 from prismatic.vla.datasets.libero_hdf5 import language_instruction_of, noop_mask
@@ -132,11 +131,6 @@ def replay_demo(task_env: TaskEnv, job: DemoJob, image_size: int, instruction: s
         )
 
 
-def _init_worker() -> None:
-    prepare_libero()
-    assert_tensorflow_absent()
-
-
 def _replay(arguments: tuple[list[DemoJob], int]) -> int:
     return replay_file(*arguments)
 
@@ -149,10 +143,9 @@ def run_replays(jobs: list[DemoJob], image_size: int, num_workers: int) -> None:
     by_file: dict[str, list[DemoJob]] = {}
     for job in pending:
         by_file.setdefault(job.hdf5_path, []).append(job)
-    configure_rendering()  # MUJOCO_GL / PYOPENGL_PLATFORM / USE_TF=0, inherited by the workers
-    context = multiprocessing.get_context("spawn")
+    context = simulator_worker_context()
     with (
-        context.Pool(min(num_workers, len(by_file)), initializer=_init_worker) as pool,
+        context.Pool(min(num_workers, len(by_file)), initializer=init_simulator_worker) as pool,
         tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="replaying demos") as progress,
     ):
         for replayed in pool.imap_unordered(_replay, [(file_jobs, image_size) for file_jobs in by_file.values()]):

@@ -7,11 +7,14 @@ clash and the process segfaults (``USE_TF=0`` stops transformers from importing 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import logging
+import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import warnings
@@ -41,6 +44,10 @@ _INIT_STATE_GLOBALS = [
     type(np.dtype(np.float64)),
 ]
 INIT_STATES_EXPECTED = "a LIBERO init-state file (a torch-saved 2-D float numpy array)"
+# Each simulator worker uses one core (``--num_workers`` at most the core count), so its BLAS and OpenMP pools get one
+# thread: N workers with a thread per core each oversubscribe the CPU, and OpenBLAS's spinning threads then starve
+# one another (seen here: two LIBERO workers spent over 10 minutes in one image resize on 2 cores).
+WORKER_THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _EGL_PROBE = "from mujoco.egl import GLContext; context = GLContext(16, 16); context.make_current(); context.free()"
 
 
@@ -65,6 +72,16 @@ def configure_rendering() -> str:
     os.environ["PYOPENGL_PLATFORM"] = backend
     os.environ["USE_TF"] = "0"
     return backend
+
+
+def simulator_worker_context() -> multiprocessing.context.SpawnContext:
+    """The ``spawn`` context for simulator worker processes: fresh interpreters (nothing such as TensorFlow or CUDA
+    inherited) that inherit the rendering set-up of :func:`configure_rendering` and one thread per BLAS/OpenMP pool
+    (:data:`WORKER_THREAD_LIMITS`; a value the user exported wins)."""
+    configure_rendering()
+    for name, value in WORKER_THREAD_LIMITS.items():
+        os.environ.setdefault(name, value)
+    return multiprocessing.get_context("spawn")
 
 
 def _package_dir(name: str) -> Path | None:
@@ -213,3 +230,14 @@ def assert_tensorflow_absent() -> None:
             "TensorFlow is imported in a LIBERO rendering process; Mesa rendering then segfaults. "
             "Set USE_TF=0 and keep tensorflow/tensorflow_datasets imports out of this process."
         )
+
+
+def init_simulator_worker() -> None:
+    """Set-up of a simulator worker process (a pool's initializer, or a worker's first call): it is killed when its
+    parent dies (Linux; a runner killed by a timeout or ``kill -9`` leaves no orphan rendering on and holding its
+    pipes), LIBERO is prepared, and TensorFlow must be absent."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    prepare_libero()
+    assert_tensorflow_absent()
