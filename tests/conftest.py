@@ -37,3 +37,10 @@ def _deterministic_cpu():
     """Every test starts from the same RNG state with fp32 defaults."""
     torch.manual_seed(0)
     yield
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every simulator test is also a slow one: `make test` leaves them out, `make test-slow` and CI run them."""
+    for item in items:
+        if item.get_closest_marker("sim") is not None:
+            item.add_marker(pytest.mark.slow)
