@@ -27,7 +27,7 @@ import draccus
 import torch
 from safetensors.torch import save_file
 
-from prismatic.models.base_model_record import base_model_record
+from prismatic.policy.base_model_record import base_model_record
 
 OPENVLA_7B_PARAMETERS = 7.541e9  # openvla-7b's parameter count (bf16: 2 bytes each)
 TENSOR_ELEMENTS = 4096 * 4096  # one q_proj of Llama-2-7B

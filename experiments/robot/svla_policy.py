@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, center_crop_image, check_image_format
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.policy import Observation
 from experiments.robot.vla_policy import policy_device, resolve_unnorm_key
 from prismatic.models.spatialvla.load import LoadedSpatialVLA, load_spatialvla
 from prismatic.models.spatialvla.processing_spatialvla import TOKENS_PER_STEP
+from prismatic.vla.image_utils import OPENVLA_IMAGE_SIZE, center_crop_image, check_image_format
 from prismatic.vla.prompt import build_prompt
 
 

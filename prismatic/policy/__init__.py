@@ -1,6 +1,6 @@
 """The policy as one object: what a checkpoint is (``policy_config.json``) and how it is loaded and queried."""
 
-from prismatic.policy.config import (
+from prismatic.vla.policy_config import (
     POLICY_CONFIG_NAME,
     EmbodimentConfig,
     ImagePreprocessingConfig,

@@ -5,7 +5,7 @@ Per query, as upstream's ``get_vla_action``: the third-person image and (with ``
 wrist image, each center-cropped when the checkpoint's image preprocessing says so, go through the processor and are
 stacked on channels; the proprio state is normalised with the checkpoint's statistics; ``predict_action`` returns the
 un-normalised chunk. What the policy is (heads, inputs, embodiment, preprocessing) comes from the checkpoint's
-``policy_config.json`` (:class:`prismatic.policy.config.PolicyConfig`); explicit flags override it with a warning.
+``policy_config.json`` (:class:`prismatic.vla.policy_config.PolicyConfig`); explicit flags override it with a warning.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiments.robot.image_utils import (
+from prismatic.policy.load import LoadedVLA, load_vla
+from prismatic.vla.image_utils import (
     center_crop_image,
     check_image_format,
     resize_image_for_policy,
 )
-from prismatic.models.load import LoadedVLA, load_vla
-from prismatic.policy.config import PolicyConfig, apply_flag_overrides
-from prismatic.policy.normalization import normalize
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import PolicyConfig, apply_flag_overrides
 from prismatic.vla.prompt import build_prompt
 
 # "full_image" and "wrist_image" (any key containing "wrist"): uint8 (H, W, 3) frames after the simulator's

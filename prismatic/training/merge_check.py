@@ -49,10 +49,13 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor, PreTrainedModel
 
 from prismatic.models.action_heads import L1RegressionActionHead
-from prismatic.models.base_model_record import verify_base_model
-from prismatic.models.checkpoint_checks import run_folder_hint
 from prismatic.models.configuration_prismatic import OpenVLAConfig
-from prismatic.models.load import (
+from prismatic.models.processing_prismatic import PrismaticProcessor
+from prismatic.models.projectors import ProprioProjector
+from prismatic.policy.base_model_record import verify_base_model
+from prismatic.policy.checkpoint_checks import run_folder_hint
+from prismatic.policy.components import build_heads, component_names, load_components
+from prismatic.policy.load import (
     LORA_ADAPTER_DIR,
     PROCESSOR_FILES,
     WEIGHTS_INDEX_NAME,
@@ -60,10 +63,6 @@ from prismatic.models.load import (
     find_checkpoint_file,
     load_dataset_statistics,
 )
-from prismatic.models.processing_prismatic import PrismaticProcessor
-from prismatic.models.projectors import ProprioProjector
-from prismatic.policy.components import build_heads, component_names, load_components
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.training.lora import merge_lora
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
@@ -77,6 +76,7 @@ from prismatic.util.file_checks import (
 )
 from prismatic.util.io import remove_stale_temporaries
 from prismatic.vla.constants import PlatformConstants, constants_for
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.vla.prompt import build_prompt
 
 logger = logging.getLogger(__name__)

@@ -25,9 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prismatic.models.base_model_record import verify_base_model
-from prismatic.models.checkpoint_checks import DATASET_STATISTICS_NAME
-from prismatic.policy.config import POLICY_CONFIG_NAME
+from prismatic.policy.base_model_record import verify_base_model
+from prismatic.policy.checkpoint_checks import DATASET_STATISTICS_NAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.checkpoint_install import settle_pending_install
@@ -37,6 +36,7 @@ from prismatic.util.io import STALE_TEMPORARY, file_sha256, remove_stale_tempora
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.registry import resolve_data_mix
 from prismatic.vla.datasets.statistics import statistics_to_json
+from prismatic.vla.policy_config import POLICY_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 

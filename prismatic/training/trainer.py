@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from prismatic.models.base_model_record import base_model_record, write_base_model_record
+from prismatic.models.quantization import quantize_base
+from prismatic.policy.base_model_record import base_model_record, write_base_model_record
 from prismatic.policy.components import (
     build_heads,
     component_names,
@@ -29,16 +30,9 @@ from prismatic.policy.components import (
     load_component_state_dict,
     save_components,
 )
-from prismatic.policy.config import (
-    VGGT_DIGEST_KEY,
-    EmbodimentConfig,
-    ImagePreprocessingConfig,
-    PolicyConfig,
-    write_policy_config,
-)
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
-from prismatic.training.config_checks import validate_config
+from prismatic.training.config_checks import check_quantization_flags, validate_config
 from prismatic.training.distributed import (
     DistributedContext,
     all_reduce_mean,
@@ -48,7 +42,6 @@ from prismatic.training.distributed import (
 )
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
-from prismatic.training.quantization import check_quantization_flags, quantize_base
 from prismatic.training.run_guard import (
     check_run_folder,
     check_same_statistics,
@@ -69,6 +62,13 @@ from prismatic.util.cli import UserError, user_errors, writing
 from prismatic.util.io import atomic_output, file_sha256
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
+from prismatic.vla.policy_config import (
+    VGGT_DIGEST_KEY,
+    EmbodimentConfig,
+    ImagePreprocessingConfig,
+    PolicyConfig,
+    write_policy_config,
+)
 
 
 @dataclass

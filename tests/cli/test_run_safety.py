@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from prismatic.models.base_model_record import base_model_record, verify_base_model, write_base_model_record
-from prismatic.models.load import WEIGHTS_INDEX_NAME
+from prismatic.policy.base_model_record import base_model_record, verify_base_model, write_base_model_record
+from prismatic.policy.load import WEIGHTS_INDEX_NAME
 from prismatic.testing.processes import dead_pid
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.robot.image_utils import center_crop_image, resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.vla_policy import VLAPolicy, resolve_unnorm_key
-from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
-from prismatic.policy.normalization import normalize
-from prismatic.training.quantization import quantized_linear_names
+from prismatic.models.quantization import quantized_linear_names
+from prismatic.vla.image_utils import center_crop_image, resize_image_for_policy
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
 from prismatic.vla.prompt import build_prompt
 
 INSTRUCTION = "Pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -35,7 +35,7 @@ def observation(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> dict[st
 
 
 def test_proprio_normalisation_maps_q01_q99_to_unit_range_and_clips() -> None:
-    """Evaluation's proprio normalisation (``prismatic.policy.normalization``, as upstream's eval)."""
+    """Evaluation's proprio normalisation (``prismatic.vla.normalization``, as upstream's eval)."""
     stats = {"q01": [0.0, -1.0, 2.0], "q99": [1.0, 1.0, 2.0], "min": [-5.0] * 3, "max": [5.0] * 3}
     normalized = normalize(np.array([0.25, 3.0, 2.0]), stats, "bounds_q99", clip_unmasked=True)
     np.testing.assert_allclose(normalized, [-0.5, 1.0, -1.0], atol=1e-6)  # constant dims are not zeroed at eval

@@ -17,7 +17,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForVision2Seq
 
-from prismatic.models.load import LORA_ADAPTER_DIR
+from prismatic.policy.load import LORA_ADAPTER_DIR
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.lora import apply_lora
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForVision2Seq
 
-from prismatic.models.load import LORA_ADAPTER_DIR, WEIGHTS_INDEX_NAME
+from prismatic.policy.load import LORA_ADAPTER_DIR, WEIGHTS_INDEX_NAME
 from prismatic.training import merge_check
 from prismatic.training.merge_check import ConvertConfig, install_merged_model, merge_lora_checkpoint
 from prismatic.util.cli import UserError

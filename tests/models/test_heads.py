@@ -12,8 +12,8 @@ from prismatic.models import DiffusionActionHead, L1RegressionActionHead, NoisyA
 from prismatic.models.action_heads import SinusoidalPositionalEncoding
 from prismatic.models.action_masks import gather_action_hidden_states
 from prismatic.models.diffusion import DDIMScheduler
-from prismatic.policy.normalization import unnormalize
 from prismatic.testing.tiny_vla import tiny_action_head, tiny_proprio_projector, tiny_training_batch
+from prismatic.vla.normalization import unnormalize
 
 
 def test_l1_head_reads_each_chunk_step_from_its_own_slots():

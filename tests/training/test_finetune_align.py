@@ -69,7 +69,7 @@ def test_torchrun_two_processes_writes_the_released_layout_which_loads_back(tiny
     assert [m["step"] for m in metrics] == [0, 1, 2]  # upstream's steps: update k is step k
     assert all(np.isfinite(m["loss"]) and np.isfinite(m["align_loss"]) for m in metrics)
 
-    from prismatic.models.load import load_vla
+    from prismatic.policy.load import load_vla
 
     loaded = load_vla(folder)
     assert loaded.action_head is not None and loaded.proprio_projector is not None

@@ -16,13 +16,13 @@ from experiments.robot.libero.config import (
     check_resumable,
     validate_config,
 )
-from prismatic.models.checkpoint_checks import check_policy_checkpoint
+from prismatic.policy.checkpoint_checks import check_policy_checkpoint
 from prismatic.policy.components import component_names
-from prismatic.policy.config import POLICY_FLAGS, apply_flag_overrides, load_policy_config
 from prismatic.policy.policy import evaluation_flags, resolve_unnorm_key
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import check_writable_dir, read_json_file
+from prismatic.vla.policy_config import POLICY_FLAGS, apply_flag_overrides, load_policy_config
 
 # Tasks per LIBERO suite (libero.libero.benchmark), so --task_ids is checked without importing LIBERO.
 TASK_COUNTS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}

@@ -1,5 +1,5 @@
 """Action/proprio statistics (``dataset_statistics.json``); the (un)normalisation they drive is
-``prismatic.policy.normalization``.
+``prismatic.vla.normalization``.
 
 In memory, statistics follow upstream: ``{dataset_name: {"action": {"mean", "std", "max", "min", "q01", "q99",
 "mask"}, "proprio": {...same minus mask}, "num_transitions": int, "num_trajectories": int}}`` with numpy arrays;

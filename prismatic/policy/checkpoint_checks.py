@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prismatic.models.base_model_record import verify_base_model
+from prismatic.policy.base_model_record import verify_base_model
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import (

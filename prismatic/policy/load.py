@@ -23,17 +23,16 @@ from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.processing_prismatic import PrismaticProcessor
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
-from prismatic.policy.components import (  # the component-file functions, re-exported for existing callers
+from prismatic.models.quantization import quantize_base
+from prismatic.policy.components import (
     build_heads,
     component_names,
     load_component_state_dict,
     load_components,
-    save_component_state_dict,  # noqa: F401
 )
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
-from prismatic.training.quantization import quantize_base
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.vla.constants import PlatformConstants
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
 
 logger = logging.getLogger(__name__)
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -187,7 +186,7 @@ def load_vla(
     default to ``None`` = take it from the checkpoint; a given flag that contradicts the file is honoured with a
     warning. ``platform`` likewise overrides the embodiment's action-chunk geometry. Raises naming the missing or
     malformed file. ``quantize`` (int8 | nf4) stores the LLM decoder's Linear weights through bitsandbytes
-    (``prismatic.training.quantization``), after any adapter is merged. ``components`` limits the components loaded
+    (``prismatic.models.quantization``), after any adapter is merged. ``components`` limits the components loaded
     (default: all that inference needs; probing takes only those that shape the visual tokens).
     """
     if use_l1_regression and use_diffusion:
