@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prismatic.models.family import CheckedCheckpoint
 from prismatic.policy.base_model_record import verify_base_model
+from prismatic.policy.components import component_names
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import (
@@ -21,6 +23,7 @@ from prismatic.util.file_checks import (
     check_torch_file,
     read_json_file,
 )
+from prismatic.vla.policy_config import PolicyConfig
 
 LORA_ADAPTER_DIR = "lora_adapter"
 DATASET_STATISTICS_NAME = "dataset_statistics.json"
@@ -105,3 +108,13 @@ def check_policy_checkpoint(
             "the statistics file training saved beside the weights"
         )
     return norm_stats or {}
+
+
+def check_checkpoint(
+    checkpoint_dir: str | Path, flag: str, policy_config: PolicyConfig, ignore_base_model_check: bool = False
+) -> CheckedCheckpoint:
+    """:func:`check_policy_checkpoint` for the inference components of ``policy_config``; returns what it parsed,
+    for the loader (``ModelFamily.load``) to use instead of reading the folder again."""
+    components = component_names(policy_config, inference_only=True)
+    norm_stats = check_policy_checkpoint(checkpoint_dir, flag, components, ignore_base_model_check)
+    return CheckedCheckpoint(Path(checkpoint_dir), policy_config, norm_stats)

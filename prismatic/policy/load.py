@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoModelForVision2Seq, AutoProcessor
 
 from prismatic.models.configuration_prismatic import OpenVLAConfig
+from prismatic.models.family import CheckedCheckpoint
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.processing_prismatic import PrismaticProcessor
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
@@ -178,6 +179,7 @@ def load_vla(
     attn_implementation: str = "sdpa",
     quantize: str = "none",
     components: Collection[str] | None = None,
+    checked: CheckedCheckpoint | None = None,
 ) -> LoadedVLA:
     """Load the VLA, processor, components and dataset statistics of a checkpoint folder for inference.
 
@@ -187,7 +189,9 @@ def load_vla(
     warning. ``platform`` likewise overrides the embodiment's action-chunk geometry. Raises naming the missing or
     malformed file. ``quantize`` (int8 | nf4) stores the LLM decoder's Linear weights through bitsandbytes
     (``prismatic.models.quantization``), after any adapter is merged. ``components`` limits the components loaded
-    (default: all that inference needs; probing takes only those that shape the visual tokens).
+    (default: all that inference needs; probing takes only those that shape the visual tokens). ``checked``: what
+    the pre-flight parsed from this folder (its policy config, flags applied, and statistics), used instead of
+    reading them again.
     """
     if use_l1_regression and use_diffusion:
         raise ValueError("use_l1_regression and use_diffusion are exclusive; choose one action head.")
@@ -196,7 +200,9 @@ def load_vla(
         raise FileNotFoundError(f"Checkpoint folder {checkpoint_dir} does not exist.")
     settle_pending_install(checkpoint_dir, "checkpoint folder")
     policy_config = apply_flag_overrides(
-        load_policy_config(checkpoint_dir, platform.name if platform is not None else "libero"),
+        checked.policy_config
+        if checked is not None
+        else load_policy_config(checkpoint_dir, platform.name if platform is not None else "libero"),
         use_l1_regression=use_l1_regression,
         use_diffusion=use_diffusion,
         use_proprio=use_proprio,
@@ -238,7 +244,10 @@ def load_vla(
         raise FileNotFoundError(f"{processor_dir} lacks the processor file(s) {missing}.")
     processor = AutoProcessor.from_pretrained(processor_dir, trust_remote_code=False)
 
-    norm_stats = load_dataset_statistics(checkpoint_dir) or vla.config.norm_stats or {}
+    if checked is not None:
+        norm_stats = checked.norm_stats
+    else:
+        norm_stats = load_dataset_statistics(checkpoint_dir) or vla.config.norm_stats or {}
     vla.norm_stats = norm_stats
 
     names = [n for n in component_names(policy_config, inference_only=True) if components is None or n in components]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from prismatic.models.family import CheckedCheckpoint, Observation, VisualTokenTap
 from prismatic.policy.load import LoadedVLA, load_vla
 from prismatic.vla.image_utils import (
     center_crop_image,
@@ -28,10 +29,6 @@ from prismatic.vla.image_utils import (
 from prismatic.vla.normalization import normalize
 from prismatic.vla.policy_config import PolicyConfig, apply_flag_overrides
 from prismatic.vla.prompt import build_prompt
-
-# "full_image" and "wrist_image" (any key containing "wrist"): uint8 (H, W, 3) frames after the simulator's
-# rotation; "state": the raw (unnormalised) proprio vector.
-Observation = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,11 @@ def policy_device() -> tuple[torch.device, torch.dtype]:
 
 
 class VLAPolicy:
-    """A loaded checkpoint answering :meth:`predict_chunk` deterministically (no sampling)."""
+    """An OpenVLA-OFT / Spatial Forcing checkpoint answering :meth:`predict_chunk` deterministically (no sampling);
+    the inference half of :class:`prismatic.models.family.ModelFamily` (``load``, ``preprocess``, ``predict_chunk``,
+    ``visual_token_tap``)."""
+
+    family_name = "openvla-oft"
 
     def __init__(self, loaded: LoadedVLA, unnorm_key: str, *, device: torch.device, dtype: torch.dtype):
         self.loaded = loaded
@@ -130,6 +131,24 @@ class VLAPolicy:
         return cls(loaded, key, device=device, dtype=dtype)
 
     @classmethod
+    def load(
+        cls,
+        checkpoint: CheckedCheckpoint,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        task_suite_name: str = "",
+        **options: Any,
+    ) -> VLAPolicy:
+        """Load a folder the pre-flight checked (its policy config has every flag applied). ``options``:
+        ``load_vla``'s ``quantize``, ``checkpoint_step``, ``base_model_path``; ``task_suite_name`` is the fallback
+        of the statistics key (upstream's ``_no_noops`` rule)."""
+        loaded = load_vla(checkpoint.path, dtype=dtype, device=device, checked=checkpoint, **options)
+        key = resolve_unnorm_key(loaded.norm_stats, loaded.policy_config.unnorm_key, task_suite_name)
+        loaded.policy_config.unnorm_key = key
+        return cls(loaded, key, device=device, dtype=dtype)
+
+    @classmethod
     def from_config(cls, cfg: Any) -> VLAPolicy:
         """Load ``cfg.pretrained_checkpoint`` with ``run_libero_eval.py``'s flags (a ``GenerateConfig``): policy flags
         that are ``None`` come from the checkpoint, given ones override it (with a warning)."""
@@ -147,6 +166,15 @@ class VLAPolicy:
             num_diffusion_steps_inference=cfg.num_diffusion_steps_inference,
             quantize="int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none",
         )
+
+    @property
+    def policy_config(self) -> PolicyConfig:
+        return self.config
+
+    def visual_token_tap(self, layer: int) -> VisualTokenTap:
+        """The visual tokens follow BOS: every camera's patches, third-person first."""
+        backbone = self.loaded.vla.vision_backbone
+        return VisualTokenTap(layer, start=1, count=backbone.get_num_patches() * backbone.get_num_images_in_input())
 
     @property
     def gripper(self) -> str:
@@ -184,9 +212,11 @@ class VLAPolicy:
 
     def predict_chunks(self, queries: Sequence[tuple[Observation, str]]) -> list[np.ndarray]:
         """Un-normalised chunks ``[chunk, action_dim]`` for several (observation, instruction) queries."""
-        return self.predict_prepared([self.prepare(observation, instruction) for observation, instruction in queries])
+        return self.predict_prepared(
+            [self.preprocess(observation, instruction) for observation, instruction in queries]
+        )
 
-    def prepare(self, observation: Observation, instruction: str) -> PreparedQuery:
+    def preprocess(self, observation: Observation, instruction: str) -> PreparedQuery:
         """The CPU work of one query (image resizing and cropping, tokenising, state normalisation), which a server
         runs outside the thread that runs the model."""
         per_image = [

@@ -163,8 +163,8 @@ class FailsOnPrompt:
         self.policy, self.poison, self.calls = policy, poison, []
         self.unnorm_key = policy.unnorm_key
 
-    def prepare(self, observation, instruction):
-        return self.policy.prepare(observation, instruction), instruction
+    def preprocess(self, observation, instruction):
+        return self.policy.preprocess(observation, instruction), instruction
 
     def predict_prepared(self, queries):
         self.calls.append(len(queries))

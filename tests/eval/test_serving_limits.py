@@ -44,7 +44,7 @@ class EchoPolicy:
         self.release = release
         self.forward_passes = 0
 
-    def prepare(self, observation, instruction):
+    def preprocess(self, observation, instruction):
         return observation, instruction
 
     def predict_prepared(self, queries):

@@ -100,7 +100,7 @@ class GripperSwitchPolicy:
         chunk[:, -1] = 1.0 if steps == 0 else 0.4
         return chunk
 
-    def prepare(self, observation: dict, instruction: str) -> tuple[dict, str]:
+    def preprocess(self, observation: dict, instruction: str) -> tuple[dict, str]:
         return observation, instruction
 
     def predict_prepared(self, queries: list[tuple[dict, str]]) -> list[np.ndarray]:

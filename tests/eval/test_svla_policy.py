@@ -16,7 +16,7 @@ from experiments.robot.action_ensembling import EpisodeActionSelector, TemporalE
 from experiments.robot.libero.config import GenerateConfig, validate_config
 from experiments.robot.policy_factory import load_policy
 from experiments.robot.robot_utils import postprocess_actions
-from experiments.robot.svla_policy import SpatialVLAPolicy, svla_prompt
+from prismatic.policy.spatialvla_policy import SpatialVLAPolicy, svla_prompt
 from prismatic.testing.spatialvla_tiny import save_tiny_spatialvla_checkpoint
 from prismatic.vla.image_utils import center_crop_image, resize_image_for_policy
 
