@@ -31,16 +31,18 @@ from prismatic.policy.components import (
     load_component_state_dict,
     load_components,
 )
+from prismatic.util.checkpoint_files import (
+    DATASET_STATISTICS_NAME,
+    LORA_ADAPTER_DIR,
+    PROCESSOR_FILES,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
 
 logger = logging.getLogger(__name__)
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "model.safetensors"
-LORA_ADAPTER_DIR = "lora_adapter"
-DATASET_STATISTICS_NAME = "dataset_statistics.json"
-PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
 
 
 @dataclass

@@ -21,13 +21,14 @@ from PIL import Image
 
 from prismatic.models.family import CheckedCheckpoint, Observation, VisualTokenTap
 from prismatic.policy.load import LoadedVLA, load_vla
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME
 from prismatic.vla.image_utils import (
     center_crop_image,
     check_image_format,
     resize_image_for_policy,
 )
 from prismatic.vla.normalization import normalize
-from prismatic.vla.policy_config import PolicyConfig, apply_flag_overrides
+from prismatic.vla.policy_config import POLICY_FLAGS, PolicyConfig, apply_flag_overrides, policy_flags
 from prismatic.vla.prompt import build_prompt
 
 
@@ -43,7 +44,7 @@ class PreparedQuery:
 
 
 def resolve_unnorm_key(
-    norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str, statistics_file: str = "dataset_statistics.json"
+    norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str, statistics_file: str = DATASET_STATISTICS_NAME
 ) -> str:
     """``unnorm_key`` if given, else the suite name, falling back to ``{name}_no_noops`` as upstream."""
     key = unnorm_key or task_suite_name
@@ -59,18 +60,8 @@ def resolve_unnorm_key(
 
 
 def evaluation_flags(config: PolicyConfig, unnorm_key: str) -> dict[str, Any]:
-    """The evaluation flags (upstream's names) that select the policy ``config`` describes."""
-    return {
-        "use_l1_regression": config.action_head == "l1_regression",
-        "use_diffusion": config.action_head == "diffusion",
-        "num_diffusion_steps_train": config.num_diffusion_steps_train,
-        "num_diffusion_steps_inference": config.num_diffusion_steps_inference,
-        "use_film": config.use_film,
-        "num_images_in_input": config.num_images_in_input,
-        "use_proprio": config.use_proprio,
-        "center_crop": config.image.center_crop,
-        "unnorm_key": unnorm_key,
-    }
+    """The evaluation flags (upstream's names) that select the policy ``config`` describes, ``unnorm_key`` resolved."""
+    return policy_flags(config) | {"unnorm_key": unnorm_key}
 
 
 def policy_device() -> tuple[torch.device, torch.dtype]:
@@ -78,6 +69,11 @@ def policy_device() -> tuple[torch.device, torch.dtype]:
     if torch.cuda.is_available():
         return torch.device("cuda:0"), torch.bfloat16
     return torch.device("cpu"), torch.float32
+
+
+def quantization(cfg: Any) -> str:
+    """``load_vla``'s ``quantize`` from the evaluation flags ``load_in_8bit`` / ``load_in_4bit``."""
+    return "int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none"
 
 
 class VLAPolicy:
@@ -152,19 +148,14 @@ class VLAPolicy:
     def from_config(cls, cfg: Any) -> VLAPolicy:
         """Load ``cfg.pretrained_checkpoint`` with ``run_libero_eval.py``'s flags (a ``GenerateConfig``): policy flags
         that are ``None`` come from the checkpoint, given ones override it (with a warning)."""
+        flags = {name: getattr(cfg, name) for name in POLICY_FLAGS}
         return cls.from_checkpoint(
             cfg.pretrained_checkpoint,
             task_suite_name=cfg.task_suite_name,
-            unnorm_key=cfg.unnorm_key,
-            center_crop=cfg.center_crop,
-            use_l1_regression=cfg.use_l1_regression,
-            use_diffusion=cfg.use_diffusion,
-            use_proprio=cfg.use_proprio,
-            use_film=cfg.use_film,
-            num_images_in_input=cfg.num_images_in_input,
-            num_diffusion_steps_train=cfg.num_diffusion_steps_train,
-            num_diffusion_steps_inference=cfg.num_diffusion_steps_inference,
-            quantize="int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none",
+            unnorm_key=flags.pop("unnorm_key"),
+            center_crop=flags.pop("center_crop"),
+            quantize=quantization(cfg),
+            **flags,
         )
 
     @property

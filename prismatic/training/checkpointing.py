@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prismatic.policy.checkpoint_checks import STEP_CHECKPOINT_SUFFIX, step_checkpoint_folders
+from prismatic.policy.checkpoint_checks import step_checkpoint_folders
 from prismatic.policy.components import component_path
+from prismatic.util.checkpoint_files import STEP_CHECKPOINT_SUFFIX
 from prismatic.util.checkpoint_install import (
     READY_DIR,
     STAGING_DIR,

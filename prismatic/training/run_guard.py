@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from prismatic.policy.base_model_record import verify_base_model
-from prismatic.policy.checkpoint_checks import DATASET_STATISTICS_NAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME, POLICY_CONFIG_NAME, TRAINING_CONFIG_NAME
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir, read_json_file
@@ -36,11 +36,9 @@ from prismatic.util.io import STALE_TEMPORARY, file_sha256, remove_stale_tempora
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.registry import resolve_data_mix
 from prismatic.vla.datasets.statistics import statistics_to_json
-from prismatic.vla.policy_config import POLICY_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
-TRAINING_CONFIG_NAME = "training_config.json"
 METRICS_NAME = "metrics.jsonl"
 # Flags that may change between the sessions of one run: where things are, how long, how often, logging.
 RESUMABLE_FLAGS = frozenset(

@@ -26,8 +26,9 @@ from prismatic.testing.tiny_checkpoints import tiny_finetune_flags, write_tiny_b
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.lora import apply_lora
-from prismatic.training.run_guard import CONTENT_KEY, TRAINING_CONFIG_NAME, content_digests, flags_as_dict
+from prismatic.training.run_guard import CONTENT_KEY, content_digests, flags_as_dict
 from prismatic.training.trainer import training_policy_config
+from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME
 from prismatic.vla.constants import constants_for
 from prismatic.vla.policy_config import write_policy_config
 from vggt.loading import save_vggt_weights

@@ -15,7 +15,8 @@ import torch
 
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.metrics import read_metrics
-from prismatic.training.run_guard import METRICS_NAME, TRAINING_CONFIG_NAME
+from prismatic.training.run_guard import METRICS_NAME
+from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME
 
 from .conftest import REPO_ROOT, run_script, tiny_flags
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import read_json_file
 from prismatic.util.io import write_json_atomic
@@ -122,7 +123,7 @@ def save_dataset_statistics(dataset_statistics: Mapping[str, Any], out_path: str
     """
     path = Path(out_path)
     if path.is_dir():
-        path = path / "dataset_statistics.json"
+        path = path / DATASET_STATISTICS_NAME
     write_json_atomic(path, statistics_to_json(dataset_statistics))
     return path
 
