@@ -27,7 +27,8 @@ import draccus
 import torch
 from safetensors.torch import save_file
 
-from prismatic.models.base_model_record import base_model_record
+from prismatic.policy.base_model_record import base_model_record
+from prismatic.util.checkpoint_files import WEIGHTS_INDEX_NAME
 
 OPENVLA_7B_PARAMETERS = 7.541e9  # openvla-7b's parameter count (bf16: 2 bytes each)
 TENSOR_ELEMENTS = 4096 * 4096  # one q_proj of Llama-2-7B
@@ -56,7 +57,7 @@ def write_synthetic_base(folder: Path, size_gb: float, shards: int) -> int:
         save_file(tensors, folder / file_name, metadata={"format": "pt"})
         weight_map |= dict.fromkeys(tensors, file_name)
         total += sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}))
     (folder / "config.json").write_text(json.dumps({"model_type": "synthetic"}))
     return total
 

@@ -25,13 +25,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from experiments.robot.image_utils import center_crop_image, resize_image_for_policy, rotate_180
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.libero.env_worker import EpisodeSettings, run_episode
 from experiments.robot.libero.evaluation import eval_libero, plan_tasks
 from experiments.robot.libero.libero_utils import CameraGate, get_libero_env
 from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero
 from experiments.robot.policy import Observation
+from prismatic.vla.image_utils import center_crop_image, resize_image_for_policy, rotate_180
 
 
 class ZeroMotionPolicy:

@@ -6,9 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-# "full_image" and "wrist_image": uint8 (224, 224, 3) frames after the training-matched resize chain;
-# "state": the raw (unnormalised) proprio vector, 8-D for LIBERO.
-Observation = dict[str, np.ndarray]
+from prismatic.models.family import Observation
 
 
 class Policy(Protocol):

@@ -11,7 +11,7 @@ from importlib import metadata
 import numpy as np
 import torch
 
-from prismatic.policy.config import GRIPPER_CONVENTIONS
+from prismatic.vla.policy_config import GRIPPER_CONVENTIONS
 
 # Packages whose versions most often explain a failed reproduction, in the order the log lists them.
 FINGERPRINT_PACKAGES = (

@@ -42,7 +42,7 @@ from experiments.sf_mechanism.report import write_figures, write_report
 from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, supported_task_names
 from prismatic.probing.data import FORMAT_VERSION, ScenePlan, write_meta, write_scene
 from prismatic.training.metrics import read_metrics
-from prismatic.training.presets import PRESETS
+from prismatic.training.presets import get_preset
 from prismatic.util.cli import UserError, run_cli
 from prismatic.util.io import write_json_atomic
 from prismatic.vla.datasets.synthetic import ReachScene
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def aligned_layer() -> int:
     """The hidden-states index the SF variants align (the preset's ``vla_layers_align``)."""
-    return int(PRESETS[PRESET].settings["vla_layers_align"])
+    return int(get_preset(PRESET).settings["vla_layers_align"])
 
 
 if __name__ == "__main__":

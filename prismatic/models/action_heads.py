@@ -82,6 +82,21 @@ class L1RegressionActionHead(nn.Module):
     def forward(self, actions_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.predict_action(actions_hidden_states)
 
+    def training_inputs(self, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a training step feeds the VLA beside the batch (nothing) and the target of :meth:`loss`: the
+        normalised actions [B, chunk, action_dim]."""
+        return {"target": actions}
+
+    def loss(self, predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``action_loss``: L1 between this head's output and the actions; logged beside it (detached), the L1 of
+        the current step and of the later steps of the chunk."""
+        predicted, target = predicted.float(), target.float()  # [B, chunk, action_dim]
+        return {
+            "action_loss": nn.functional.l1_loss(predicted, target),
+            "curr_action_l1_loss": nn.functional.l1_loss(predicted[:, 0], target[:, 0]).detach(),
+            "next_actions_l1_loss": nn.functional.l1_loss(predicted[:, 1:], target[:, 1:]).detach(),
+        }
+
 
 class SinusoidalPositionalEncoding(nn.Module):
     """Diffusion timesteps [B] -> sin/cos embeddings [B, dim] (frequencies 10000^(-k/(dim/2 - 1)))."""
@@ -159,3 +174,14 @@ class DiffusionActionHead(nn.Module):
 
     def forward(self, actions_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.predict_noise(actions_hidden_states)
+
+    def training_inputs(self, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The VLA's extra inputs of a training step (``noisy_actions``, ``diffusion_timestep_embeddings``; see
+        :meth:`sample_noisy_actions`) and the target of :meth:`loss`: the noise that was added."""
+        inputs = self.sample_noisy_actions(actions)
+        inputs["target"] = inputs.pop("noise")
+        return inputs
+
+    def loss(self, predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``action_loss``: MSE between the predicted and the added noise."""
+        return {"action_loss": nn.functional.mse_loss(predicted.float(), target.float())}

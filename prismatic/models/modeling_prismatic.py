@@ -25,8 +25,8 @@ from prismatic.models.attention import bidirectional_attention_mask, check_attn_
 from prismatic.models.configuration_prismatic import OpenVLAConfig, PrismaticConfig
 from prismatic.models.projectors import NoisyActionProjector, PrismaticProjector, ProprioProjector
 from prismatic.models.vision_backbone import FiLMedPrismaticVisionBackbone, LayerScale, PrismaticVisionBackbone
-from prismatic.policy.normalization import unnormalize
 from prismatic.vla.constants import IGNORE_INDEX, STOP_INDEX
+from prismatic.vla.normalization import unnormalize
 
 # Llama-2's "▁" token; training prompts end with it right before the first action token.
 EMPTY_TOKEN_ID = 29871

@@ -1,7 +1,7 @@
 """The policy as one object: what a checkpoint is (``policy_config.json``) and how it is loaded and queried."""
 
-from prismatic.policy.config import (
-    POLICY_CONFIG_NAME,
+from prismatic.util.checkpoint_files import POLICY_CONFIG_NAME
+from prismatic.vla.policy_config import (
     EmbodimentConfig,
     ImagePreprocessingConfig,
     PolicyConfig,

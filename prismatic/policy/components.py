@@ -22,9 +22,9 @@ from torch import nn
 
 from prismatic.models.action_heads import DiffusionActionHead, L1RegressionActionHead
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
-from prismatic.policy.config import PolicyConfig
 from prismatic.util.file_checks import refused_pickle_message
 from prismatic.util.io import atomic_output
+from prismatic.vla.policy_config import PolicyConfig
 
 DDP_PREFIX = "module."
 

@@ -5,7 +5,7 @@ Per query, as upstream's ``get_vla_action``: the third-person image and (with ``
 wrist image, each center-cropped when the checkpoint's image preprocessing says so, go through the processor and are
 stacked on channels; the proprio state is normalised with the checkpoint's statistics; ``predict_action`` returns the
 un-normalised chunk. What the policy is (heads, inputs, embodiment, preprocessing) comes from the checkpoint's
-``policy_config.json`` (:class:`prismatic.policy.config.PolicyConfig`); explicit flags override it with a warning.
+``policy_config.json`` (:class:`prismatic.vla.policy_config.PolicyConfig`); explicit flags override it with a warning.
 """
 
 from __future__ import annotations
@@ -19,19 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiments.robot.image_utils import (
+from prismatic.models.family import CheckedCheckpoint, Observation, VisualTokenTap
+from prismatic.policy.load import LoadedVLA, load_vla
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME
+from prismatic.vla.image_utils import (
     center_crop_image,
     check_image_format,
     resize_image_for_policy,
 )
-from prismatic.models.load import LoadedVLA, load_vla
-from prismatic.policy.config import PolicyConfig, apply_flag_overrides
-from prismatic.policy.normalization import normalize
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import POLICY_FLAGS, PolicyConfig, apply_flag_overrides, policy_flags
 from prismatic.vla.prompt import build_prompt
-
-# "full_image" and "wrist_image" (any key containing "wrist"): uint8 (H, W, 3) frames after the simulator's
-# rotation; "state": the raw (unnormalised) proprio vector.
-Observation = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class PreparedQuery:
 
 
 def resolve_unnorm_key(
-    norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str, statistics_file: str = "dataset_statistics.json"
+    norm_stats: dict[str, Any], unnorm_key: str, task_suite_name: str, statistics_file: str = DATASET_STATISTICS_NAME
 ) -> str:
     """``unnorm_key`` if given, else the suite name, falling back to ``{name}_no_noops`` as upstream."""
     key = unnorm_key or task_suite_name
@@ -62,18 +60,8 @@ def resolve_unnorm_key(
 
 
 def evaluation_flags(config: PolicyConfig, unnorm_key: str) -> dict[str, Any]:
-    """The evaluation flags (upstream's names) that select the policy ``config`` describes."""
-    return {
-        "use_l1_regression": config.action_head == "l1_regression",
-        "use_diffusion": config.action_head == "diffusion",
-        "num_diffusion_steps_train": config.num_diffusion_steps_train,
-        "num_diffusion_steps_inference": config.num_diffusion_steps_inference,
-        "use_film": config.use_film,
-        "num_images_in_input": config.num_images_in_input,
-        "use_proprio": config.use_proprio,
-        "center_crop": config.image.center_crop,
-        "unnorm_key": unnorm_key,
-    }
+    """The evaluation flags (upstream's names) that select the policy ``config`` describes, ``unnorm_key`` resolved."""
+    return policy_flags(config) | {"unnorm_key": unnorm_key}
 
 
 def policy_device() -> tuple[torch.device, torch.dtype]:
@@ -83,8 +71,17 @@ def policy_device() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def quantization(cfg: Any) -> str:
+    """``load_vla``'s ``quantize`` from the evaluation flags ``load_in_8bit`` / ``load_in_4bit``."""
+    return "int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none"
+
+
 class VLAPolicy:
-    """A loaded checkpoint answering :meth:`predict_chunk` deterministically (no sampling)."""
+    """An OpenVLA-OFT / Spatial Forcing checkpoint answering :meth:`predict_chunk` deterministically (no sampling);
+    the inference half of :class:`prismatic.models.family.ModelFamily` (``load``, ``preprocess``, ``predict_chunk``,
+    ``visual_token_tap``)."""
+
+    family_name = "openvla-oft"
 
     def __init__(self, loaded: LoadedVLA, unnorm_key: str, *, device: torch.device, dtype: torch.dtype):
         self.loaded = loaded
@@ -130,23 +127,45 @@ class VLAPolicy:
         return cls(loaded, key, device=device, dtype=dtype)
 
     @classmethod
+    def load(
+        cls,
+        checkpoint: CheckedCheckpoint,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        task_suite_name: str = "",
+        **options: Any,
+    ) -> VLAPolicy:
+        """Load a folder the pre-flight checked (its policy config has every flag applied). ``options``:
+        ``load_vla``'s ``quantize``, ``checkpoint_step``, ``base_model_path``; ``task_suite_name`` is the fallback
+        of the statistics key (upstream's ``_no_noops`` rule)."""
+        loaded = load_vla(checkpoint.path, dtype=dtype, device=device, checked=checkpoint, **options)
+        key = resolve_unnorm_key(loaded.norm_stats, loaded.policy_config.unnorm_key, task_suite_name)
+        loaded.policy_config.unnorm_key = key
+        return cls(loaded, key, device=device, dtype=dtype)
+
+    @classmethod
     def from_config(cls, cfg: Any) -> VLAPolicy:
         """Load ``cfg.pretrained_checkpoint`` with ``run_libero_eval.py``'s flags (a ``GenerateConfig``): policy flags
         that are ``None`` come from the checkpoint, given ones override it (with a warning)."""
+        flags = {name: getattr(cfg, name) for name in POLICY_FLAGS}
         return cls.from_checkpoint(
             cfg.pretrained_checkpoint,
             task_suite_name=cfg.task_suite_name,
-            unnorm_key=cfg.unnorm_key,
-            center_crop=cfg.center_crop,
-            use_l1_regression=cfg.use_l1_regression,
-            use_diffusion=cfg.use_diffusion,
-            use_proprio=cfg.use_proprio,
-            use_film=cfg.use_film,
-            num_images_in_input=cfg.num_images_in_input,
-            num_diffusion_steps_train=cfg.num_diffusion_steps_train,
-            num_diffusion_steps_inference=cfg.num_diffusion_steps_inference,
-            quantize="int8" if cfg.load_in_8bit else "nf4" if cfg.load_in_4bit else "none",
+            unnorm_key=flags.pop("unnorm_key"),
+            center_crop=flags.pop("center_crop"),
+            quantize=quantization(cfg),
+            **flags,
         )
+
+    @property
+    def policy_config(self) -> PolicyConfig:
+        return self.config
+
+    def visual_token_tap(self, layer: int) -> VisualTokenTap:
+        """The visual tokens follow BOS: every camera's patches, third-person first."""
+        backbone = self.loaded.vla.vision_backbone
+        return VisualTokenTap(layer, start=1, count=backbone.get_num_patches() * backbone.get_num_images_in_input())
 
     @property
     def gripper(self) -> str:
@@ -184,9 +203,11 @@ class VLAPolicy:
 
     def predict_chunks(self, queries: Sequence[tuple[Observation, str]]) -> list[np.ndarray]:
         """Un-normalised chunks ``[chunk, action_dim]`` for several (observation, instruction) queries."""
-        return self.predict_prepared([self.prepare(observation, instruction) for observation, instruction in queries])
+        return self.predict_prepared(
+            [self.preprocess(observation, instruction) for observation, instruction in queries]
+        )
 
-    def prepare(self, observation: Observation, instruction: str) -> PreparedQuery:
+    def preprocess(self, observation: Observation, instruction: str) -> PreparedQuery:
         """The CPU work of one query (image resizing and cropping, tokenising, state normalisation), which a server
         runs outside the thread that runs the model."""
         per_image = [

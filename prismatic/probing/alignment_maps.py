@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from experiments.robot.image_utils import center_crop_image, check_image_format, resize_image_for_policy
-from prismatic.models.load import find_checkpoint_file, load_component_state_dict
-from prismatic.policy.config import VGGT_DIGEST_KEY, PolicyConfig, read_policy_config
+from prismatic.policy.components import load_component_state_dict
+from prismatic.policy.load import find_checkpoint_file
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import ProbedVLA, load_probed_vla
 from prismatic.probing.figures import save_alignment_figure
 from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, VGGTTeacher
 from prismatic.util.cli import UserError
 from prismatic.util.io import file_sha256, write_json_atomic
+from prismatic.vla.image_utils import center_crop_image, check_image_format, resize_image_for_policy
+from prismatic.vla.policy_config import VGGT_DIGEST_KEY, PolicyConfig, read_policy_config
 from vggt.constants import VGGT_IMAGE_SIZE
 from vggt.models.vggt import VGGT
 from vggt.utils.load_fn import vla_pixels_to_vggt_images

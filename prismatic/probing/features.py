@@ -1,6 +1,6 @@
 """Frozen visual tokens of a checkpoint, read from the LLM's hidden states exactly as in a rollout query.
 
-The checkpoint is loaded with :func:`prismatic.models.load.load_vla` as its ``policy_config.json`` describes it
+The checkpoint is loaded with :func:`prismatic.policy.load.load_vla` as its ``policy_config.json`` describes it
 (upstream's LIBERO defaults for a released folder without one). Each scene is one policy query: the task's prompt,
 both camera images (already in the policy's preprocessing, see prismatic/probing/data.py), the normalised proprio
 token when the policy reads proprio, and the action slots as ``predict_action`` builds them. Attention is
@@ -21,15 +21,15 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from prismatic.models.checkpoint_checks import check_policy_checkpoint
-from prismatic.models.load import LoadedVLA, load_vla
+from prismatic.policy.checkpoint_checks import check_policy_checkpoint
 from prismatic.policy.components import component_names
-from prismatic.policy.config import PolicyConfig, load_policy_config
-from prismatic.policy.normalization import normalize
+from prismatic.policy.load import LoadedVLA, load_vla
 from prismatic.policy.policy import policy_device, resolve_unnorm_key
 from prismatic.probing.data import ProbeData
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import PolicyConfig, load_policy_config
 from prismatic.vla.prompt import build_prompt
 
 # The paper probes the aligned layer (24) and three earlier ones of the 32-layer Llama-2-7B.

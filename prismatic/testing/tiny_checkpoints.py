@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
-from prismatic.training.presets import PRESETS
+from prismatic.training.presets import get_preset
 from vggt.loading import save_vggt_weights
 from vggt.models.vggt import VGGT
 from vggt.presets import tiny_vggt_kwargs
@@ -22,7 +22,7 @@ def tiny_finetune_flags(
     """``finetune_align.py`` flags of a tiny CPU run: the ``tiny_cpu`` preset (the paper's command with tiny sizes and a
     short schedule) with these paths, every value written out. ``overrides`` replace or add flags."""
     flags: dict[str, object] = {
-        **PRESETS["tiny_cpu"].settings,
+        **get_preset("tiny_cpu").settings,
         "vla_path": vla_dir,
         "vggt_path": vggt_path,
         "data_root_dir": data_root,

@@ -17,13 +17,14 @@ from transformers.modeling_utils import init_empty_weights
 
 from prismatic.models.action_heads import L1RegressionActionHead
 from prismatic.models.configuration_prismatic import OpenVLAConfig
-from prismatic.models.load import DATASET_STATISTICS_NAME, save_component_state_dict
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.presets import OPENVLA_7B_FIELDS, openvla_7b_config
 from prismatic.models.processing_prismatic import PrismaticImageProcessor, PrismaticProcessor
 from prismatic.models.projectors import ProprioProjector
+from prismatic.policy.components import save_component_state_dict
 from prismatic.testing.golden import apply_golden_weights
 from prismatic.testing.tokenizer import build_tiny_tokenizer
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME
 from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import IGNORE_INDEX, STOP_INDEX
 

@@ -5,7 +5,7 @@ A checkpoint folder holds (``{suffix}`` = ``{step}_checkpoint.pt`` or ``latest_c
     lora_adapter/                        peft adapter (adapter_config.json, adapter_model.safetensors)
     {component}--{suffix}                the components of prismatic.policy.components (action head, proprio
                                          projector, noisy-action projector, FiLM vision backbone, align projector)
-    policy_config.json                   what the policy is (prismatic.policy.config), read back by load_vla
+    policy_config.json                   what the policy is (prismatic.vla.policy_config), read back by load_vla
     dataset_statistics.json, tokenizer and preprocessor files
     config.json, model-*.safetensors     (the merged model, when merge_lora_during_training)
     training_state--{suffix}             ours: optimizer, scheduler, step, RNG states, data position
@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prismatic.models.checkpoint_checks import STEP_CHECKPOINT_SUFFIX, step_checkpoint_folders
+from prismatic.policy.checkpoint_checks import step_checkpoint_folders
 from prismatic.policy.components import component_path
+from prismatic.util.checkpoint_files import STEP_CHECKPOINT_SUFFIX
 from prismatic.util.checkpoint_install import (
     READY_DIR,
     STAGING_DIR,

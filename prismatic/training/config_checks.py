@@ -7,7 +7,7 @@ import pickle
 from pathlib import Path
 
 from prismatic.spatial_forcing.teachers import check_teacher
-from prismatic.training.config import SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
+from prismatic.training.config import QUANTIZATIONS, SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_folder, check_model_weights, check_weights_file, refused_pickle_message
 from prismatic.vla.constants import PlatformConstants
@@ -165,3 +165,15 @@ def check_fixed_teacher(cfg: AlignFinetuneConfig, specs: list) -> None:
             open_builder(find_builder_dir(cfg.data_root_dir, spec.name), spec, views, with_camera_points=True)
         except KeyError as error:
             raise UserError(f"--teacher geometry needs each camera's depth and intrinsics: {error.args[0]}") from None
+
+
+def check_quantization_flags(cfg) -> None:
+    """Rejects ``--quantize_base`` values and combinations that cannot work, before anything is loaded."""
+    if cfg.quantize_base not in QUANTIZATIONS:
+        raise UserError(f"--quantize_base {cfg.quantize_base!r} is not supported; expected one of {QUANTIZATIONS}.")
+    if cfg.quantize_base == "none":
+        return
+    if not cfg.use_lora:
+        raise UserError(f"--quantize_base {cfg.quantize_base} needs --use_lora True (quantised weights stay frozen).")
+    if cfg.strategy == "fsdp":
+        raise UserError(f"--quantize_base {cfg.quantize_base} with --strategy fsdp is not supported; use ddp.")

@@ -44,8 +44,8 @@ from prismatic.models.configuration_prismatic import OpenVLAConfig
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.projectors import ProprioProjector
 from prismatic.training.config import MemoryEstimateConfig
+from prismatic.training.config_checks import check_quantization_flags
 from prismatic.training.lora import apply_lora
-from prismatic.training.quantization import check_quantization_flags
 from prismatic.training.strategy import check_strategy_flags, freeze_unreached_parameters
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import IGNORE_INDEX, PlatformConstants, constants_for

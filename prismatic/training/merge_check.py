@@ -49,22 +49,22 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForVision2Seq, AutoProcessor, PreTrainedModel
 
 from prismatic.models.action_heads import L1RegressionActionHead
-from prismatic.models.base_model_record import verify_base_model
-from prismatic.models.checkpoint_checks import run_folder_hint
 from prismatic.models.configuration_prismatic import OpenVLAConfig
-from prismatic.models.load import (
+from prismatic.models.processing_prismatic import PrismaticProcessor
+from prismatic.models.projectors import ProprioProjector
+from prismatic.policy.base_model_record import verify_base_model
+from prismatic.policy.checkpoint_checks import run_folder_hint
+from prismatic.policy.components import build_heads, component_names, load_components
+from prismatic.policy.load import find_checkpoint_file, load_dataset_statistics
+from prismatic.training.lora import merge_lora
+from prismatic.util.checkpoint_files import (
+    ADAPTER_WEIGHTS_NAME,
+    DATASET_STATISTICS_NAME,
     LORA_ADAPTER_DIR,
     PROCESSOR_FILES,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
-    find_checkpoint_file,
-    load_dataset_statistics,
 )
-from prismatic.models.processing_prismatic import PrismaticProcessor
-from prismatic.models.projectors import ProprioProjector
-from prismatic.policy.components import build_heads, component_names, load_components
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config
-from prismatic.training.lora import merge_lora
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import (
@@ -77,12 +77,12 @@ from prismatic.util.file_checks import (
 )
 from prismatic.util.io import remove_stale_temporaries
 from prismatic.vla.constants import PlatformConstants, constants_for
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, read_policy_config
 from prismatic.vla.prompt import build_prompt
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 STAGING_PREFIX = ".merged-staging-"
 PROBE_INSTRUCTION = "put the black bowl on the plate"
 PROBE_NUM_IMAGES = 2  # third-person + wrist camera, as the LIBERO checkpoints see them
@@ -423,8 +423,8 @@ def _check_files(cfg: ConvertConfig, checkpoint_dir: Path, adapter_dir: Path) ->
     check_safetensors(adapter_dir / ADAPTER_WEIGHTS_NAME, "--lora_finetuned_checkpoint_dir")
     for path in checkpoint_dir.glob("*--*checkpoint.pt"):
         check_torch_file(path, "--lora_finetuned_checkpoint_dir")
-    if (checkpoint_dir / "dataset_statistics.json").exists():
-        read_json_file(checkpoint_dir / "dataset_statistics.json", "--lora_finetuned_checkpoint_dir")
+    if (checkpoint_dir / DATASET_STATISTICS_NAME).exists():
+        read_json_file(checkpoint_dir / DATASET_STATISTICS_NAME, "--lora_finetuned_checkpoint_dir")
     if not cfg.verify_only:
         check_writable_dir(checkpoint_dir, "--lora_finetuned_checkpoint_dir")
     if cfg.tolerance < 0 or cfg.hidden_tolerance < 0:

@@ -25,11 +25,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from prismatic.models.base_model_record import verify_base_model
-from prismatic.models.checkpoint_checks import DATASET_STATISTICS_NAME
-from prismatic.policy.config import POLICY_CONFIG_NAME
+from prismatic.policy.base_model_record import verify_base_model
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME, POLICY_CONFIG_NAME, TRAINING_CONFIG_NAME
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir, read_json_file
@@ -40,7 +39,6 @@ from prismatic.vla.datasets.statistics import statistics_to_json
 
 logger = logging.getLogger(__name__)
 
-TRAINING_CONFIG_NAME = "training_config.json"
 METRICS_NAME = "metrics.jsonl"
 # Flags that may change between the sessions of one run: where things are, how long, how often, logging.
 RESUMABLE_FLAGS = frozenset(

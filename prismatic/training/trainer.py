@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from prismatic.models.base_model_record import base_model_record, write_base_model_record
+from prismatic.models.quantization import quantize_base
+from prismatic.policy.base_model_record import base_model_record, write_base_model_record
 from prismatic.policy.components import (
     build_heads,
     component_names,
@@ -29,16 +30,9 @@ from prismatic.policy.components import (
     load_component_state_dict,
     save_components,
 )
-from prismatic.policy.config import (
-    VGGT_DIGEST_KEY,
-    EmbodimentConfig,
-    ImagePreprocessingConfig,
-    PolicyConfig,
-    write_policy_config,
-)
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
-from prismatic.training.config_checks import validate_config
+from prismatic.training.config_checks import check_quantization_flags, validate_config
 from prismatic.training.distributed import (
     DistributedContext,
     all_reduce_mean,
@@ -48,7 +42,6 @@ from prismatic.training.distributed import (
 )
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
-from prismatic.training.quantization import check_quantization_flags, quantize_base
 from prismatic.training.run_guard import (
     check_run_folder,
     check_same_statistics,
@@ -65,10 +58,18 @@ from prismatic.training.strategy import (
     load_optimizer_state_dict,
     prepare_for_training,
 )
+from prismatic.util.checkpoint_files import ADAPTER_WEIGHTS_NAME, DATASET_STATISTICS_NAME, LORA_ADAPTER_DIR
 from prismatic.util.cli import UserError, user_errors, writing
 from prismatic.util.io import atomic_output, file_sha256
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
+from prismatic.vla.policy_config import (
+    VGGT_DIGEST_KEY,
+    EmbodimentConfig,
+    ImagePreprocessingConfig,
+    PolicyConfig,
+    write_policy_config,
+)
 
 
 @dataclass
@@ -318,9 +319,10 @@ def compute_losses(
     labels = batch["labels"].to(device)
     actions = batch["actions"].to(device)  # [B, chunk, action_dim], normalised
     proprio = batch["proprio"].to(device) if cfg.use_proprio else None
-    diffusion = None
-    if cfg.use_diffusion:
-        diffusion = ckpt.unwrap(model.action_head).sample_noisy_actions(actions)
+    # A continuous head owns its loss (and the extra VLA inputs it trains on); without one, the LM's next-token loss
+    # on the action ids is OpenVLA's discrete action tokens.
+    head = ckpt.unwrap(model.action_head) if model.action_head is not None else None
+    head_inputs = head.training_inputs(actions) if head is not None else {}
 
     with autocast:
         output = model.vla(
@@ -331,28 +333,19 @@ def compute_losses(
             output_hidden_states=True,
             proprio=proprio,
             proprio_projector=model.proprio_projector,
-            noisy_actions=diffusion["noisy_actions"] if diffusion else None,
+            noisy_actions=head_inputs.get("noisy_actions"),
             noisy_action_projector=model.noisy_action_projector,
-            diffusion_timestep_embeddings=diffusion["diffusion_timestep_embeddings"] if diffusion else None,
+            diffusion_timestep_embeddings=head_inputs.get("diffusion_timestep_embeddings"),
             use_film=cfg.use_film,
-            return_lm_logits=not (cfg.use_l1_regression or cfg.use_diffusion),
+            return_lm_logits=head is None,
         )
         num_prefix_tokens = output.projector_features.shape[1]
-        predicted = None
-        if cfg.use_diffusion:
-            predicted_noise = model.action_head(_action_head_input(model, output, labels, num_prefix_tokens))
-            action_loss = nn.functional.mse_loss(predicted_noise.float(), diffusion["noise"].float())
-        elif cfg.use_l1_regression:
-            predicted = model.action_head(_action_head_input(model, output, labels, num_prefix_tokens)).float()
-            action_loss = nn.functional.l1_loss(predicted, actions.float())  # predicted: [B, chunk, action_dim]
-        else:  # OpenVLA's discrete action tokens: next-token prediction on the action ids
-            action_loss = output.loss
-
-    losses = {"action_loss": action_loss}
-    if predicted is not None:
-        losses["curr_action_l1_loss"] = nn.functional.l1_loss(predicted[:, 0], actions[:, 0].float()).detach()
-        losses["next_actions_l1_loss"] = nn.functional.l1_loss(predicted[:, 1:], actions[:, 1:].float()).detach()
-    loss = action_loss
+        if head is None:
+            losses = {"action_loss": output.loss}
+        else:
+            predicted = model.action_head(_action_head_input(model, output, labels, num_prefix_tokens))
+            losses = head.loss(predicted, head_inputs["target"])
+    loss = losses["action_loss"]
 
     # --- Spatial Forcing: align the visual tokens of layer vla_layers_align with frozen-VGGT features ---
     if model.aligner is not None:
@@ -421,7 +414,7 @@ def _train(
         check_same_statistics(run_dir, dataset.dataset_statistics)
     if ctx.is_main:
         prepare_run_folder(cfg, run_dir, resume_changes, content)
-        save_dataset_statistics(dataset.dataset_statistics, run_dir / "dataset_statistics.json")
+        save_dataset_statistics(dataset.dataset_statistics, run_dir / DATASET_STATISTICS_NAME)
     # The checkpoint describes the data it was trained on: embodiment (dims, cameras, gripper) and source.
     episode_counts = dataset.episode_counts()
     model.policy_config.embodiment = dataset.embodiment()
@@ -564,16 +557,16 @@ def save_checkpoint(
         folder = writer.tmp_dir
         vla = ckpt.unwrap(model.vla)
         model.processor.save_pretrained(folder)
-        save_dataset_statistics(dataset.dataset_statistics, folder / "dataset_statistics.json")
+        save_dataset_statistics(dataset.dataset_statistics, folder / DATASET_STATISTICS_NAME)
         write_policy_config(folder, model.policy_config)
         write_base_model_record(folder, model.policy_config.base_model)
         if cfg.use_lora:
-            vla.save_pretrained(folder / "lora_adapter", state_dict=states.model["vla"])
+            vla.save_pretrained(folder / LORA_ADAPTER_DIR, state_dict=states.model["vla"])
         save_components(folder, components, file_step, state_dicts=states.model)
         if not cfg.use_lora:
             vla.save_pretrained(folder, state_dict=states.model["vla"])
         elif cfg.merge_lora_during_training:
-            merged = merge_lora(cfg.vla_path, folder / "lora_adapter", next(ckpt.unwrap_peft(vla).parameters()).dtype)
+            merged = merge_lora(cfg.vla_path, folder / LORA_ADAPTER_DIR, next(ckpt.unwrap_peft(vla).parameters()).dtype)
             merged.save_pretrained(folder)
             del merged
         torch.save(
@@ -613,7 +606,7 @@ def load_training_state(
         )
     vla = ckpt.unwrap(model.vla)
     if cfg.use_lora:
-        adapter = load_file(str(folder / "lora_adapter" / "adapter_model.safetensors"), device=str(ctx.device))
+        adapter = load_file(str(folder / LORA_ADAPTER_DIR / ADAPTER_WEIGHTS_NAME), device=str(ctx.device))
         load_adapter(vla, adapter)
     components = model.components()
     for name, module in components.items():

@@ -16,11 +16,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from prismatic.util.checkpoint_files import WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from prismatic.util.cli import UserError
 
 SAFETENSORS_HEADER_LIMIT = 100_000_000  # safetensors' own cap on the JSON header
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def _label(path: Path, flag: str | None) -> str:

@@ -19,17 +19,18 @@ import pytest
 import torch
 from transformers import AutoModelForVision2Seq
 
-from prismatic.models.base_model_record import base_model_record, write_base_model_record
-from prismatic.policy.config import write_policy_config
+from prismatic.policy.base_model_record import base_model_record, write_base_model_record
 from prismatic.probing.data import META_NAME, scene_path
 from prismatic.testing.probe_data import SCENES, write_probe_folder, write_scene_arrays
 from prismatic.testing.tiny_checkpoints import tiny_finetune_flags, write_tiny_base_checkpoints
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.lora import apply_lora
-from prismatic.training.run_guard import CONTENT_KEY, TRAINING_CONFIG_NAME, content_digests, flags_as_dict
+from prismatic.training.run_guard import CONTENT_KEY, content_digests, flags_as_dict
 from prismatic.training.trainer import training_policy_config
+from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME
 from prismatic.vla.constants import constants_for
+from prismatic.vla.policy_config import write_policy_config
 from vggt.loading import save_vggt_weights
 from vggt.models.vggt import VGGT
 from vggt.presets import tiny_vggt_kwargs

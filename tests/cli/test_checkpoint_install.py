@@ -16,7 +16,7 @@ import torch
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.libero.preflight import check_eval_config
 from experiments.robot.serving.config import ServeConfig, validate_serve_config
-from prismatic.models.load import load_vla
+from prismatic.policy.load import load_vla
 from prismatic.probing.features import load_probed_vla
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training import checkpointing as ckpt

@@ -19,20 +19,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from prismatic.models.base_model_record import base_model_record, verify_base_model, write_base_model_record
-from prismatic.models.load import WEIGHTS_INDEX_NAME
+from prismatic.policy.base_model_record import base_model_record, verify_base_model, write_base_model_record
 from prismatic.testing.processes import dead_pid
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.merge_check import ConvertConfig, merge_lora_checkpoint
 from prismatic.training.run_guard import (
     CONTENT_KEY,
-    TRAINING_CONFIG_NAME,
     check_run_folder,
     check_same_statistics,
     content_digests,
     prepare_run_folder,
 )
+from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME, WEIGHTS_INDEX_NAME
 from prismatic.util.cli import UserError, run_cli, writing
 from prismatic.util.io import remove_stale_temporaries
 from prismatic.util.locking import hold_run_lock

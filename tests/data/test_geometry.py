@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.robot.image_utils import encode_jpeg
+from prismatic.vla.image_utils import encode_jpeg
 from prismatic.testing.depth_data import add_lerobot_depth
 from prismatic.util.cli import UserError
 from prismatic.vla.datasets.config import ImageAugConfig
@@ -177,7 +177,7 @@ def test_rlds_depth_of_another_aspect_ratio_is_named_before_reading(tmp_path):
 
 def test_numpy_and_tf_resize_point_maps_alike():
     """Without a crop both paths resize the point map to the same values (numpy ``resize_bilinear`` = TF's)."""
-    from experiments.robot.image_utils import resize_bilinear
+    from prismatic.vla.image_utils import resize_bilinear
     from prismatic.vla.datasets.tf_runtime import import_tensorflow
     from prismatic.vla.datasets.transforms import make_frame_transform
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from prismatic.policy.normalization import normalize
+from prismatic.vla.normalization import normalize
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig
@@ -246,7 +246,7 @@ def test_inspect_dataset_describes_a_lerobot_dataset(data_root, tmp_path, capsys
 
 
 def test_mapping_and_embodiment_round_trip_through_the_policy_config(data_root, tmp_path):
-    from prismatic.policy.config import PolicyConfig, read_policy_config, write_policy_config
+    from prismatic.vla.policy_config import PolicyConfig, read_policy_config, write_policy_config
 
     cameras = ("observation.images.cam_high", "observation.images.cam_right_wrist")
     dataset = _dataset(data_root, "aloha_like_v21", mapping=LeRobotMapping(camera_keys=cameras), num_actions_chunk=6)

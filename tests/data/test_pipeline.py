@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from prismatic.policy.normalization import unnormalize
+from prismatic.vla.normalization import unnormalize
 from prismatic.vla.action_tokenizer import ActionTokenizer
 from prismatic.vla.constants import IGNORE_INDEX
 from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset

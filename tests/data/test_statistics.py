@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from prismatic.policy.normalization import unnormalize
+from prismatic.vla.normalization import unnormalize
 from prismatic.util.cli import UserError
 from prismatic.vla.datasets import rlds
 from prismatic.vla.datasets.registry import DATASETS

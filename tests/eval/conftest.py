@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig, write_policy_config
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.vla.constants import NormalizationType, PlatformConstants
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, write_policy_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,9 @@ import sys
 import h5py
 import numpy as np
 
-from experiments.robot.image_utils import rotate_180
 from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, get_libero_env, robot_state
 from experiments.robot.libero.sim_setup import configure_rendering, prepare_libero
+from prismatic.vla.image_utils import rotate_180
 
 MOVE = [0.3, 0.0, -0.2, 0.0, 0.0, 0.1, -1.0]
 STILL = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.robot.image_utils import rotate_180
 from experiments.robot.libero.demo_generation import load_episode, stored_frame_intrinsics
 from experiments.robot.libero.depth_render import camera_intrinsics
 from prismatic.vla.datasets.geometry import points_from_depth
+from prismatic.vla.image_utils import rotate_180
 
 SIZE = 8
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.robot import image_utils
+from prismatic.vla import image_utils
 
 CHAIN_MAX_TOLERANCE = 1  # uint8 levels
 CHAIN_DIFFERING_FRACTION = 1e-3

@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 
-from experiments.robot.image_utils import resize_image_for_policy
 from experiments.robot.libero.libero_utils import (
     prepare_observation,
     quat2axisangle,
@@ -16,6 +15,7 @@ from experiments.robot.libero.libero_utils import (
     video_file_name,
 )
 from experiments.robot.robot_utils import environment_fingerprint, postprocess_actions
+from prismatic.vla.image_utils import resize_image_for_policy
 
 
 @pytest.mark.parametrize(

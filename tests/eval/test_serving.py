@@ -24,7 +24,6 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from experiments.robot.image_utils import resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
@@ -35,6 +34,7 @@ from experiments.robot.serving.wire import packb, unpackb
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.testing.openpi_client_env import ensure_openpi_client_env
 from prismatic.util.cli import UserError
+from prismatic.vla.image_utils import resize_image_for_policy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "openpi_client_probe.py"
@@ -163,8 +163,8 @@ class FailsOnPrompt:
         self.policy, self.poison, self.calls = policy, poison, []
         self.unnorm_key = policy.unnorm_key
 
-    def prepare(self, observation, instruction):
-        return self.policy.prepare(observation, instruction), instruction
+    def preprocess(self, observation, instruction):
+        return self.policy.preprocess(observation, instruction), instruction
 
     def predict_prepared(self, queries):
         self.calls.append(len(queries))

@@ -7,7 +7,7 @@ import pytest
 
 from experiments.robot.serving.config import ServeConfig, observation_spec
 from experiments.robot.serving.observation import ObservationError
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig
 
 LEROBOT_CAMERAS = ["observation.images.image", "observation.images.wrist_image"]
 

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from experiments.robot import image_utils
-from experiments.robot.image_utils import ResampleWeightCache, resize_lanczos3
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.serving import server as server_module
 from experiments.robot.serving.config import ServeConfig, build_server
@@ -31,6 +29,8 @@ from experiments.robot.serving.server import (
 from experiments.robot.serving.wire import WireError, packb, unpackb
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.policy import policy as policy_module
+from prismatic.vla import image_utils
+from prismatic.vla.image_utils import ResampleWeightCache, resize_lanczos3
 
 INSTRUCTION = "put the bowl on the plate"
 SPEC = ObservationSpec(camera_keys=("image",), state_key=None, prompt_key="prompt", proprio_dim=0)
@@ -44,7 +44,7 @@ class EchoPolicy:
         self.release = release
         self.forward_passes = 0
 
-    def prepare(self, observation, instruction):
+    def preprocess(self, observation, instruction):
         return observation, instruction
 
     def predict_prepared(self, queries):

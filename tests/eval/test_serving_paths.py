@@ -18,7 +18,6 @@ import json_numpy
 import numpy as np
 import pytest
 
-from experiments.robot.image_utils import resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
 from experiments.robot.libero.env_worker import EpisodeSettings, run_episode
 from experiments.robot.robot_utils import postprocess_actions
@@ -26,8 +25,9 @@ from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from experiments.robot.serving.config import ServeConfig, build_server, validate_serve_config
 from experiments.robot.serving.server import server_in_thread
 from experiments.robot.vla_policy import VLAPolicy
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig, read_policy_config, write_policy_config
 from prismatic.util.cli import UserError
+from prismatic.vla.image_utils import resize_image_for_policy
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, read_policy_config, write_policy_config
 
 from .test_episode import ScriptedEnv
 
@@ -100,7 +100,7 @@ class GripperSwitchPolicy:
         chunk[:, -1] = 1.0 if steps == 0 else 0.4
         return chunk
 
-    def prepare(self, observation: dict, instruction: str) -> tuple[dict, str]:
+    def preprocess(self, observation: dict, instruction: str) -> tuple[dict, str]:
         return observation, instruction
 
     def predict_prepared(self, queries: list[tuple[dict, str]]) -> list[np.ndarray]:

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from experiments.robot.action_ensembling import EpisodeActionSelector, TemporalEnsembler
-from experiments.robot.image_utils import center_crop_image, resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig, validate_config
 from experiments.robot.policy_factory import load_policy
 from experiments.robot.robot_utils import postprocess_actions
-from experiments.robot.svla_policy import SpatialVLAPolicy, svla_prompt
+from prismatic.policy.spatialvla_policy import SpatialVLAPolicy, svla_prompt
 from prismatic.testing.spatialvla_tiny import save_tiny_spatialvla_checkpoint
+from prismatic.vla.image_utils import center_crop_image, resize_image_for_policy
 
 INSTRUCTION = "Pick up the black bowl between the plate and the ramekin and place it on the plate"
 

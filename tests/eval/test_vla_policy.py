@@ -9,12 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.robot.image_utils import center_crop_image, resize_image_for_policy
 from experiments.robot.libero.config import GenerateConfig
+from experiments.robot.libero.preflight import check_eval_config
+from experiments.robot.policy_factory import load_policy
 from experiments.robot.vla_policy import VLAPolicy, resolve_unnorm_key
-from prismatic.policy.config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig, write_policy_config
-from prismatic.policy.normalization import normalize
-from prismatic.training.quantization import quantized_linear_names
+from prismatic.models.quantization import quantized_linear_names
+from prismatic.policy.families import FAMILIES
+from prismatic.vla.image_utils import center_crop_image, resize_image_for_policy
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import (
+    MODEL_FAMILIES,
+    EmbodimentConfig,
+    ImagePreprocessingConfig,
+    PolicyConfig,
+    write_policy_config,
+)
 from prismatic.vla.prompt import build_prompt
 
 INSTRUCTION = "Pick up the black bowl between the plate and the ramekin and place it on the plate"
@@ -35,7 +44,7 @@ def observation(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> dict[st
 
 
 def test_proprio_normalisation_maps_q01_q99_to_unit_range_and_clips() -> None:
-    """Evaluation's proprio normalisation (``prismatic.policy.normalization``, as upstream's eval)."""
+    """Evaluation's proprio normalisation (``prismatic.vla.normalization``, as upstream's eval)."""
     stats = {"q01": [0.0, -1.0, 2.0], "q99": [1.0, 1.0, 2.0], "min": [-5.0] * 3, "max": [5.0] * 3}
     normalized = normalize(np.array([0.25, 3.0, 2.0]), stats, "bounds_q99", clip_unmasked=True)
     np.testing.assert_allclose(normalized, [-0.5, 1.0, -1.0], atol=1e-6)  # constant dims are not zeroed at eval
@@ -192,3 +201,23 @@ def test_explicit_flag_contradicting_the_policy_config_is_honoured_with_a_warnin
     assert any("--num_images_in_input" in message and "says 1" in message for message in warnings), warnings
     assert any("--center_crop" in message for message in warnings), warnings
     assert policy.predict_chunk(observation, INSTRUCTION).shape == (8, 7)
+
+
+def test_the_pre_flight_hands_the_loader_what_it_parsed(
+    tiny_checkpoint: Path, policy: VLAPolicy, observation: dict, tmp_path: Path
+) -> None:
+    cfg = GenerateConfig(pretrained_checkpoint=str(tiny_checkpoint), local_log_dir=str(tmp_path))
+    checked = check_eval_config(cfg, "run")
+    assert checked.path == tiny_checkpoint and checked.policy_config.unnorm_key == policy.unnorm_key
+    loaded = load_policy(cfg, checked)
+    assert isinstance(loaded, FAMILIES["openvla-oft"]) and loaded.loaded.norm_stats is checked.norm_stats
+    np.testing.assert_array_equal(
+        loaded.predict_chunk(observation, INSTRUCTION), policy.predict_chunk(observation, INSTRUCTION)
+    )
+    tap = loaded.visual_token_tap(1)
+    assert (tap.layer, tap.start, tap.count) == (1, 1, 2 * loaded.loaded.vla.vision_backbone.get_num_patches())
+
+
+def test_the_family_registry_holds_every_policy_config_family() -> None:
+    assert sorted(FAMILIES) == sorted(MODEL_FAMILIES)
+    assert all(name == family.family_name for name, family in FAMILIES.items())

@@ -17,9 +17,9 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForVision2Seq
 
-from prismatic.models.load import LORA_ADAPTER_DIR
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.lora import apply_lora
+from prismatic.util.checkpoint_files import LORA_ADAPTER_DIR
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "vla-scripts" / "merge_lora_weights_and_save.py"

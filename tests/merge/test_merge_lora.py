@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForVision2Seq
 
-from prismatic.models.load import LORA_ADAPTER_DIR, WEIGHTS_INDEX_NAME
 from prismatic.training import merge_check
 from prismatic.training.merge_check import ConvertConfig, install_merged_model, merge_lora_checkpoint
+from prismatic.util.checkpoint_files import LORA_ADAPTER_DIR, WEIGHTS_INDEX_NAME
 from prismatic.util.cli import UserError
 
 from .conftest import SHARD_SIZE, merge_in_memory, run_cli_in_process, scale_lora_b

@@ -21,12 +21,8 @@ from prismatic.models import (
     PrismaticProcessor,
     ProprioProjector,
 )
-from prismatic.models.load import (
-    load_component_state_dict,
-    load_vla,
-    merge_lora_into_state_dict,
-    save_component_state_dict,
-)
+from prismatic.policy.components import load_component_state_dict, save_component_state_dict
+from prismatic.policy.load import load_vla, merge_lora_into_state_dict
 from prismatic.testing.tiny_vla import (
     TINY_TEXT_CONFIG,
     save_tiny_vla_checkpoint,

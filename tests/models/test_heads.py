@@ -12,8 +12,8 @@ from prismatic.models import DiffusionActionHead, L1RegressionActionHead, NoisyA
 from prismatic.models.action_heads import SinusoidalPositionalEncoding
 from prismatic.models.action_masks import gather_action_hidden_states
 from prismatic.models.diffusion import DDIMScheduler
-from prismatic.policy.normalization import unnormalize
 from prismatic.testing.tiny_vla import tiny_action_head, tiny_proprio_projector, tiny_training_batch
+from prismatic.vla.normalization import unnormalize
 
 
 def test_l1_head_reads_each_chunk_step_from_its_own_slots():
@@ -125,6 +125,27 @@ def test_diffusion_training_inputs(tiny_vla, tiny_config):
     assert head.predict_noise(hidden).shape == (2, 8, 7)
     slot_inputs = output.hidden_states[0][:, 258:][batch["labels"][:, 1:] > 31743]  # text token k+1 at 258 + k
     assert bool((slot_inputs.abs().sum(dim=-1) > 0).all())  # no longer zero
+
+
+def test_each_head_owns_its_training_inputs_and_loss():
+    """The trainer calls ``training_inputs`` and ``loss`` of whichever head it has: L1 on the actions (and the
+    current/next-step parts), MSE on the noise the diffusion head added."""
+    torch.manual_seed(0)
+    actions = torch.rand(2, 8, 7)
+    predicted = actions + torch.tensor([0.5] + [0.25] * 7)[None, :, None]  # step 0 off by 0.5, later steps by 0.25
+    l1_head = L1RegressionActionHead(16, 16)
+    l1_inputs = l1_head.training_inputs(actions)
+    assert list(l1_inputs) == ["target"] and l1_inputs["target"] is actions
+    losses = l1_head.loss(predicted, l1_inputs["target"])
+    assert math.isclose(losses["action_loss"].item(), (0.5 + 7 * 0.25) / 8, rel_tol=1e-5)
+    assert math.isclose(losses["curr_action_l1_loss"].item(), 0.5, rel_tol=1e-5)
+    assert math.isclose(losses["next_actions_l1_loss"].item(), 0.25, rel_tol=1e-5)
+    diffusion_head = DiffusionActionHead(16, 16)
+    inputs = diffusion_head.training_inputs(actions)
+    assert sorted(inputs) == ["diffusion_timestep_embeddings", "noisy_actions", "target"]
+    assert inputs["target"].shape == actions.shape and not torch.equal(inputs["noisy_actions"], actions)
+    assert list(diffusion_head.loss(inputs["target"] + 0.5, inputs["target"])) == ["action_loss"]
+    assert math.isclose(diffusion_head.loss(inputs["target"] + 0.5, inputs["target"])["action_loss"].item(), 0.25)
 
 
 def test_film_conditions_vision_on_the_prompt(tiny_vla, tiny_config):

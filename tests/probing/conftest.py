@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prismatic.models.load import save_component_state_dict
+from prismatic.policy.components import save_component_state_dict
 from prismatic.spatial_forcing import AlignProjector
 from prismatic.testing.tiny_checkpoints import write_tiny_base_checkpoints
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from prismatic.policy.config import VGGT_DIGEST_KEY, load_policy_config, write_policy_config
 from prismatic.probing.alignment_maps import check_teacher
 from prismatic.util.cli import UserError
 from prismatic.util.io import file_sha256
+from prismatic.vla.policy_config import VGGT_DIGEST_KEY, load_policy_config, write_policy_config
 
 
 def with_recorded_teacher(checkpoint: Path, folder: Path, digest: str | None) -> Path:

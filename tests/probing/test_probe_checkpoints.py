@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prismatic.policy.config import PolicyConfig
 from prismatic.probing import depth_probe
 from prismatic.probing.alignment_maps import teacher_image_size
 from prismatic.probing.data import ScenePlan, load_probe_data, write_meta, write_scene
@@ -18,6 +17,7 @@ from prismatic.probing.depth_probe import ProbeDepthConfig, run_probe_depth
 from prismatic.probing.features import check_probe_checkpoint, load_probed_vla
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.util.cli import UserError
+from prismatic.vla.policy_config import PolicyConfig
 
 
 @pytest.fixture(scope="module")

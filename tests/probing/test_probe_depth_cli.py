@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prismatic.models.load import find_checkpoint_file, load_component_state_dict
+from prismatic.policy.components import load_component_state_dict
+from prismatic.policy.load import find_checkpoint_file
 from prismatic.probing.alignment_maps import AlignmentMapConfig, alignment_settings, make_alignment_maps
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import load_probed_vla

@@ -15,7 +15,8 @@ import torch
 
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.metrics import read_metrics
-from prismatic.training.run_guard import METRICS_NAME, TRAINING_CONFIG_NAME
+from prismatic.training.run_guard import METRICS_NAME
+from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME
 
 from .conftest import REPO_ROOT, run_script, tiny_flags
 
@@ -69,7 +70,7 @@ def test_torchrun_two_processes_writes_the_released_layout_which_loads_back(tiny
     assert [m["step"] for m in metrics] == [0, 1, 2]  # upstream's steps: update k is step k
     assert all(np.isfinite(m["loss"]) and np.isfinite(m["align_loss"]) for m in metrics)
 
-    from prismatic.models.load import load_vla
+    from prismatic.policy.load import load_vla
 
     loaded = load_vla(folder)
     assert loaded.action_head is not None and loaded.proprio_projector is not None

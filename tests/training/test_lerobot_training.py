@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from prismatic.models.load import load_vla
-from prismatic.policy.normalization import unnormalize
+from prismatic.policy.load import load_vla
 from prismatic.testing.tiny_checkpoints import tiny_finetune_flags
 from prismatic.training.metrics import read_metrics
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset
 from prismatic.vla.datasets.statistics import load_dataset_statistics
+from prismatic.vla.normalization import unnormalize
 from prismatic.vla.prompt import build_prompt
 
 from .conftest import run_script

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prismatic.models.load import load_vla
 from prismatic.policy.components import load_component_state_dict
-from prismatic.policy.config import read_policy_config
+from prismatic.policy.load import load_vla
 from prismatic.training.config import FinetuneConfig
 from prismatic.training.trainer import train
+from prismatic.vla.policy_config import read_policy_config
 
 from .conftest import DATASET_NAME
 

@@ -14,12 +14,13 @@ from torch import nn
 from transformers import AutoModelForVision2Seq
 
 import prismatic.models  # noqa: F401  (registers the OpenVLA Auto classes)
+from prismatic.models.quantization import quantize_base, quantized_linear_names
 from prismatic.testing.tiny_vla import tiny_training_batch
 from prismatic.training.config import FinetuneConfig, MemoryEstimateConfig
+from prismatic.training.config_checks import check_quantization_flags
 from prismatic.training.distributed import DistributedContext
 from prismatic.training.lora import apply_lora
 from prismatic.training.memory_estimate import build_meta_modules
-from prismatic.training.quantization import check_quantization_flags, quantize_base, quantized_linear_names
 from prismatic.training.trainer import build_model, compute_losses
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import constants_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prismatic.models.checkpoint_checks import check_policy_checkpoint
+from prismatic.policy.checkpoint_checks import check_policy_checkpoint
 from prismatic.training.merge_check import ConvertConfig, _check_flags
 from prismatic.util.cli import UserError
 

@@ -96,7 +96,8 @@ def test_fsdp_and_ddp_give_the_same_losses_and_fsdp_saves_the_released_layout(
     assert {p.relative_to(fsdp_dir) for p in fsdp_dir.rglob("*") if p.is_file()} == names
     from safetensors.torch import load_file
 
-    from prismatic.models.load import load_component_state_dict, load_vla
+    from prismatic.policy.components import load_component_state_dict
+    from prismatic.policy.load import load_vla
 
     adapter = "lora_adapter/adapter_model.safetensors"
     ddp_adapter, fsdp_adapter = load_file(ddp_dir / adapter), load_file(fsdp_dir / adapter)

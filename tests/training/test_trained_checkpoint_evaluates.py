@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from prismatic.policy.config import read_policy_config
+from prismatic.vla.policy_config import read_policy_config
 
 from .conftest import REPO_ROOT, run_script, tiny_flags
 

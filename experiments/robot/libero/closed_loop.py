@@ -32,7 +32,7 @@ from experiments.robot.results import EpisodeResult, EpisodeStore, wilson_interv
 from prismatic.testing.tiny_checkpoints import TINY_VLA_DIRNAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.metrics import read_metrics
-from prismatic.training.presets import PRESETS
+from prismatic.training.presets import get_preset
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_writable_dir
 from prismatic.util.io import atomic_output, write_json_atomic
@@ -45,7 +45,7 @@ RUN_ID = "closed-loop"
 EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
 PRESET = "closed_loop_cpu"
-SAVE_FREQ = int(PRESETS[PRESET].settings["save_freq"])
+SAVE_FREQ = int(get_preset(PRESET).settings["save_freq"])
 SERVER_LINE = re.compile(r"on ws://127\.0\.0\.1:(\d+) ")
 
 
@@ -117,7 +117,7 @@ def trained_step(run_dir: Path) -> int | None:
 
 
 def last_step(cfg: ClosedLoopConfig) -> int:
-    return int(PRESETS[PRESET].settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
+    return int(get_preset(PRESET).settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
 
 
 def eval_run_id(cfg: ClosedLoopConfig, stage: str) -> str:

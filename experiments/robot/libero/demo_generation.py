@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from experiments.robot.image_utils import rotate_180
 from experiments.robot.libero.depth_render import (
     LIBERO_CAMERAS,
     camera_intrinsics,
@@ -51,6 +50,7 @@ from prismatic.util.cli import UserError
 from prismatic.util.io import atomic_output, write_json_atomic
 from prismatic.vla.datasets.libero_hdf5 import noop_mask
 from prismatic.vla.datasets.writer import LiberoEpisode
+from prismatic.vla.image_utils import rotate_180
 
 SETTLE_STEPS = 10  # no-op steps after a reset while objects settle (the evaluation's num_steps_wait)
 MAX_ORACLE_STEPS = 400

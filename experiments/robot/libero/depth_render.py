@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.robot.image_utils import (
+from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, prepare_observation
+from prismatic.vla.image_utils import (
     OPENVLA_IMAGE_SIZE,
     center_crop_box,
     center_crop_image,
@@ -26,7 +27,6 @@ from experiments.robot.image_utils import (
     resize_lanczos3,
     rotate_180,
 )
-from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, prepare_observation
 
 # The policy's views and the LIBERO cameras behind them (primary first, as the policy stacks them).
 LIBERO_CAMERAS = {"primary": "agentview", "wrist": "robot0_eye_in_hand"}

@@ -33,7 +33,6 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from experiments.robot.action_ensembling import EpisodeActionSelector
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, rotate_180
 from experiments.robot.libero.libero_utils import (
     LIBERO_DUMMY_ACTION,
     CameraGate,
@@ -48,6 +47,7 @@ from experiments.robot.results import EpisodeResult
 from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import PolicyClient, PolicyServerError
 from prismatic.util.io import atomic_output
+from prismatic.vla.image_utils import OPENVLA_IMAGE_SIZE, rotate_180
 
 VIDEO_FPS = 30
 

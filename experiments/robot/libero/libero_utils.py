@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, resize_image_for_policy, rotate_180
 from experiments.robot.policy import Observation
+from prismatic.vla.image_utils import OPENVLA_IMAGE_SIZE, resize_image_for_policy, rotate_180
 
 # robosuite's camera observables of a LIBERO env (the policy's primary and wrist views).
 CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")

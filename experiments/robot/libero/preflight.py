@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from experiments.robot.libero.config import (
     DEFAULT_INITIAL_STATES,
@@ -16,13 +15,13 @@ from experiments.robot.libero.config import (
     check_resumable,
     validate_config,
 )
-from prismatic.models.checkpoint_checks import check_policy_checkpoint
-from prismatic.policy.components import component_names
-from prismatic.policy.config import POLICY_FLAGS, apply_flag_overrides, load_policy_config
+from prismatic.models.family import CheckedCheckpoint
+from prismatic.policy.checkpoint_checks import check_checkpoint
 from prismatic.policy.policy import evaluation_flags, resolve_unnorm_key
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError, user_errors
 from prismatic.util.file_checks import check_writable_dir, read_json_file
+from prismatic.vla.policy_config import POLICY_FLAGS, apply_flag_overrides, load_policy_config
 
 # Tasks per LIBERO suite (libero.libero.benchmark), so --task_ids is checked without importing LIBERO.
 TASK_COUNTS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
@@ -30,8 +29,9 @@ BENCHMARK_INIT_STATES = 50  # initial states per task in LIBERO's init files (ev
 LIBERO_CAMERAS = 2  # the frames an observation holds: the third-person (agentview) and the wrist camera
 
 
-def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
-    """Raises a UserError naming the flag or file for anything that would make the evaluation fail later."""
+def check_eval_config(cfg: GenerateConfig, run_id: str) -> CheckedCheckpoint | None:
+    """Raises a UserError naming the flag or file for anything that would make the evaluation fail later; returns
+    what it parsed of an OpenVLA-OFT checkpoint folder, for the loader (None: a policy server or SpatialVLA)."""
     with user_errors():
         validate_config(cfg)
     num_tasks = TASK_COUNTS[cfg.task_suite_name]
@@ -50,7 +50,10 @@ def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
             f"--num_trials_per_task {cfg.num_trials_per_task}: LIBERO has {BENCHMARK_INIT_STATES} initial states per "
             f"task: expected 1..{BENCHMARK_INIT_STATES} (or --initial_states_path with more)"
         )
-    resolved = _check_policy(cfg)
+    checked = _check_policy(cfg)
+    resolved = None
+    if checked is not None:
+        resolved = evaluation_flags(checked.policy_config, checked.policy_config.unnorm_key)
     num_images = resolved["num_images_in_input"] if resolved is not None else cfg.num_images_in_input
     if num_images is not None and not 1 <= num_images <= LIBERO_CAMERAS:
         raise UserError(
@@ -63,11 +66,13 @@ def check_eval_config(cfg: GenerateConfig, run_id: str) -> None:
         saved = read_json_file(saved_config, "--run_id")
         with user_errors():
             check_resumable(saved, dataclasses.replace(cfg, **resolved))
+    return checked
 
 
-def _check_policy(cfg: GenerateConfig) -> dict[str, Any] | None:
-    """Checks the policy's files; returns the evaluation flags it will run with (None when they are known only
-    after loading: a policy server or a SpatialVLA folder, whose own loaders check them)."""
+def _check_policy(cfg: GenerateConfig) -> CheckedCheckpoint | None:
+    """Checks the policy's files; returns the folder's policy config (every flag applied, the statistics key
+    resolved) and statistics (None when they are known only after loading: a policy server or a SpatialVLA folder,
+    whose own loaders check them)."""
     if cfg.policy_server:
         return None
     if not cfg.pretrained_checkpoint:
@@ -82,12 +87,9 @@ def _check_policy(cfg: GenerateConfig) -> dict[str, Any] | None:
             load_policy_config(cfg.pretrained_checkpoint, cfg.task_suite_name),
             **{name: getattr(cfg, name) for name in POLICY_FLAGS},
         )
-    norm_stats = check_policy_checkpoint(
-        cfg.pretrained_checkpoint,
-        "--pretrained_checkpoint",
-        component_names(policy_config, inference_only=True),
-        cfg.ignore_base_model_check,
+    checked = check_checkpoint(
+        cfg.pretrained_checkpoint, "--pretrained_checkpoint", policy_config, cfg.ignore_base_model_check
     )
     with user_errors():
-        unnorm_key = resolve_unnorm_key(norm_stats, policy_config.unnorm_key, cfg.task_suite_name)
-    return evaluation_flags(policy_config, unnorm_key)
+        policy_config.unnorm_key = resolve_unnorm_key(checked.norm_stats, policy_config.unnorm_key, cfg.task_suite_name)
+    return checked

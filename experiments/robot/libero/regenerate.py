@@ -21,13 +21,13 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from experiments.robot.image_utils import rotate_180
 from experiments.robot.libero.libero_utils import LIBERO_DUMMY_ACTION, TaskEnv, robot_state
 from experiments.robot.libero.sim_setup import init_simulator_worker, simulator_worker_context
 from prismatic.util.cli import UserError
 from prismatic.util.io import atomic_output
 from prismatic.vla.datasets.libero_hdf5 import language_instruction_of, noop_mask
 from prismatic.vla.datasets.writer import LiberoEpisode, write_libero_rlds
+from prismatic.vla.image_utils import rotate_180
 
 # Dummy steps after setting a demo's initial state, before its replay (upstream's regeneration: 10).
 NUM_SETTLE_STEPS = 10

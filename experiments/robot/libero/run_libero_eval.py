@@ -36,7 +36,7 @@ def main(cfg: GenerateConfig) -> float:
     from experiments.robot.libero.preflight import check_eval_config
 
     cfg = dataclasses.replace(cfg, run_id=make_run_id(cfg))
-    check_eval_config(cfg, cfg.run_id)
+    checked = check_eval_config(cfg, cfg.run_id)
     with hold_run_lock(Path(cfg.local_log_dir) / f"{cfg.run_id}.lock", f"evaluation run {cfg.run_id!r}"):
         set_seed_everywhere(cfg.seed)
         if cfg.policy_server:
@@ -46,7 +46,7 @@ def main(cfg: GenerateConfig) -> float:
             return eval_libero(dataclasses.replace(cfg, unnorm_key=metadata["unnorm_key"]), None, metadata["gripper"])
         from experiments.robot.policy_factory import load_policy  # after the checks: SpatialVLA's imports are heavy
 
-        policy = load_policy(cfg)
+        policy = load_policy(cfg, checked)
         # The log and the resume check record the settings the policy runs with (from its policy_config.json).
         return eval_libero(dataclasses.replace(cfg, **policy.resolved_flags()), policy, policy.gripper)
 

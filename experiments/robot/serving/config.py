@@ -10,15 +10,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE
 from experiments.robot.robot_utils import postprocess_actions
 from experiments.robot.serving.client import API_KEY_ENV
 from experiments.robot.serving.observation import MIN_IMAGE_SIDE, ObservationSpec
 from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
-from prismatic.policy.config import PolicyConfig, read_policy_config
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
+from prismatic.vla.image_utils import OPENVLA_IMAGE_SIZE
+from prismatic.vla.policy_config import PolicyConfig, read_policy_config
 
 PROTOCOL = "openpi-websocket"
 

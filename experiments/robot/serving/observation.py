@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from experiments.robot.image_utils import check_image_format
 from experiments.robot.policy import Observation
 from experiments.robot.serving.wire import WireError
-from prismatic.policy.config import PolicyConfig
+from prismatic.vla.image_utils import check_image_format
+from prismatic.vla.policy_config import PolicyConfig
 
 MAX_PROMPT_CHARS = 2000
 MIN_IMAGE_SIDE = 16

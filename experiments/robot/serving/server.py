@@ -7,7 +7,7 @@ msgpack frame per observation and receives either a binary frame ``{"actions": [
 200 without a key.
 
 Each request is decoded, checked and preprocessed (images resized and cropped, prompt tokenised:
-:meth:`VLAPolicy.prepare`) in a pool of preprocessing threads, one request per connection at a time; the prepared
+:meth:`VLAPolicy.preprocess`) in a pool of preprocessing threads, one request per connection at a time; the prepared
 requests of all connections go into one queue; a batcher takes up to ``max_batch_size`` of them, waiting at most
 ``batch_wait_ms`` after the first for more, and answers them with one :meth:`VLAPolicy.predict_prepared` call in the
 inference thread, which runs nothing else. So the event loop keeps receiving and replying meanwhile, and a slow,
@@ -54,7 +54,7 @@ PREPROCESS_THREAD_PREFIX = "policy-preprocess"
 
 
 class BatchPolicy(Protocol):
-    def prepare(self, observation: Observation, instruction: str) -> Any: ...
+    def preprocess(self, observation: Observation, instruction: str) -> Any: ...
 
     def predict_prepared(self, queries: Sequence[Any]) -> list[np.ndarray]: ...
 
@@ -154,7 +154,7 @@ class PolicyServer:
     def prepare(self, spec: ObservationSpec, request: Any) -> Any:
         """The policy's prepared query of one decoded request (checked against ``spec``, then preprocessed); runs in
         a preprocessing or HTTP thread, never in the inference thread. Bad input raises one of ``BAD_QUERY_ERRORS``."""
-        return self.policy.prepare(*spec.parse(request))
+        return self.policy.preprocess(*spec.parse(request))
 
     async def infer(self, query: Any) -> tuple[np.ndarray, dict[str, float]]:
         """The model's un-normalised chunk for one prepared query (batched with others) and its timing."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.robot.image_utils import crop_and_resize_bilinear
 from prismatic.vla.datasets.config import ImageAugConfig
+from prismatic.vla.image_utils import crop_and_resize_bilinear
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from prismatic.policy.config import EmbodimentConfig
 from prismatic.vla.constants import LIBERO, PlatformConstants
 from prismatic.vla.datasets.config import RLDSConfig
 from prismatic.vla.datasets.pipeline import build_dataset, load_sources
 from prismatic.vla.datasets.rlds import naming_corrupt_data, split_sizes
+from prismatic.vla.policy_config import EmbodimentConfig
 
 
 def resolve_rank(config: RLDSConfig) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """``LeRobotDataset``: a torch ``IterableDataset`` of training frames read straight from a LeRobot folder (no TF).
 
 Frames have the RLDS pipeline's layout, so ``RLDSBatchTransform`` and the collator are shared; so are the statistics
-(``compute_statistics``, same cache format), the normalisation (``prismatic.policy.normalization.normalize``,
+(``compute_statistics``, same cache format), the normalisation (``prismatic.vla.normalization.normalize``,
 training's rule) and the augmentation parameters (``ImageAugConfig``). Differences from the tf.data path, all by design:
 
 - Shuffling: each epoch is a seeded permutation of this rank's (episode, step) indices; memory holds the index
@@ -24,9 +24,6 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from experiments.robot.image_utils import crop_and_resize_bilinear, resize_bilinear, resize_lanczos3, round_to_uint8
-from prismatic.policy.config import EmbodimentConfig
-from prismatic.policy.normalization import normalize
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import NormalizationType, PlatformConstants
 from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmentation, sample_params
@@ -44,6 +41,9 @@ from prismatic.vla.datasets.lerobot import (
 )
 from prismatic.vla.datasets.pipeline import derive_seed
 from prismatic.vla.datasets.video import VideoFrameReader
+from prismatic.vla.image_utils import crop_and_resize_bilinear, resize_bilinear, resize_lanczos3, round_to_uint8
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import EmbodimentConfig
 
 PLATFORM_NAME = "lerobot"
 NORMALIZATION = NormalizationType.BOUNDS_Q99

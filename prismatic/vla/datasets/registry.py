@@ -13,9 +13,20 @@ from typing import Any
 
 from prismatic.vla.constants import LIBERO, PlatformConstants
 from prismatic.vla.datasets.geometry import DEPTH_SUFFIX, INTRINSICS_SUFFIX
-from prismatic.vla.datasets.transforms import standardize_libero
+from prismatic.vla.datasets.tf_runtime import import_tensorflow
 
 CAMERA_VIEWS = ("primary", "wrist")
+
+
+def standardize_libero(action: Any, state: Any) -> tuple[Any, Any]:
+    """LIBERO raw action/state -> (action, proprio) in upstream's convention.
+
+    The gripper action (-1 open, +1 close) becomes 1 - clip(a, 0, 1), i.e. 1 open, 0 close; the proprio is the
+    EEF state (position 3 + axis-angle 3) followed by the 2 gripper joint positions.
+    """
+    tf = import_tensorflow()
+    gripper = 1.0 - tf.clip_by_value(action[:, -1:], 0.0, 1.0)  # [T, 1]
+    return tf.concat([action[:, :6], gripper], axis=-1), tf.concat([state[:, :6], state[:, -2:]], axis=-1)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Action/proprio statistics (``dataset_statistics.json``); the (un)normalisation they drive is
-``prismatic.policy.normalization``.
+``prismatic.vla.normalization``.
 
 In memory, statistics follow upstream: ``{dataset_name: {"action": {"mean", "std", "max", "min", "q01", "q99",
 "mask"}, "proprio": {...same minus mask}, "num_transitions": int, "num_trajectories": int}}`` with numpy arrays;
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import read_json_file
 from prismatic.util.io import write_json_atomic
@@ -122,7 +123,7 @@ def save_dataset_statistics(dataset_statistics: Mapping[str, Any], out_path: str
     """
     path = Path(out_path)
     if path.is_dir():
-        path = path / "dataset_statistics.json"
+        path = path / DATASET_STATISTICS_NAME
     write_json_atomic(path, statistics_to_json(dataset_statistics))
     return path
 

@@ -9,29 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prismatic.policy.normalization import normalize
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.config import ImageAugConfig
 from prismatic.vla.datasets.geometry import points_from_depth
+from prismatic.vla.datasets.registry import RLDSDatasetSpec
 from prismatic.vla.datasets.tf_runtime import import_tensorflow
-
-if TYPE_CHECKING:
-    from prismatic.vla.datasets.registry import RLDSDatasetSpec
+from prismatic.vla.normalization import normalize
 
 Trajectory = dict[str, Any]
-
-
-def standardize_libero(action: Any, state: Any) -> tuple[Any, Any]:
-    """LIBERO raw action/state -> (action, proprio) in upstream's convention.
-
-    The gripper action (-1 open, +1 close) becomes 1 - clip(a, 0, 1), i.e. 1 open, 0 close; the proprio is the
-    EEF state (position 3 + axis-angle 3) followed by the 2 gripper joint positions.
-    """
-    tf = import_tensorflow()
-    gripper = 1.0 - tf.clip_by_value(action[:, -1:], 0.0, 1.0)  # [T, 1]
-    return tf.concat([action[:, :6], gripper], axis=-1), tf.concat([state[:, :6], state[:, -2:]], axis=-1)
 
 
 def restructure_trajectory(
@@ -68,7 +55,7 @@ def normalize_trajectory(
     trajectory: Trajectory, statistics: dict[str, Any], normalization_type: NormalizationType
 ) -> Trajectory:
     """Normalises ``action`` (honouring the action mask) and ``observation/proprio`` (all dims), dims with
-    ``min == max`` set to 0 (upstream's training rule; ``prismatic.policy.normalization``)."""
+    ``min == max`` set to 0 (upstream's training rule; ``prismatic.vla.normalization``)."""
     tnp = import_tensorflow().experimental.numpy
     normalize_values = partial(normalize, normalization_type=normalization_type, zero_constant_dims=True, xp=tnp)
     observation = dict(trajectory["observation"])

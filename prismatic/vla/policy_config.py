@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prismatic.util.checkpoint_files import POLICY_CONFIG_NAME
 from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import NormalizationType, PlatformConstants, constants_for
 
 logger = logging.getLogger(__name__)
 
-POLICY_CONFIG_NAME = "policy_config.json"
 POLICY_CONFIG_VERSION = 1
 VGGT_DIGEST_KEY = "vggt_sha256"  # in ``spatial_forcing``: the SHA-256 of the teacher file the run trained against
 MODEL_FAMILIES = ("openvla-oft", "spatialvla")
@@ -183,6 +183,18 @@ _FLAG_FIELDS = {  # evaluation flag -> (sub-config or "", field)
 }
 # Every evaluation flag that selects the policy (None: from the checkpoint's policy_config.json).
 POLICY_FLAGS = ("use_l1_regression", "use_diffusion", *_FLAG_FIELDS)
+
+
+def policy_flags(config: PolicyConfig) -> dict[str, Any]:
+    """The flags of :data:`POLICY_FLAGS` (upstream's evaluation names) that select ``config``: the inverse of
+    :func:`apply_flag_overrides`."""
+    flags: dict[str, Any] = {
+        "use_l1_regression": config.action_head == "l1_regression",
+        "use_diffusion": config.action_head == "diffusion",
+    }
+    for flag, (owner, field_name) in _FLAG_FIELDS.items():
+        flags[flag] = getattr(getattr(config, owner) if owner else config, field_name)
+    return flags
 
 
 def _action_head_from_flags(current: str, use_l1_regression: bool | None, use_diffusion: bool | None) -> str:

@@ -19,18 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from prismatic.util.checkpoint_files import BASE_MODEL_RECORD_NAME, POLICY_CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import read_json_file
 from prismatic.util.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-BASE_MODEL_RECORD_NAME = "base_model.json"
 RECORD_VERSION = 2  # 1: digests of the leading rows of 4 sampled tensors (only the config is checked against it)
 HASH_CHUNK_BYTES = 16 * 2**20
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
-_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-_WEIGHTS_NAME = "model.safetensors"
 OVERRIDE_HINT = "pass --ignore_base_model_check True only if you know the adapter fits this base"
 
 
@@ -43,10 +41,10 @@ def _config_digest(model_dir: Path) -> str:
 
 def _weight_files(model_dir: Path) -> list[Path]:
     """The base's safetensors files (empty when it has none)."""
-    index_path = model_dir / _WEIGHTS_INDEX_NAME
+    index_path = model_dir / WEIGHTS_INDEX_NAME
     if index_path.is_file():
         return sorted({model_dir / shard for shard in read_json_file(index_path).get("weight_map", {}).values()})
-    single = model_dir / _WEIGHTS_NAME
+    single = model_dir / WEIGHTS_NAME
     return [single] if single.is_file() else []
 
 
@@ -104,7 +102,7 @@ def read_base_model_record(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     path = checkpoint_dir / BASE_MODEL_RECORD_NAME
     if path.is_file():
         return read_json_file(path)
-    policy_config = checkpoint_dir / "policy_config.json"
+    policy_config = checkpoint_dir / POLICY_CONFIG_NAME
     if policy_config.is_file():
         return read_json_file(policy_config).get("base_model")
     return None

@@ -15,12 +15,11 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
-from experiments.robot.image_utils import OPENVLA_IMAGE_SIZE, center_crop_image, check_image_format
-from experiments.robot.libero.config import GenerateConfig
-from experiments.robot.policy import Observation
-from experiments.robot.vla_policy import policy_device, resolve_unnorm_key
+from prismatic.models.family import Observation
 from prismatic.models.spatialvla.load import LoadedSpatialVLA, load_spatialvla
 from prismatic.models.spatialvla.processing_spatialvla import TOKENS_PER_STEP
+from prismatic.policy.policy import policy_device, resolve_unnorm_key
+from prismatic.vla.image_utils import OPENVLA_IMAGE_SIZE, center_crop_image, check_image_format
 from prismatic.vla.prompt import build_prompt
 
 
@@ -35,6 +34,7 @@ def svla_prompt(instruction: str, prompt_format: str) -> str:
 class SpatialVLAPolicy:
     """A loaded SpatialVLA answering :meth:`predict_chunk` deterministically (greedy decoding)."""
 
+    family_name = "spatialvla"
     gripper = "libero"  # trained on RLDS data (1 = open): binarised and inverted for LIBERO, as the fork does
 
     def __init__(
@@ -55,9 +55,10 @@ class SpatialVLAPolicy:
         self.max_new_tokens = self.processor.action_chunk_size * TOKENS_PER_STEP
 
     @classmethod
-    def from_config(cls, cfg: GenerateConfig) -> SpatialVLAPolicy:
-        """Load ``--pretrained_checkpoint`` (bf16 on CUDA, fp32 on CPU); ``--unnorm_key`` picks the statistics
-        (default: the task suite's) and the camera intrinsics (unknown keys use the ``default`` camera)."""
+    def from_config(cls, cfg: Any) -> SpatialVLAPolicy:
+        """Load ``cfg.pretrained_checkpoint`` with ``run_libero_eval.py``'s flags (a ``GenerateConfig``; bf16 on CUDA,
+        fp32 on CPU); ``--unnorm_key`` picks the statistics (default: the task suite's) and the camera intrinsics
+        (unknown keys use the ``default`` camera)."""
         if not cfg.pretrained_checkpoint:
             raise ValueError("--pretrained_checkpoint is required (a SpatialVLA folder)")
         device, dtype = policy_device()

@@ -20,27 +20,29 @@ from torch import nn
 from transformers import AutoModelForVision2Seq, AutoProcessor
 
 from prismatic.models.configuration_prismatic import OpenVLAConfig
+from prismatic.models.family import CheckedCheckpoint
 from prismatic.models.modeling_prismatic import OpenVLAForActionPrediction
 from prismatic.models.processing_prismatic import PrismaticProcessor
 from prismatic.models.projectors import NoisyActionProjector, ProprioProjector
-from prismatic.policy.components import (  # the component-file functions, re-exported for existing callers
+from prismatic.models.quantization import quantize_base
+from prismatic.policy.components import (
     build_heads,
     component_names,
     load_component_state_dict,
     load_components,
-    save_component_state_dict,  # noqa: F401
 )
-from prismatic.policy.config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
-from prismatic.training.quantization import quantize_base
+from prismatic.util.checkpoint_files import (
+    DATASET_STATISTICS_NAME,
+    LORA_ADAPTER_DIR,
+    PROCESSOR_FILES,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.vla.constants import PlatformConstants
+from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, apply_flag_overrides, load_policy_config
 
 logger = logging.getLogger(__name__)
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-WEIGHTS_NAME = "model.safetensors"
-LORA_ADAPTER_DIR = "lora_adapter"
-DATASET_STATISTICS_NAME = "dataset_statistics.json"
-PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -179,6 +181,7 @@ def load_vla(
     attn_implementation: str = "sdpa",
     quantize: str = "none",
     components: Collection[str] | None = None,
+    checked: CheckedCheckpoint | None = None,
 ) -> LoadedVLA:
     """Load the VLA, processor, components and dataset statistics of a checkpoint folder for inference.
 
@@ -187,8 +190,10 @@ def load_vla(
     default to ``None`` = take it from the checkpoint; a given flag that contradicts the file is honoured with a
     warning. ``platform`` likewise overrides the embodiment's action-chunk geometry. Raises naming the missing or
     malformed file. ``quantize`` (int8 | nf4) stores the LLM decoder's Linear weights through bitsandbytes
-    (``prismatic.training.quantization``), after any adapter is merged. ``components`` limits the components loaded
-    (default: all that inference needs; probing takes only those that shape the visual tokens).
+    (``prismatic.models.quantization``), after any adapter is merged. ``components`` limits the components loaded
+    (default: all that inference needs; probing takes only those that shape the visual tokens). ``checked``: what
+    the pre-flight parsed from this folder (its policy config, flags applied, and statistics), used instead of
+    reading them again.
     """
     if use_l1_regression and use_diffusion:
         raise ValueError("use_l1_regression and use_diffusion are exclusive; choose one action head.")
@@ -197,7 +202,9 @@ def load_vla(
         raise FileNotFoundError(f"Checkpoint folder {checkpoint_dir} does not exist.")
     settle_pending_install(checkpoint_dir, "checkpoint folder")
     policy_config = apply_flag_overrides(
-        load_policy_config(checkpoint_dir, platform.name if platform is not None else "libero"),
+        checked.policy_config
+        if checked is not None
+        else load_policy_config(checkpoint_dir, platform.name if platform is not None else "libero"),
         use_l1_regression=use_l1_regression,
         use_diffusion=use_diffusion,
         use_proprio=use_proprio,
@@ -239,7 +246,10 @@ def load_vla(
         raise FileNotFoundError(f"{processor_dir} lacks the processor file(s) {missing}.")
     processor = AutoProcessor.from_pretrained(processor_dir, trust_remote_code=False)
 
-    norm_stats = load_dataset_statistics(checkpoint_dir) or vla.config.norm_stats or {}
+    if checked is not None:
+        norm_stats = checked.norm_stats
+    else:
+        norm_stats = load_dataset_statistics(checkpoint_dir) or vla.config.norm_stats or {}
     vla.norm_stats = norm_stats
 
     names = [n for n in component_names(policy_config, inference_only=True) if components is None or n in components]

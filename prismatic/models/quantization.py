@@ -12,23 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prismatic.training.config import QUANTIZATIONS
-from prismatic.util.cli import UserError
-
 # LLM.int8's outlier threshold (transformers' default llm_int8_threshold): input features above it run in fp16.
 INT8_OUTLIER_THRESHOLD = 6.0
-
-
-def check_quantization_flags(cfg) -> None:
-    """Rejects ``--quantize_base`` values and combinations that cannot work, before anything is loaded."""
-    if cfg.quantize_base not in QUANTIZATIONS:
-        raise UserError(f"--quantize_base {cfg.quantize_base!r} is not supported; expected one of {QUANTIZATIONS}.")
-    if cfg.quantize_base == "none":
-        return
-    if not cfg.use_lora:
-        raise UserError(f"--quantize_base {cfg.quantize_base} needs --use_lora True (quantised weights stay frozen).")
-    if cfg.strategy == "fsdp":
-        raise UserError(f"--quantize_base {cfg.quantize_base} with --strategy fsdp is not supported; use ddp.")
 
 
 def quantized_linear_names(vla: nn.Module) -> list[str]:

@@ -9,22 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prismatic.models.base_model_record import verify_base_model
+from prismatic.models.family import CheckedCheckpoint
+from prismatic.policy.base_model_record import verify_base_model
+from prismatic.policy.components import component_names
+from prismatic.util.checkpoint_files import (
+    ADAPTER_WEIGHTS_NAME,
+    DATASET_STATISTICS_NAME,
+    LORA_ADAPTER_DIR,
+    STEP_CHECKPOINT_SUFFIX,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import (
-    WEIGHTS_INDEX_NAME,
-    WEIGHTS_NAME,
     check_folder,
     check_model_weights,
     check_safetensors,
     check_torch_file,
     read_json_file,
 )
-
-LORA_ADAPTER_DIR = "lora_adapter"
-DATASET_STATISTICS_NAME = "dataset_statistics.json"
-STEP_CHECKPOINT_SUFFIX = "_chkpt"  # training's step folders: <run folder>--<step>_chkpt, beside the run folder
+from prismatic.vla.policy_config import PolicyConfig
 
 
 def step_checkpoint_folders(run_dir: Path) -> dict[int, Path]:
@@ -70,7 +75,7 @@ def check_policy_checkpoint(
         model_dir = checkpoint_dir
     elif adapter_dir.is_dir():
         adapter_config = read_json_file(adapter_dir / "adapter_config.json", flag)
-        check_safetensors(adapter_dir / "adapter_model.safetensors", flag)
+        check_safetensors(adapter_dir / ADAPTER_WEIGHTS_NAME, flag)
         model_dir = Path(adapter_config.get("base_model_name_or_path") or "")
         if not (model_dir / "config.json").is_file():
             raise UserError(
@@ -105,3 +110,13 @@ def check_policy_checkpoint(
             "the statistics file training saved beside the weights"
         )
     return norm_stats or {}
+
+
+def check_checkpoint(
+    checkpoint_dir: str | Path, flag: str, policy_config: PolicyConfig, ignore_base_model_check: bool = False
+) -> CheckedCheckpoint:
+    """:func:`check_policy_checkpoint` for the inference components of ``policy_config``; returns what it parsed,
+    for the loader (``ModelFamily.load``) to use instead of reading the folder again."""
+    components = component_names(policy_config, inference_only=True)
+    norm_stats = check_policy_checkpoint(checkpoint_dir, flag, components, ignore_base_model_check)
+    return CheckedCheckpoint(Path(checkpoint_dir), policy_config, norm_stats)

@@ -1,0 +1,22 @@
+"""The model families by name (``PolicyConfig.model_family``): one line per family.
+
+Each entry is a class with the parts of :class:`prismatic.models.family.ModelFamily`. A new family adds its folder
+(``prismatic/models/<family>/``), its name to ``prismatic.vla.policy_config.MODEL_FAMILIES`` and one line here.
+"""
+
+from __future__ import annotations
+
+from prismatic.policy.policy import VLAPolicy
+from prismatic.policy.spatialvla_policy import SpatialVLAPolicy
+
+FAMILIES: dict[str, type] = {
+    VLAPolicy.family_name: VLAPolicy,
+    SpatialVLAPolicy.family_name: SpatialVLAPolicy,
+}
+
+
+def family_class(model_family: str) -> type:
+    """The class of ``model_family``; a ValueError names the known families."""
+    if model_family not in FAMILIES:
+        raise ValueError(f"model_family {model_family!r}: expected one of {sorted(FAMILIES)}")
+    return FAMILIES[model_family]
