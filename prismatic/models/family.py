@@ -18,7 +18,9 @@ without importing upward; it depends on torch, numpy and the policy specificatio
 other families implement them. A new family also adds its name to ``prismatic.vla.policy_config.MODEL_FAMILIES``
 (which ``policy_config.json`` is validated against). Today OpenVLA-OFT's ``VLAPolicy`` implements the inference
 half (``load``, ``preprocess``, ``predict_chunk``, ``visual_token_tap``); its training still runs through
-``prismatic.training.trainer``, whose heads own their loss (``training_inputs`` + ``loss``).
+``prismatic.training.trainer``, whose heads own their loss (``training_inputs`` + ``loss``). pi0's ``Pi0Policy``
+(``prismatic/policy/pi0_policy.py``) implements all six parts; the trainer still runs pi0's steps through
+``prismatic.training.pi0_training``.
 """
 
 from __future__ import annotations
