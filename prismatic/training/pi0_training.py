@@ -10,6 +10,7 @@ projector from the LM width, ``action loss + align_loss_coeff x align loss``.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -25,12 +26,11 @@ from prismatic.models.pi0.loading_pi0 import (
 )
 from prismatic.models.pi0.processing_pi0 import TOKENIZER_NAME, Pi0Processor, observation_from_batch
 from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
-from prismatic.policy.base_model_record import base_model_record
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import PlatformConstants
-from prismatic.vla.policy_config import EmbodimentConfig, ImagePreprocessingConfig, PolicyConfig
+from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig
 
 PI0_FAMILY = "pi0"
 PI0_ACTION_HEAD = "flow_matching"
@@ -87,25 +87,11 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
     return config
 
 
-def pi0_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> PolicyConfig:
-    """The ``policy_config.json`` of a pi0 run's checkpoints."""
-    spatial_forcing = None
-    if isinstance(cfg, AlignFinetuneConfig):
-        names = ("vla_layers_align", "vggt_layers_align", "use_vlm_norm", "use_vggt_pe", "gain_feat_1move")
-        names += ("pooling_func", "align_loss_type", "align_loss_coeff", "vggt_image_size", "teacher")
-        spatial_forcing = {name: getattr(cfg, name) for name in names}
-    return PolicyConfig(
-        model_family=PI0_FAMILY,
-        action_head=PI0_ACTION_HEAD,
-        use_proprio=True,
-        num_images_in_input=cfg.num_images_in_input,
-        unnorm_key=cfg.dataset_name,
-        embodiment=EmbodimentConfig.from_platform(platform),
-        image=ImagePreprocessingConfig(center_crop=False),
-        spatial_forcing=spatial_forcing,
-        data={"dataset_name": cfg.dataset_name},
-        base_model=base_model_record(cfg.vla_path),
-    )
+def as_pi0_policy_config(config: PolicyConfig) -> PolicyConfig:
+    """The run's ``policy_config.json`` (``trainer.training_policy_config``: inputs, embodiment, Spatial Forcing,
+    data, base) as pi0's: its family and flow-matching head, frames resized with padding (no center crop)."""
+    image = ImagePreprocessingConfig(center_crop=False)
+    return dataclasses.replace(config, model_family=PI0_FAMILY, action_head=PI0_ACTION_HEAD, image=image)
 
 
 def build_pi0(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Module, Pi0Processor]:

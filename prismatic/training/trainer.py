@@ -44,9 +44,9 @@ from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
 from prismatic.training.pi0_training import (
     PI0_FAMILY,
+    as_pi0_policy_config,
     build_pi0,
     pi0_losses,
-    pi0_policy_config,
     pi0_token_counts,
     restore_pi0_weights,
     save_pi0_model,
@@ -234,7 +234,7 @@ def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, c
         teacher=teacher,
         processor=processor,
         num_patches=num_patches,
-        policy_config=pi0_policy_config(cfg, platform),
+        policy_config=as_pi0_policy_config(training_policy_config(cfg, platform)),
     )
 
 
