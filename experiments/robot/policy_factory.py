@@ -11,7 +11,7 @@ from prismatic.policy.families import family_class
 from prismatic.policy.policy import policy_device, quantization
 
 # --model_family (upstream's evaluation names) -> PolicyConfig.model_family
-EVALUATION_FAMILY_NAMES = {"openvla": "openvla-oft", "svla": "spatialvla"}
+EVALUATION_FAMILY_NAMES = {"openvla": "openvla-oft", "svla": "spatialvla", "pi0": "pi0"}
 
 
 def load_policy(cfg: GenerateConfig, checked: CheckedCheckpoint | None = None) -> Any:

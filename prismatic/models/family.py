@@ -15,7 +15,12 @@ class to inherit) and is named by one line of the registry, ``prismatic.policy.f
 
 This module lives on the models floor so that a family folder (``prismatic/models/<family>/``) can name these types
 without importing upward; it depends on torch, numpy and the policy specification only. The signatures are stable:
-other families implement them.
+other families implement them. A new family also adds its name to ``prismatic.vla.policy_config.MODEL_FAMILIES``
+(which ``policy_config.json`` is validated against). Today OpenVLA-OFT's ``VLAPolicy`` implements the inference
+half (``load``, ``preprocess``, ``predict_chunk``, ``visual_token_tap``); its training still runs through
+``prismatic.training.trainer``, whose heads own their loss (``training_inputs`` + ``loss``). pi0's ``Pi0Policy``
+(``prismatic/policy/pi0_policy.py``) implements all six parts; the trainer still runs pi0's steps through
+``prismatic.training.pi0_training``.
 """
 
 from __future__ import annotations

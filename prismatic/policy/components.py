@@ -39,7 +39,8 @@ class Component:
 
 COMPONENTS = (
     Component("action_head", lambda config: config.action_head in ("l1_regression", "diffusion")),
-    Component("proprio_projector", lambda config: config.use_proprio),
+    # pi0 projects the state inside its own model (``state_proj``).
+    Component("proprio_projector", lambda config: config.use_proprio and config.model_family != "pi0"),
     Component("noisy_action_projector", lambda config: config.action_head == "diffusion"),
     Component("vision_backbone", lambda config: config.use_film, ddp_prefix=False),
     Component("align_projector", lambda config: config.spatial_forcing is not None, inference=False),

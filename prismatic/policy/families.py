@@ -6,12 +6,14 @@ Each entry is a class with the parts of :class:`prismatic.models.family.ModelFam
 
 from __future__ import annotations
 
+from prismatic.policy.pi0_policy import Pi0Policy
 from prismatic.policy.policy import VLAPolicy
 from prismatic.policy.spatialvla_policy import SpatialVLAPolicy
 
 FAMILIES: dict[str, type] = {
     VLAPolicy.family_name: VLAPolicy,
     SpatialVLAPolicy.family_name: SpatialVLAPolicy,
+    Pi0Policy.family_name: Pi0Policy,
 }
 
 

@@ -141,11 +141,11 @@ def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
         "requested_layers": list(cfg.layers),
         "checkpoints": {},
     }
-    for path in cfg.checkpoint:  # every checkpoint, before the first one's tokens are extracted
-        check_probe_checkpoint(Path(path), data)
+    # every checkpoint, before the first one's tokens are extracted
+    checked = [check_probe_checkpoint(Path(path), data) for path in cfg.checkpoint]
     figure_predictions = {}
-    for name, path in zip(names, cfg.checkpoint, strict=True):
-        model = load_probed_vla(path, name, data.suites)
+    for name, path, parsed in zip(names, cfg.checkpoint, checked, strict=True):
+        model = load_probed_vla(path, name, data.suites, parsed)
         layers, note = resolve_layers(cfg.layers, model.num_llm_layers)
         if note:
             print(f"{name}: {note}")

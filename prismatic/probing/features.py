@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from prismatic.models.family import CheckedCheckpoint
 from prismatic.policy.checkpoint_checks import check_policy_checkpoint
 from prismatic.policy.components import component_names
 from prismatic.policy.load import LoadedVLA, load_vla
@@ -85,16 +86,19 @@ def token_components(policy_config: PolicyConfig) -> list[str]:
     return [name for name in names if name in (PROPRIO_PROJECTOR, FILM_BACKBONE)]
 
 
-def check_probe_checkpoint(checkpoint_dir: Path, data: ProbeData) -> PolicyConfig:
+def check_probe_checkpoint(checkpoint_dir: Path, data: ProbeData) -> CheckedCheckpoint:
     """Every file probing reads from a checkpoint (weights, token components, statistics for the proprio token) and
-    its fit to the data, checked from headers before any work; returns its probing policy config."""
+    its fit to the data, checked from headers before any work; returns its probing policy config and statistics,
+    for :func:`load_probed_vla`."""
     if not checkpoint_dir.is_dir():
         raise UserError(f"--checkpoint {checkpoint_dir}: not a folder; expected a checkpoint in the released layout")
     policy_config = probe_policy_config(checkpoint_dir)
     components = token_components(policy_config)
-    check_policy_checkpoint(checkpoint_dir, "--checkpoint", components, require_statistics=policy_config.use_proprio)
+    norm_stats = check_policy_checkpoint(
+        checkpoint_dir, "--checkpoint", components, require_statistics=policy_config.use_proprio
+    )
     check_preprocessing(policy_config, data, checkpoint_dir)
-    return policy_config
+    return CheckedCheckpoint(checkpoint_dir, policy_config, norm_stats)
 
 
 @dataclass
@@ -154,12 +158,15 @@ class ProbedVLA:
         return tokens.reshape(num_views, self.patches_per_image, -1)
 
 
-def load_probed_vla(checkpoint_dir: str | Path, name: str, data_suites: Sequence[str]) -> ProbedVLA:
-    """Load a checkpoint for probing (no action head) on the GPU in bf16 when there is one, else CPU float32."""
+def load_probed_vla(
+    checkpoint_dir: str | Path, name: str, data_suites: Sequence[str], checked: CheckedCheckpoint | None = None
+) -> ProbedVLA:
+    """Load a checkpoint for probing (no action head) on the GPU in bf16 when there is one, else CPU float32;
+    ``checked``: what :func:`check_probe_checkpoint` parsed of it, used instead of reading it again."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise UserError(f"--checkpoint {checkpoint_dir}: not a folder; expected a checkpoint in the released layout")
-    policy_config = probe_policy_config(checkpoint_dir)
+    policy_config = checked.policy_config if checked is not None else probe_policy_config(checkpoint_dir)
     device, dtype = policy_device()
     try:
         loaded = load_vla(
@@ -168,6 +175,7 @@ def load_probed_vla(checkpoint_dir: str | Path, name: str, data_suites: Sequence
             dtype=dtype,
             device=device,
             components=token_components(policy_config),
+            checked=checked,
         )
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"--checkpoint {checkpoint_dir}: {error}") from None

@@ -6,11 +6,18 @@ Sizes come from the fixture's JSON (``tests/golden/pi0_tiny.json``, key ``config
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import sentencepiece
 import torch
 
 from prismatic.models.pi0 import Pi0Config, Pi0Model, Pi0Observation, Pi0Output
-from prismatic.models.pi0.loading_pi0 import EMBED_KEY, LEGACY_RENAMES, LEROBOT_PREFIX, LM_HEAD_KEY
+from prismatic.models.pi0.loading_pi0 import EMBED_KEY, LEGACY_RENAMES, LEROBOT_PREFIX, LM_HEAD_KEY, save_pi0_weights
+from prismatic.models.pi0.processing_pi0 import TOKENIZER_NAME
 from prismatic.testing.golden import apply_pi0_golden_weights
+from prismatic.vla.datasets.statistics import save_dataset_statistics
+from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig, write_policy_config
 
 RELEASED_LAYOUTS = ("openpi", "lerobot", "lerobot033")
 
@@ -91,3 +98,88 @@ def _legacy_name(key: str) -> str:
         if key.startswith(new):
             return old + key[len(new) :]
     return key
+
+
+TINY_PI0_DIRNAME = "tiny-pi0"
+# Prompts the tiny SentencePiece model is trained on (LIBERO-like instructions).
+TOKENIZER_PROMPTS = (
+    "pick up the black bowl between the plate and the ramekin and place it on the plate",
+    "put both the alphabet soup and the tomato sauce in the basket",
+    "open the top drawer and put the bowl inside",
+    "turn on the stove and put the moka pot on it",
+    "put the white mug on the left plate and put the yellow and white mug on the right plate",
+    "move the gripper to the red block",
+)
+
+
+def train_tiny_sentencepiece(path: Path, vocab_size: int = 50) -> Path:
+    """A tiny SentencePiece model with Gemma's special ids (pad 0, eos 1, bos 2, unk 3), written to ``path``."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_PROMPTS * 20),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def tiny_pi0_config(**overrides) -> Pi0Config:
+    """A float32 pi0 for CPU training runs: 2 layers, 56 px images (16 tokens per camera), pi0's three cameras,
+    LIBERO's chunk of 8 and 7-D actions."""
+    fields = dict(
+        vocab_size=64,
+        vision_hidden_size=16,
+        vision_num_layers=1,
+        vision_num_heads=2,
+        vision_intermediate_size=32,
+        image_size=56,
+        patch_size=14,
+        vlm_width=32,
+        vlm_mlp_dim=48,
+        expert_width=16,
+        expert_mlp_dim=24,
+        depth=2,
+        num_heads=8,
+        num_kv_heads=1,
+        head_dim=8,
+        tokenizer_max_length=24,
+        chunk_size=8,
+        action_dim=7,
+        param_dtype="float32",
+    )
+    return Pi0Config(**{**fields, **overrides})
+
+
+def write_tiny_pi0_checkpoint(out_dir: str | Path, seed: int = 0, **overrides) -> Path:
+    """Writes ``{out_dir}/tiny-pi0/`` (``config.json``, ``model.safetensors``, ``tokenizer.model``), randomly
+    initialised from ``seed``: a base for ``--model_family pi0``. Returns the folder."""
+    folder = Path(out_dir) / TINY_PI0_DIRNAME
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    save_pi0_weights(Pi0Model(tiny_pi0_config(**overrides)), folder)
+    train_tiny_sentencepiece(folder / TOKENIZER_NAME)
+    return folder
+
+
+def write_tiny_pi0_policy(out_dir: str | Path, statistics: dict) -> Path:
+    """A tiny pi0 checkpoint as training writes it for LIBERO (2 cameras + state; ``policy_config.json``, and
+    ``dataset_statistics.json`` = ``statistics`` whose first key is the ``unnorm_key``), randomly initialised."""
+    folder = write_tiny_pi0_checkpoint(out_dir)
+    config = PolicyConfig(
+        model_family="pi0",
+        action_head="flow_matching",
+        use_proprio=True,
+        num_images_in_input=2,
+        unnorm_key=next(iter(statistics)),
+        image=ImagePreprocessingConfig(center_crop=False),
+    )
+    write_policy_config(folder, config)
+    save_dataset_statistics(statistics, folder / "dataset_statistics.json")
+    return folder

@@ -18,6 +18,7 @@ from prismatic.spatial_forcing.config import AlignConfig
 SCHEDULERS = ("MultiStepLR", "CosineAnnealingLR")
 STRATEGIES = ("ddp", "fsdp")
 QUANTIZATIONS = ("none", "int8", "nf4")
+TRAINABLE_FAMILIES = ("openvla-oft", "pi0")
 TEACHER_DTYPES = ("float32", "bfloat16")
 
 
@@ -27,6 +28,7 @@ class FinetuneConfig:
 
     # fmt: off
     preset: str = ""                                 # Ours: named values for the flags left out (listed below)
+    model_family: str = "openvla-oft"                # Ours: openvla-oft | pi0 (the base model family of --vla_path)
     vla_path: str = "ckpts/openvla-7b"               # Base VLA: a local folder in the released layout
     data_root_dir: Path = Path("data/libero")        # Folder holding the RLDS (or LeRobot) datasets
     dataset_name: str = "libero_spatial_no_noops"    # Dataset or mixture name, or a LeRobot folder's name
@@ -156,7 +158,7 @@ class MemoryEstimateConfig(AlignFinetuneConfig):
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "preset": ("preset",),
     "model": (
-        "vla_path", "use_l1_regression", "use_diffusion", "num_diffusion_steps_train", "use_film",
+        "model_family", "vla_path", "use_l1_regression", "use_diffusion", "num_diffusion_steps_train", "use_film",
         "num_images_in_input", "use_proprio", "num_actions_chunk", "attn_implementation", "use_lora", "lora_rank",
         "lora_dropout", "lora_fp32", "quantize_base",
     ),

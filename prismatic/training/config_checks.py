@@ -7,7 +7,7 @@ import pickle
 from pathlib import Path
 
 from prismatic.spatial_forcing.teachers import check_teacher
-from prismatic.training.config import QUANTIZATIONS, SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
+from prismatic.training.config import QUANTIZATIONS, SCHEDULERS, TRAINABLE_FAMILIES, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
 from prismatic.util.file_checks import check_folder, check_model_weights, check_weights_file, refused_pickle_message
 from prismatic.vla.constants import PlatformConstants
@@ -69,6 +69,8 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
     from prismatic.models.attention import check_attn_implementation
     from prismatic.vla.datasets.registry import resolve_data_mix
 
+    if cfg.model_family not in TRAINABLE_FAMILIES:
+        raise ValueError(f"--model_family {cfg.model_family!r}: expected one of {list(TRAINABLE_FAMILIES)}")
     _positive(cfg, "batch_size", "grad_accumulation_steps", "max_steps", "save_freq", "wandb_log_freq")
     _positive(cfg, "shuffle_buffer_size", "num_steps_before_decay")
     if not cfg.learning_rate > 0:
@@ -119,8 +121,13 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
             )
         check_rlds_files(Path(cfg.data_root_dir), spec.name)
 
-    num_layers = _llm_num_layers(Path(cfg.vla_path))
-    check_model_weights(Path(cfg.vla_path), "--vla_path")
+    if cfg.model_family == "pi0":
+        from prismatic.training.pi0_training import check_pi0_flags
+
+        num_layers = check_pi0_flags(cfg, platform).depth
+    else:
+        num_layers = _llm_num_layers(Path(cfg.vla_path))
+        check_model_weights(Path(cfg.vla_path), "--vla_path")
     if isinstance(cfg, AlignFinetuneConfig):
         from prismatic.spatial_forcing.losses import check_align_loss_type
         from prismatic.spatial_forcing.targets import check_pooling_func

@@ -413,6 +413,84 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
     }
 
 
+PI0_HEADS = ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out")
+
+
+def trace_pi0_training_step(cfg: MemoryEstimateConfig) -> dict[str, object]:
+    """``--model_family pi0``: one step of ``trainer.compute_losses`` on meta tensors, from the base's
+    ``config.json`` (the released pi0's sizes without one): the flow-matching forward with the prefix hidden states,
+    SF-pi0's alignment on every camera's image tokens, backward. pi0 keeps its own dtype policy (``param_dtype``:
+    bf16 towers, fp32 action heads) and runs without autocast, with its eager attention (the attention matrix of
+    every layer is saved); the teacher runs under bf16 autocast. Every weight a loss reaches trains."""
+    from prismatic.models.pi0.loading_pi0 import read_folder_config
+    from prismatic.models.pi0.modeling_pi0 import Pi0Model, Pi0Observation
+    from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
+    from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
+    from prismatic.training.pi0_training import check_pi0_training_flags, freeze_unreached_parameters
+    from vggt.models.vggt import VGGT
+
+    check_pi0_training_flags(cfg)
+    config = read_folder_config(cfg.vla_path)
+    with torch.device("meta"):
+        model = Pi0Model(config)
+        freeze_unreached_parameters(model, cfg.vla_layers_align if cfg.spatial_forcing else None)
+        aligner = teacher = None
+        if cfg.spatial_forcing:
+            vggt = VGGT(**_teacher_kwargs(cfg.vggt_path))
+            teacher = VGGTTeacher(vggt, layer=cfg.vggt_layers_align)
+            aligner = SpatialForcingAligner(cfg.align_config(config.vlm_width, vggt.embed_dim, vggt.patch_size))
+    trainable_modules = [m for m in (model, aligner) if m is not None]
+    every_parameter = [
+        t for m in (*trainable_modules, teacher) if m is not None for t in (*m.parameters(), *m.buffers())
+    ]
+    heads = [getattr(model, name) for name in PI0_HEADS] + ([aligner] if aligner is not None else [])
+    batch, cameras, side = cfg.batch_size, config.num_cameras, config.image_size
+    length = config.tokenizer_max_length
+    observation = Pi0Observation(
+        torch.empty(batch, cameras, 3, side, side, device="meta"),
+        torch.ones(batch, cameras, dtype=torch.bool, device="meta"),
+        torch.zeros(batch, length, dtype=torch.long, device="meta"),
+        torch.ones(batch, length, dtype=torch.bool, device="meta"),
+        torch.empty(batch, config.max_state_dim, device="meta"),
+    )
+    actions = torch.empty(batch, config.chunk_size, config.max_action_dim, device="meta")
+    noise, time = torch.empty_like(actions), torch.empty(batch, device="meta")
+    towers = model.paligemma_with_expert
+    layers = {f"llm.{i}": layer for i, layer in enumerate(towers.language_model.layers)}
+    layers |= {f"expert.{i}": layer for i, layer in enumerate(towers.gemma_expert.model.layers)}
+    vision = towers.paligemma.model.vision_tower.vision_model.encoder.layers
+    layers |= {f"vision.{i}": layer for i, layer in enumerate(vision)}
+
+    saved = SavedTensorTracker(every_parameter)
+    handles = saved.label_modules(layers)
+    working = WorkingSetTracker(every_parameter)
+    with _autocast_accepts_meta(), working, saved.recording():
+        if aligner is None:
+            loss = model(observation, actions, noise=noise, time=time).loss
+        else:
+            with DeviceKernels(cuda_autocast=True):  # the teacher runs under CUDA bf16 autocast, SDPA fused
+                teacher_features = teacher(pi0_teacher_images(observation.images, None, cfg.vggt_image_size))
+            saved.count([teacher_features.features], "teacher features")
+            loss = pi0_spatial_forcing_loss(model, aligner, teacher_features, observation, actions, None, noise, time)
+            loss = loss.loss
+        loss.backward()
+    for handle in handles:
+        handle.remove()
+    teacher_element_size = 2 if cfg.vggt_dtype == "bfloat16" else 4
+    return {
+        "frozen": _param_bytes(trainable_modules, False),
+        "trainable": _param_bytes(trainable_modules, True),
+        "trainable_fp32": 0,
+        "head_gradients": _param_bytes(heads, trainable=True),
+        "llm_linear_weights": 0,
+        "teacher": 0 if teacher is None else sum(p.numel() * teacher_element_size for p in teacher.parameters()),
+        "teacher_autocast_copies": 0,
+        "saved_by_scope": dict(saved.by_scope),
+        "working_set": working.peak,
+        "sequence_length": cameras * config.num_image_tokens + length + 1 + config.chunk_size,
+    }
+
+
 class _AutocastAcceptingMeta(torch.autocast):
     def __init__(self, device_type: str, *args, **kwargs):
         super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
@@ -453,6 +531,8 @@ def estimate_memory(cfg: MemoryEstimateConfig) -> MemoryEstimate:
     check_quantization_flags(cfg)
     if cfg.use_diffusion:
         raise UserError("--use_diffusion True: the estimator models the L1 head (the paper's); expected False.")
+    if cfg.model_family == "pi0":
+        return full_fine_tune_peak(assemble_estimate(cfg, trace_pi0_training_step(cfg), on_cuda=True))
     trace = trace_training_step(cfg, torch.bfloat16, cuda_autocast=True)
     return assemble_estimate(cfg, trace, on_cuda=True)
 
@@ -500,6 +580,20 @@ def assemble_estimate(cfg: MemoryEstimateConfig, trace: dict, on_cuda: bool) -> 
         f"sequence {trace['sequence_length']} tokens x batch {cfg.batch_size}; activations per scope "
         + ", ".join(f"{k}={v / GB:.2f}" for k, v in _grouped(trace["saved_by_scope"]).items())
     )
+    return estimate
+
+
+BACKWARD_START_ROWS = ("activations saved for backward", "largest op working set", "gradients of the heads")
+
+
+def full_fine_tune_peak(estimate: MemoryEstimate) -> MemoryEstimate:
+    """A full fine-tune's peak is either at the start of backward (activations, working set, the heads' gradients)
+    or at its end, when every trained weight holds a gradient and the activations are freed: the larger one."""
+    every_gradient = estimate.rows["LoRA + trainable heads"]
+    if every_gradient > sum(estimate.rows[name] for name in BACKWARD_START_ROWS):
+        for name in BACKWARD_START_ROWS:
+            del estimate.rows[name]
+        estimate.rows["gradients of every trained weight (end of backward)"] = every_gradient
     return estimate
 
 

@@ -78,6 +78,32 @@ TINY_CPU: dict[str, object] = {
     "wandb_log_freq": 1,
 }
 
+# SF-pi0 (openpi-SF's align config): the residual stream entering LM layer 12 of 18, LayerNorm + MLP projector,
+# VGGT's position embedding, bilinear pooling, cosine loss x 0.5, no one-token shift (pi0's images open the sequence).
+PI0_ALIGNMENT: dict[str, object] = {
+    "vla_layers_align": 12,
+    "vggt_layers_align": -1,
+    "use_vlm_norm": True,
+    "use_vggt_pe": True,
+    "pooling_func": "bilinear",
+    "align_loss_type": "cosine",
+    "align_loss_coeff": 0.5,
+    "gain_feat_1move": False,
+}
+PI0_LIBERO: dict[str, object] = {
+    **PI0_ALIGNMENT,
+    "model_family": "pi0",
+    "use_lora": False,
+    "use_l1_regression": False,
+    "use_diffusion": False,
+    "use_film": False,
+    "num_images_in_input": 2,
+    "use_proprio": True,
+    "image_aug": False,
+    "merge_lora_during_training": False,
+    "learning_rate": 2.5e-5,
+}
+
 PRESETS: dict[str, Preset] = {
     "paper_libero": Preset(
         "the paper's LIBERO setting: alignment after layer 24 with LayerNorm and positional embedding, 2 cameras + "
@@ -105,6 +131,17 @@ PRESETS: dict[str, Preset] = {
         "make_synthetic_libero.py --data_root_dir data/synthetic, 112 px teacher, layer 1 of the 2-layer LLM, "
         "4 steps",
         TINY_CPU,
+    ),
+    "pi0_libero": Preset(
+        "Spatial Forcing on pi0 (SF-pi0's alignment: entering LM layer 12, LayerNorm, VGGT PE, cosine x 0.5), pi0 "
+        "trained in full, 2 cameras + state, no image augmentation, learning rate 2.5e-5 (the default for "
+        "--model_family pi0 on LIBERO dataset names)",
+        PI0_LIBERO,
+    ),
+    "pi0_tiny_cpu": Preset(
+        "pi0_libero at tiny sizes for CPU: make_tiny_checkpoints.py --out_dir ckpts/tiny (tiny-pi0), "
+        "make_synthetic_libero.py --data_root_dir data/synthetic, 112 px teacher, layer 1 of 2, lr 5e-4, 4 steps",
+        {**TINY_CPU, **PI0_LIBERO, "vla_path": "ckpts/tiny/tiny-pi0", "vla_layers_align": 1, "learning_rate": 5e-4},
     ),
     "sf_mechanism_cpu": Preset(
         "the Spatial Forcing mechanism experiment (experiments/sf_mechanism): tiny_cpu's model sizes with a held-out "
@@ -157,10 +194,13 @@ def get_preset(name: str) -> Preset:
 
 
 def default_preset_name(cfg: FinetuneConfig) -> str:
-    """``paper_libero`` for a LIBERO RLDS dataset name (or mixture) that is not a LeRobot folder, else none."""
+    """``paper_libero`` (``pi0_libero`` with ``--model_family pi0``) for a LIBERO RLDS dataset name (or mixture)
+    that is not a LeRobot folder, else none."""
     if is_lerobot_dataset(cfg.data_root_dir, cfg.dataset_name):
         return ""
-    return "paper_libero" if cfg.dataset_name in DATASETS or cfg.dataset_name in MIXTURES else ""
+    if cfg.dataset_name not in DATASETS and cfg.dataset_name not in MIXTURES:
+        return ""
+    return "pi0_libero" if cfg.model_family == "pi0" else "paper_libero"
 
 
 def explicit_flags(args: Sequence[str]) -> set[str]:

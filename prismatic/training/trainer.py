@@ -42,6 +42,15 @@ from prismatic.training.distributed import (
 )
 from prismatic.training.lora import apply_lora, merge_lora
 from prismatic.training.metrics import MetricsLogger
+from prismatic.training.pi0_training import (
+    PI0_FAMILY,
+    as_pi0_policy_config,
+    build_pi0,
+    pi0_losses,
+    pi0_token_counts,
+    restore_pi0_weights,
+    save_pi0_model,
+)
 from prismatic.training.run_guard import (
     check_run_folder,
     check_same_statistics,
@@ -159,6 +168,8 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
 
 def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
     """Loads the base VLA (+ LoRA), creates the heads, the aligner and the frozen teacher, on this rank's device."""
+    if cfg.model_family == PI0_FAMILY:
+        return build_pi0_training_model(cfg, platform, ctx)
     from transformers import AutoModelForVision2Seq, AutoProcessor
 
     dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
@@ -205,6 +216,28 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
     )
 
 
+def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
+    """``--model_family pi0``: the base pi0 trained in full (its state projection and action heads are inside it),
+    with the aligner and the frozen teacher of Spatial Forcing."""
+    vla, processor = build_pi0(cfg, ctx.device)
+    llm_dim, num_patches = pi0_token_counts(vla)
+    aligner = teacher = None
+    if isinstance(cfg, AlignFinetuneConfig):
+        aligner, teacher = build_alignment(cfg, llm_dim, ctx.device, image_size=processor.config.image_size)
+        aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
+    return Model(
+        vla=distribute(vla, ctx, cfg.strategy),
+        action_head=None,
+        proprio_projector=None,
+        noisy_action_projector=None,
+        aligner=aligner,
+        teacher=teacher,
+        processor=processor,
+        num_patches=num_patches,
+        policy_config=as_pi0_policy_config(training_policy_config(cfg, platform)),
+    )
+
+
 def build_alignment(
     cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device, image_size: int
 ) -> tuple[nn.Module, nn.Module]:
@@ -232,12 +265,13 @@ def build_alignment(
         return SpatialForcingAligner(align_config).to(device), teacher.to(device)
 
     vggt = VGGT.from_checkpoint(cfg.vggt_path).to(device)
+    prepare_images = partial(
+        vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=cfg.vggt_image_size
+    )
     teacher = VGGTTeacher(
         vggt,
         weights_dtype=getattr(torch, cfg.vggt_dtype),
-        prepare_images=partial(
-            vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=cfg.vggt_image_size
-        ),
+        prepare_images=None if cfg.model_family == PI0_FAMILY else prepare_images,  # pi0 passes teacher images
         layer=cfg.vggt_layers_align,
     )
     align_config = cfg.align_config(llm_dim, vggt.embed_dim, vggt.patch_size)
@@ -250,21 +284,32 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     Training data is sharded over the ranks; the validation split is not (every rank reads all of it, so no rank
     can run out of batches and the ranks need not synchronise during validation).
     """
+    from torch.utils.data import default_collate
+
+    from prismatic.models.pi0.processing_pi0 import Pi0BatchTransform
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
     from prismatic.vla.datasets.config import ImageAugConfig
     from prismatic.vla.datasets.lerobot import is_lerobot_dataset
     from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags
 
-    tokenizer = model.processor.tokenizer
-    batch_transform = RLDSBatchTransform(
-        ActionTokenizer(tokenizer),
-        tokenizer,
-        image_transform=model.processor.image_processor.apply_transform,
-        use_wrist_image=cfg.num_images_in_input > 1,
-        use_proprio=cfg.use_proprio,
-    )
-    resize_resolution = tuple(model.processor.image_processor.input_sizes[0][1:])
+    if cfg.model_family == PI0_FAMILY:
+        batch_transform = Pi0BatchTransform(model.processor, cfg.num_images_in_input)
+        resize_resolution = (model.processor.config.image_size,) * 2
+        collator = default_collate
+    else:
+        tokenizer = model.processor.tokenizer
+        batch_transform = RLDSBatchTransform(
+            ActionTokenizer(tokenizer),
+            tokenizer,
+            image_transform=model.processor.image_processor.apply_transform,
+            use_wrist_image=cfg.num_images_in_input > 1,
+            use_proprio=cfg.use_proprio,
+        )
+        resize_resolution = tuple(model.processor.image_processor.input_sizes[0][1:])
+        collator = PaddedCollatorForActionPrediction(
+            tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
+        )
     rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
     shared = dict(  # the fields both data sources take from the training flags
         resize_resolution=resize_resolution,
@@ -297,9 +342,6 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
             **shared,
         )
         dataset = RLDSDataset(config, batch_transform)
-    collator = PaddedCollatorForActionPrediction(
-        tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
-    )
     return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collator, num_workers=0), dataset
 
 
@@ -315,6 +357,8 @@ def compute_losses(
     cfg: FinetuneConfig, model: Model, batch: dict, platform: PlatformConstants, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """One forward pass. Returns ``loss`` (to back-propagate) and the logged parts (all scalars)."""
+    if cfg.model_family == PI0_FAMILY:
+        return pi0_losses(cfg, model, batch, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     labels = batch["labels"].to(device)
     actions = batch["actions"].to(device)  # [B, chunk, action_dim], normalised
@@ -425,6 +469,7 @@ def _train(
     if cfg.dataset_name not in dataset.dataset_statistics:  # a mixture: evaluation picks the suite's statistics
         model.policy_config.unnorm_key = ""
     ctx.barrier()
+    batches = iter(loader)  # draws the loader's base seed: before the RNG restore, as in the uninterrupted run
     if resume_rng is not None:
         ckpt.set_rng_state(resume_rng)
 
@@ -434,7 +479,6 @@ def _train(
         module.train()
 
     last_checkpoint = None
-    batches = iter(loader)
     for step in range(start_update, cfg.max_steps + 1):  # step = index of the optimizer update (upstream's log_step)
         step_start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -563,7 +607,9 @@ def save_checkpoint(
         if cfg.use_lora:
             vla.save_pretrained(folder / LORA_ADAPTER_DIR, state_dict=states.model["vla"])
         save_components(folder, components, file_step, state_dicts=states.model)
-        if not cfg.use_lora:
+        if cfg.model_family == PI0_FAMILY:
+            save_pi0_model(vla, folder, states.model["vla"])
+        elif not cfg.use_lora:
             vla.save_pretrained(folder, state_dict=states.model["vla"])
         elif cfg.merge_lora_during_training:
             merged = merge_lora(cfg.vla_path, folder / LORA_ADAPTER_DIR, next(ckpt.unwrap_peft(vla).parameters()).dtype)
@@ -608,6 +654,8 @@ def load_training_state(
     if cfg.use_lora:
         adapter = load_file(str(folder / LORA_ADAPTER_DIR / ADAPTER_WEIGHTS_NAME), device=str(ctx.device))
         load_adapter(vla, adapter)
+    elif cfg.model_family == PI0_FAMILY:
+        restore_pi0_weights(vla, folder)
     components = model.components()
     for name, module in components.items():
         state_dict = load_component_state_dict(component_path(folder, name, file_step))

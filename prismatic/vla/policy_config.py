@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 
 POLICY_CONFIG_VERSION = 1
 VGGT_DIGEST_KEY = "vggt_sha256"  # in ``spatial_forcing``: the SHA-256 of the teacher file the run trained against
-MODEL_FAMILIES = ("openvla-oft", "spatialvla")
-ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens")
+MODEL_FAMILIES = ("openvla-oft", "spatialvla", "pi0")
+ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens", "flow_matching")  # flow_matching: pi0
 # How the gripper dimension of a predicted action maps to the robot's command:
 #   "libero": the dataset's gripper is in [0, 1] (1 = open); the robot takes -1 (open) / +1 (close):
 #             binarise to +-1 at 0.5 and invert (upstream's normalize_gripper_action + invert_gripper_action);

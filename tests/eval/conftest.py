@@ -15,6 +15,7 @@ from PIL import Image
 
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.vla.constants import NormalizationType, PlatformConstants
+from prismatic.vla.image_utils import resize_image_for_policy
 from prismatic.vla.policy_config import EmbodimentConfig, PolicyConfig, write_policy_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,20 @@ def wrist_frame() -> np.ndarray:
     return np.asarray(Image.open(DATA_DIR / "libero_wrist_256.png").convert("RGB"))
 
 
+INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
+
+
+@pytest.fixture(scope="session")
+def request_payload(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> dict:
+    """openpi's LIBERO request: a 224 x 224 third-person frame (as its client sends) and a raw 256 x 256 wrist frame."""
+    return {
+        "observation/image": resize_image_for_policy(agentview_frame[::-1, ::-1]),
+        "observation/wrist_image": np.ascontiguousarray(wrist_frame[::-1, ::-1]),
+        "observation/state": np.array([-0.2, 0.01, 1.19, 3.14, 0.01, -0.08, 0.039, -0.039]),
+        "prompt": INSTRUCTION,
+    }
+
+
 @pytest.fixture(scope="session")
 def libero_norm_stats() -> dict:
     """Statistics shaped like LIBERO's: BOUNDS_Q99 actions with an unnormalised gripper, 8-D proprio."""
@@ -69,6 +84,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, libero_norm_stats:
     """A tiny randomly initialised checkpoint in the released fine-tuned layout (merged model, heads, stats)."""
     out_dir = tmp_path_factory.mktemp("checkpoints") / "tiny-sf-libero-spatial"
     return save_tiny_vla_checkpoint(out_dir, seed=0, norm_stats=libero_norm_stats, with_heads=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_pi0_checkpoint(tmp_path_factory: pytest.TempPathFactory, libero_norm_stats: dict) -> Path:
+    """A tiny randomly initialised pi0 checkpoint as ``finetune_align.py --model_family pi0`` writes it."""
+    from prismatic.testing.pi0_tiny import write_tiny_pi0_policy
+
+    return write_tiny_pi0_policy(tmp_path_factory.mktemp("checkpoints"), libero_norm_stats)
 
 
 def run_in_fresh_process(code: str, tmp_path: Path) -> str:

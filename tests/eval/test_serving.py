@@ -34,28 +34,17 @@ from experiments.robot.serving.wire import packb, unpackb
 from experiments.robot.vla_policy import VLAPolicy
 from prismatic.testing.openpi_client_env import ensure_openpi_client_env
 from prismatic.util.cli import UserError
-from prismatic.vla.image_utils import resize_image_for_policy
+
+from .conftest import INSTRUCTION
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).resolve().parent / "openpi_client_probe.py"
-INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 API_KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
 def policy(tiny_checkpoint: Path) -> VLAPolicy:
     return VLAPolicy.from_config(GenerateConfig(pretrained_checkpoint=str(tiny_checkpoint)))
-
-
-@pytest.fixture(scope="module")
-def request_payload(agentview_frame: np.ndarray, wrist_frame: np.ndarray) -> dict:
-    """openpi's LIBERO request: a 224 x 224 third-person frame (as its client sends) and a raw 256 x 256 wrist frame."""
-    return {
-        "observation/image": resize_image_for_policy(agentview_frame[::-1, ::-1]),
-        "observation/wrist_image": np.ascontiguousarray(wrist_frame[::-1, ::-1]),
-        "observation/state": np.array([-0.2, 0.01, 1.19, 3.14, 0.01, -0.08, 0.039, -0.039]),
-        "prompt": INSTRUCTION,
-    }
 
 
 def in_process_actions(policy: VLAPolicy, payload: dict, instruction: str = INSTRUCTION) -> np.ndarray:
@@ -70,6 +59,23 @@ def in_process_actions(policy: VLAPolicy, payload: dict, instruction: str = INST
 
 def serve(policy: VLAPolicy, checkpoint: Path, **flags: object):
     return server_in_thread(build_server(ServeConfig(pretrained_checkpoint=str(checkpoint), port=0, **flags), policy))
+
+
+def openpi_client_probe(port: int, payload: dict, tmp_path: Path) -> dict:
+    """What openpi's real client (``openpi_client_probe.py``, in openpi-client's own venv) sees of the server on
+    ``port`` for ``payload``, sent with :data:`API_KEY`."""
+    python = ensure_openpi_client_env()
+    request_path = tmp_path / "request.npz"
+    np.savez(request_path, **{key.replace("/", "__"): value for key, value in payload.items()})
+    out_path = tmp_path / "seen.json"
+    completed = subprocess.run(
+        [str(python), str(PROBE), str(port), str(request_path), str(out_path), API_KEY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(out_path.read_text())
 
 
 def test_batched_prediction_equals_one_by_one(policy: VLAPolicy, request_payload: dict, monkeypatch) -> None:
@@ -102,19 +108,8 @@ def test_batched_prediction_equals_one_by_one(policy: VLAPolicy, request_payload
 def test_openpi_client_reads_metadata_and_gets_in_process_actions(
     policy: VLAPolicy, tiny_checkpoint: Path, request_payload: dict, tmp_path: Path
 ) -> None:
-    python = ensure_openpi_client_env()
-    request_path = tmp_path / "request.npz"
-    np.savez(request_path, **{key.replace("/", "__"): value for key, value in request_payload.items()})
-    out_path = tmp_path / "seen.json"
     with serve(policy, tiny_checkpoint, api_key=API_KEY) as port:
-        completed = subprocess.run(
-            [str(python), str(PROBE), str(port), str(request_path), str(out_path), API_KEY],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    seen = json.loads(out_path.read_text())
+        seen = openpi_client_probe(port, request_payload, tmp_path)
     assert seen["numpy"].startswith("1.")  # really openpi-client's own environment
     metadata = seen["metadata"]
     assert metadata["camera_keys"] == ["observation/image", "observation/wrist_image"]

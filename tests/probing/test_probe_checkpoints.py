@@ -65,9 +65,10 @@ def test_a_broken_second_checkpoint_stops_the_run_before_the_first_is_probed(
 
 def test_a_base_model_without_heads_is_probed_without_a_proprio_token_or_a_warning(tiny_data, base_model, caplog):
     data = load_probe_data(tiny_data)
-    assert check_probe_checkpoint(base_model, data).use_proprio is False
+    checked = check_probe_checkpoint(base_model, data)
+    assert checked.policy_config.use_proprio is False
     with caplog.at_level(logging.WARNING):
-        model = load_probed_vla(base_model, "tiny-base", data.suites)
+        model = load_probed_vla(base_model, "tiny-base", data.suites, checked)
     ours = [record.getMessage() for record in caplog.records if record.name.startswith("prismatic")]
     assert ours == []  # no "discrete_tokens" or proprio override warning
     assert model.loaded.action_head is None and model.proprio_stats is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from prismatic.testing.tiny_checkpoints import tiny_finetune_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATASET_NAME = "libero_spatial_no_noops"
+LEROBOT_FIXTURES = REPO_ROOT / "tests" / "data" / "lerobot_fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +32,14 @@ def synthetic_data(tmp_path_factory) -> Path:
     write_synthetic_libero(
         SyntheticLiberoConfig(data_root_dir=root, dataset_name=DATASET_NAME, num_episodes=12, episode_length=24)
     )
+    return root
+
+
+@pytest.fixture(scope="module")
+def lerobot_root(tmp_path_factory) -> Path:
+    """A copy of the committed LeRobot fixtures (v2.1 / v3.0, LIBERO-like and ALOHA-like)."""
+    root = tmp_path_factory.mktemp("lerobot") / "data"
+    shutil.copytree(LEROBOT_FIXTURES, root)
     return root
 
 

@@ -3,7 +3,6 @@ finetune.py lower the action loss; the 14-D three-camera (ALOHA-like) dataset tr
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,7 @@ from prismatic.vla.prompt import build_prompt
 from .conftest import run_script
 from .test_finetune_plain import SF_ONLY_FLAGS
 
-FIXTURES = Path(__file__).resolve().parents[1] / "data" / "lerobot_fixtures"
 NUM_STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def lerobot_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lerobot") / "data"
-    shutil.copytree(FIXTURES, root)
-    return root
 
 
 def _flags(tiny_checkpoints, data_root: Path, run_root: Path, dataset_name: str, plain: bool, **overrides) -> list[str]:

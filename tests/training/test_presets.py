@@ -14,7 +14,7 @@ import pytest
 
 from prismatic.training.config import FLAG_GROUPS, AlignFinetuneConfig, FinetuneConfig, MemoryEstimateConfig
 from prismatic.training.config_checks import validate_config
-from prismatic.training.presets import PAPER_ALIGNMENT, PRESETS, resolve_config
+from prismatic.training.presets import PAPER_ALIGNMENT, PI0_ALIGNMENT, PRESETS, resolve_config
 from prismatic.training.run_guard import RESUMABLE_FLAGS
 from prismatic.util.cli import UserError, flag_description
 
@@ -60,7 +60,10 @@ def test_the_readme_has_the_training_commands_it_documents():
 @pytest.mark.parametrize("script, arguments", readme_commands(), ids=lambda value: str(value)[:60])
 def test_every_readme_training_command_resolves_to_the_papers_alignment(script, arguments):
     cfg = resolve_config(SCRIPT_CONFIGS[script], arguments)
-    if isinstance(cfg, AlignFinetuneConfig):
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.model_family == "pi0":  # SF-pi0's alignment
+        expected = {**PI0_ALIGNMENT, "vla_layers_align": 1 if cfg.preset == "pi0_tiny_cpu" else 12}
+        assert alignment(cfg) == expected
+    elif isinstance(cfg, AlignFinetuneConfig):
         expected = {**PAPER_ALIGNMENT, "vla_layers_align": 1 if cfg.preset == "tiny_cpu" else 24}
         assert alignment(cfg) == expected
         assert (cfg.vla_layers_align, cfg.use_vlm_norm, cfg.use_vggt_pe) != (-1, False, False)
@@ -192,3 +195,10 @@ def test_naming_the_default_preset_on_resume_changes_nothing_that_is_refused():
     named = resolve_config(AlignFinetuneConfig, ["--preset", "paper_libero"])
     differing = {f.name for f in dataclasses.fields(first) if getattr(first, f.name) != getattr(named, f.name)}
     assert differing == {"preset"} and differing <= RESUMABLE_FLAGS
+
+
+def test_model_family_pi0_on_a_libero_name_gets_pi0_libero(capsys):
+    cfg = resolve_config(AlignFinetuneConfig, ["--model_family", "pi0", "--dataset_name", "libero_goal_no_noops"])
+    assert alignment(cfg) == PI0_ALIGNMENT
+    assert (cfg.use_lora, cfg.image_aug, cfg.learning_rate) == (False, False, 2.5e-5)
+    assert "preset pi0_libero:" in capsys.readouterr().out

@@ -20,7 +20,7 @@ TASK_MAX_STEPS = {
 }
 
 DEFAULT_INITIAL_STATES = "DEFAULT"
-MODEL_FAMILIES = ("openvla", "svla")  # OpenVLA-OFT / Spatial Forcing; SpatialVLA (prismatic/policy/families.py)
+MODEL_FAMILIES = ("openvla", "svla", "pi0")  # OpenVLA-OFT / Spatial Forcing; SpatialVLA; pi0 (policy/families.py)
 SVLA_PROMPTS = ("instruction", "openvla")
 
 

@@ -15,6 +15,7 @@ from experiments.robot.serving.client import API_KEY_ENV
 from experiments.robot.serving.observation import MIN_IMAGE_SIDE, ObservationSpec
 from experiments.robot.serving.server import PolicyServer, ServerSettings
 from experiments.robot.vla_policy import VLAPolicy
+from prismatic.policy.pi0_policy import Pi0Policy
 from prismatic.util.checkpoint_install import settle_pending_install
 from prismatic.util.cli import UserError
 from prismatic.vla.image_utils import OPENVLA_IMAGE_SIZE
@@ -150,10 +151,15 @@ def observation_spec(cfg: ServeConfig, policy_config: PolicyConfig) -> Observati
     )
 
 
-def load_policy(cfg: ServeConfig) -> VLAPolicy:
-    """The evaluation's policy object, with the choices the checkpoint's ``policy_config.json`` describes."""
+def load_policy(cfg: ServeConfig, policy_config: PolicyConfig) -> VLAPolicy | Pi0Policy:
+    """The policy of the checkpoint's family (``prismatic.policy.families``), with the choices its
+    ``policy_config.json`` describes."""
+    # Imported here: the registry imports every family (SpatialVLA's modeling warns on import), which the CLI's
+    # flag checks must not print before their one-line errors.
+    from prismatic.policy.families import family_class
+
     try:
-        return VLAPolicy.from_checkpoint(
+        return family_class(policy_config.model_family).from_checkpoint(
             cfg.pretrained_checkpoint, task_suite_name=cfg.task_suite_name, unnorm_key=cfg.unnorm_key or None
         )
     except (ValueError, FileNotFoundError) as error:
@@ -193,7 +199,7 @@ def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicySer
     policy_config = checkpoint_policy_config(cfg)
     spec = observation_spec(cfg, policy_config)
     check_ports_free(cfg)
-    policy = policy if policy is not None else load_policy(cfg)
+    policy = policy if policy is not None else load_policy(cfg, policy_config)
     settings = ServerSettings(
         host=cfg.host,
         port=cfg.port,

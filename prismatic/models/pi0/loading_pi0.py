@@ -15,12 +15,15 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
+from prismatic.models.pi0.modeling_pi0 import Pi0Model
 from prismatic.util.cli import UserError
 
 WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
 LEROBOT_PREFIX = "model."
 TOWERS_PREFIX = "paligemma_with_expert."
 EMBED_KEY = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
@@ -93,7 +96,7 @@ def weights_path(checkpoint: str | Path) -> Path:
 def _check_family_in_config(weights: Path) -> None:
     """A ``config.json`` beside the weights that names another policy type (lerobot's ``type``, HF's
     ``model_type``) is refused."""
-    config_path = weights.parent / "config.json"
+    config_path = weights.parent / CONFIG_NAME
     if not config_path.is_file():
         return
     try:
@@ -240,3 +243,35 @@ def load_pi0_weights(model: nn.Module, checkpoint: str | Path | Pi0Checkpoint, s
         embedding_from_lm_head=embedding_from_lm_head,
         expert_head="loaded" if EXPERT_HEAD_KEY in parsed.disk_names else "absent (never used; left as initialised)",
     )
+
+
+def read_folder_config(folder: str | Path) -> Pi0Config:
+    """The ``Pi0Config`` a folder's ``config.json`` holds when written by this project (``model_type`` "pi0"); the
+    released pi0's sizes for a folder without one or with another writer's config (openpi, lerobot)."""
+    config_path = Path(folder) / CONFIG_NAME
+    if not config_path.is_file():
+        return Pi0Config()
+    try:
+        payload = json.loads(config_path.read_text())
+        if not isinstance(payload, dict) or payload.get("model_type") != Pi0Config.model_type:
+            return Pi0Config()
+        return Pi0Config(**payload)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
+        raise Pi0CheckpointError(f"{config_path}: not a pi0 config ({error}): expected Pi0Config's fields") from error
+
+
+def save_pi0_weights(model: nn.Module, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (openpi's bare keys; the tied embedding stored once, as
+    ``lm_head``, like a release) of a ``Pi0Model`` into ``folder``; ``state_dict``: its gathered full state."""
+    state = dict(model.state_dict() if state_dict is None else state_dict)
+    state.pop(EMBED_KEY, None)
+    save_file({key: tensor.detach().contiguous().cpu() for key, tensor in state.items()}, Path(folder) / WEIGHTS_NAME)
+    model.config.to_json_file(Path(folder) / CONFIG_NAME)
+
+
+def load_pi0_folder(folder: str | Path) -> tuple[Pi0Model, Pi0LoadReport]:
+    """The pi0 of a folder (``config.json`` + ``model.safetensors``, or a released folder at the released sizes) on
+    the CPU, its header checked before any weight is read."""
+    checkpoint = read_checkpoint(folder)
+    model = Pi0Model(read_folder_config(folder))
+    return model, load_pi0_weights(model, checkpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -56,6 +57,16 @@ def pi0_align_mask(image_masks: Tensor, letterbox_masks: Tensor | None, grid_hw:
     return mask & (sampled.reshape(batch, cameras * grid_hw[0] * grid_hw[1]) > 0.5)
 
 
+def pi0_teacher_images(images: Tensor, letterbox_masks: Tensor | None, size: int) -> Tensor:
+    """SF-pi0's teacher input: pi0's images ``[B, N, 3, S, S]`` in [-1, 1] mapped to [0, 1], letterbox padding set
+    to white (1.0), resized bicubic to ``size`` (VGGT's "crop" mode on square frames): ``[B, N, 3, size, size]``."""
+    rgb = (images.float() + 1.0) / 2.0
+    if letterbox_masks is not None:
+        rgb = torch.where(letterbox_masks[:, :, None].bool(), rgb, 1.0)
+    resized = F.interpolate(rgb.flatten(0, 1), size=(size, size), mode="bicubic", align_corners=False)
+    return resized.unflatten(0, images.shape[:2])
+
+
 def image_token_hidden(aligner: SpatialForcingAligner, output: Pi0Output, config: Pi0Config) -> Tensor:
     """The tapped image tokens ``[B, N * T, D_vlm]`` of a forward run with ``output_hidden_states=True``."""
     if output.prefix_hidden_states is None:
@@ -81,14 +92,15 @@ def pi0_spatial_forcing_loss(
     time: Tensor | None = None,
 ) -> Pi0AlignedLoss:
     """One SF-pi0 training loss. ``teacher`` holds VGGT's features of the un-augmented images (one per camera);
-    the action loss is over the dims ``model.config.action_loss_dims`` selects."""
-    if observation.images.shape[1] != model.config.num_cameras:
+    the action loss is over the dims ``config.action_loss_dims`` selects. ``model`` may be DDP-wrapped."""
+    config = getattr(model, "module", model).config
+    if observation.images.shape[1] != config.num_cameras:
         raise ValueError(
             f"The observation has {observation.images.shape[1]} cameras; the config's image_keys name "
-            f"{model.config.num_cameras} ({model.config.image_keys}), which the aligned tokens are counted from"
+            f"{config.num_cameras} ({config.image_keys}), which the aligned tokens are counted from"
         )
     output = model(observation, actions, noise=noise, time=time, output_hidden_states=True)
-    grid = image_grid(model.config)
+    grid = image_grid(config)
     mask = pi0_align_mask(observation.image_masks, letterbox_masks, grid)
-    align = aligner(image_token_hidden(aligner, output, model.config), *teacher, mask=mask, vla_grid_hw=grid)
+    align = aligner(image_token_hidden(aligner, output, config), *teacher, mask=mask, vla_grid_hw=grid)
     return Pi0AlignedLoss(output.loss + aligner.config.align_loss_coeff * align, output.loss, align)

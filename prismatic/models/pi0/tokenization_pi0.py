@@ -34,6 +34,7 @@ class Pi0Tokenizer:
             raise UserError(
                 f"{path}: not a SentencePiece model ({error}): expected PaliGemma's tokenizer.model"
             ) from error
+        self.path = path
         self.max_length = max_length
         self.prompt_format = prompt_format
 

@@ -1,0 +1,146 @@
+"""``--model_family pi0`` in the fine-tuning scripts: what the trainer needs from pi0 (build, batches, losses, the
+checkpoint's model files), the rest of the loop (optimizer, schedule, data position, save, resume) being shared.
+
+pi0 is fine-tuned in full (no LoRA yet) from a pi0 folder ``--vla_path`` (``config.json`` with ``model_type``
+"pi0" and ``model.safetensors`` in openpi's or lerobot's layout, plus PaliGemma's ``tokenizer.model``). Spatial
+Forcing attaches as SF-pi0 does (``prismatic.models.pi0.spatial_forcing_pi0``): the residual stream entering LM layer
+``--vla_layers_align``, image tokens of every camera, masked by camera presence and letterbox, a LayerNorm + MLP
+projector from the LM width, ``action loss + align_loss_coeff x align loss``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prismatic.models.pi0.configuration_pi0 import Pi0Config
+from prismatic.models.pi0.loading_pi0 import (
+    load_pi0_folder,
+    load_pi0_weights,
+    read_checkpoint,
+    read_folder_config,
+    save_pi0_weights,
+)
+from prismatic.models.pi0.processing_pi0 import TOKENIZER_NAME, Pi0Processor, observation_from_batch
+from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
+from prismatic.training import checkpointing as ckpt
+from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
+from prismatic.util.cli import UserError
+from prismatic.vla.constants import PlatformConstants
+from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig
+
+PI0_FAMILY = "pi0"
+PI0_ACTION_HEAD = "flow_matching"
+
+
+def check_pi0_training_flags(cfg: FinetuneConfig) -> None:
+    """Refuse, one line each, the training flags pi0 does not support."""
+    unsupported = {
+        "use_lora": False,
+        "use_film": False,
+        "use_diffusion": False,
+        "quantize_base": "none",
+        "strategy": "ddp",
+        "gradient_checkpointing": False,
+    }
+    for flag, supported in unsupported.items():
+        if getattr(cfg, flag) != supported:
+            raise UserError(f"--model_family pi0: --{flag} {getattr(cfg, flag)} is not supported: expected {supported}")
+    if not cfg.use_proprio:
+        raise UserError("--model_family pi0 reads the robot state: expected --use_proprio True")
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.teacher != "vggt":
+        raise UserError(f"--model_family pi0: --teacher {cfg.teacher} is not supported: expected vggt")
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.gain_feat_1move:
+        raise UserError(
+            "--model_family pi0: --gain_feat_1move True is not supported: expected False (pi0's image "
+            "tokens open the sequence; no BOS to shift past)"
+        )
+
+
+def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Config:
+    """Refuse, one line each and before any weight is read, the flags pi0 does not support and a ``--vla_path``
+    that is not a pi0 fitting the data; returns the base's config."""
+    check_pi0_training_flags(cfg)
+    read_checkpoint(cfg.vla_path)  # the family and layout, from the header
+    config = read_folder_config(cfg.vla_path)
+    if config.chunk_size != platform.num_actions_chunk:
+        raise UserError(
+            f"--vla_path {cfg.vla_path}: pi0's chunk_size {config.chunk_size} differs from the data's chunk of "
+            f"{platform.num_actions_chunk} actions: expected equal"
+        )
+    for name, dim, limit in (
+        ("action", platform.action_dim, config.max_action_dim),
+        ("proprio", platform.proprio_dim, config.max_state_dim),
+    ):
+        if dim > limit:
+            raise UserError(f"--vla_path {cfg.vla_path}: the data's {dim} {name} dims exceed pi0's {limit} padded dims")
+    if cfg.num_images_in_input > config.num_cameras:
+        raise UserError(
+            f"--num_images_in_input {cfg.num_images_in_input}: pi0's config reads {config.num_cameras} cameras "
+            f"({config.image_keys}): expected at most that"
+        )
+    if not Path(cfg.vla_path, TOKENIZER_NAME).is_file():
+        raise UserError(f"--vla_path {cfg.vla_path}: no {TOKENIZER_NAME}: expected PaliGemma's SentencePiece model")
+    return config
+
+
+def as_pi0_policy_config(config: PolicyConfig) -> PolicyConfig:
+    """The run's ``policy_config.json`` (``trainer.training_policy_config``: inputs, embodiment, Spatial Forcing,
+    data, base) as pi0's: its family and flow-matching head, frames resized with padding (no center crop)."""
+    image = ImagePreprocessingConfig(center_crop=False)
+    return dataclasses.replace(config, model_family=PI0_FAMILY, action_head=PI0_ACTION_HEAD, image=image)
+
+
+def build_pi0(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Module, Pi0Processor]:
+    """The base pi0 of ``--vla_path`` (checked by :func:`check_pi0_flags`) on ``device``, ready to train in full, and
+    its processor."""
+    model, _ = load_pi0_folder(cfg.vla_path)
+    freeze_unreached_parameters(model, cfg.vla_layers_align if isinstance(cfg, AlignFinetuneConfig) else None)
+    return model.to(device), Pi0Processor.from_folder(cfg.vla_path, model.config)
+
+
+def freeze_unreached_parameters(model: nn.Module, tap_layer: int | None) -> None:
+    """Freeze what no training loss reaches, so that DDP sees no unused parameter (training is unchanged: they never
+    get a gradient): the expert's LM head (pi0 embeds actions itself) and, past the keys and values the actions attend
+    to, the LM's last layer (its output projection, post-attention norm and MLP) and its final norm, which Spatial
+    Forcing reaches only when it taps the last hidden state (``tap_layer`` -1 or the depth)."""
+    towers = model.paligemma_with_expert
+    towers.gemma_expert.lm_head.requires_grad_(False)
+    last = towers.language_model.layers[-1]
+    for module in (last.self_attn.o_proj, last.post_attention_layernorm, last.mlp):
+        module.requires_grad_(False)
+    if tap_layer not in (-1, model.config.depth):
+        towers.language_model.norm.requires_grad_(False)
+
+
+def pi0_token_counts(model: nn.Module) -> tuple[int, int]:
+    """(The LM width the aligner projects from, the image tokens of all cameras)."""
+    config = ckpt.unwrap(model).config
+    return config.vlm_width, config.num_cameras * config.num_image_tokens
+
+
+def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """One forward pass of pi0 (``model``: the trainer's ``Model``): ``loss``, ``action_loss`` and, with Spatial
+    Forcing, ``align_loss``; the teacher sees the letterboxed frames with white padding."""
+    observation = observation_from_batch(batch, device)
+    actions = batch["actions"].to(device)
+    if model.aligner is None:
+        action_loss = model.vla(observation, actions).loss
+        return {"action_loss": action_loss, "loss": action_loss}
+    letterbox = batch["letterbox_masks"].to(device)
+    teacher = model.teacher(pi0_teacher_images(observation.images, letterbox, cfg.vggt_image_size))
+    losses = pi0_spatial_forcing_loss(model.vla, model.aligner, teacher, observation, actions, letterbox)
+    return {"action_loss": losses.action_loss, "align_loss": losses.align_loss, "loss": losses.loss}
+
+
+def save_pi0_model(model: nn.Module, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """The trained pi0's ``config.json`` and ``model.safetensors``."""
+    save_pi0_weights(ckpt.unwrap(model), folder, state_dict)
+
+
+def restore_pi0_weights(model: nn.Module, folder: Path) -> None:
+    """``--resume``: the checkpoint's pi0 weights into the model being trained."""
+    load_pi0_weights(ckpt.unwrap(model), folder)
