@@ -23,6 +23,7 @@ a complete checkpoint (leftovers of dead processes are removed by ``prismatic.ut
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -34,7 +35,7 @@ import torch
 
 from prismatic.policy.checkpoint_checks import step_checkpoint_folders
 from prismatic.policy.components import component_path
-from prismatic.util.checkpoint_files import STEP_CHECKPOINT_SUFFIX
+from prismatic.util.checkpoint_files import STEP_CHECKPOINT_SUFFIX, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from prismatic.util.checkpoint_install import (
     READY_DIR,
     STAGING_DIR,
@@ -122,6 +123,19 @@ def saved_training_step(folder: Path, file_step: int | None) -> int:
         component_path(folder, TRAINING_STATE, file_step), map_location="cpu", weights_only=True, mmap=True
     )
     return state["step"]
+
+
+def read_saved_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A full fine-tune's VLA weights as ``save_pretrained`` wrote them into ``folder`` (one file, or an index and
+    its shards), on the CPU."""
+    from safetensors.torch import load_file
+
+    index = folder / WEIGHTS_INDEX_NAME
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [WEIGHTS_NAME]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(folder / name)))
+    return state
 
 
 def find_resume_checkpoint(run_dir: Path, resume_step: int | None) -> tuple[Path, int | None]:

@@ -639,8 +639,9 @@ def load_training_state(
     scheduler,
     ctx: DistributedContext,
 ) -> tuple[int, dict]:
-    """Restores the adapter, every component (FiLM backbone included), optimizer and scheduler from the checkpoint
-    to resume; returns (its step, this rank's RNG state)."""
+    """Restores the trained weights (the LoRA adapter, or the whole VLA of a full fine-tune), every component (FiLM
+    backbone included), optimizer and scheduler from the checkpoint to resume; returns (its step, this rank's RNG
+    state)."""
     from safetensors.torch import load_file
 
     folder, file_step = ckpt.find_resume_checkpoint(run_dir, cfg.resume_step)
@@ -656,6 +657,8 @@ def load_training_state(
         load_adapter(vla, adapter)
     elif cfg.model_family == PI0_FAMILY:
         restore_pi0_weights(vla, folder)
+    else:  # a full fine-tune: the whole VLA as saved_pretrained wrote it
+        load_full_state_dict(model.vla, ckpt.read_saved_weights(folder), strict=True)
     components = model.components()
     for name, module in components.items():
         state_dict = load_component_state_dict(component_path(folder, name, file_step))

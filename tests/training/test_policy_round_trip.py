@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from prismatic.policy.components import load_component_state_dict
 from prismatic.policy.load import load_vla
+from prismatic.training.checkpointing import read_saved_weights
 from prismatic.training.config import FinetuneConfig
 from prismatic.training.trainer import train
 from prismatic.vla.policy_config import read_policy_config
@@ -31,10 +32,13 @@ VARIANTS = {  # name: (flags, expected components)
         {"action_head", "proprio_projector", "vision_backbone"},
     ),
 }
-EXACT_VARIANT = (  # L1 + LoRA + FiLM with gradient accumulation: resumed == uninterrupted, tensor for tensor
-    dict(use_film=True, grad_accumulation_steps=2),
-    {"action_head", "proprio_projector", "vision_backbone"},
-)
+EXACT_VARIANTS = {  # resumed == uninterrupted, tensor for tensor (the trained VLA weights included)
+    "l1-lora-film-grad-accumulation": (
+        dict(use_film=True, grad_accumulation_steps=2),
+        {"action_head", "proprio_projector", "vision_backbone"},
+    ),
+    "l1-full-finetune": (dict(use_lora=False), {"action_head", "proprio_projector"}),
+}
 
 
 def _config(tiny_checkpoints, data_root: Path, run_root: Path, **overrides) -> FinetuneConfig:
@@ -62,12 +66,15 @@ def _config(tiny_checkpoints, data_root: Path, run_root: Path, **overrides) -> F
 
 
 def _saved_tensors(folder: Path, step: int, names: set[str], lora: bool) -> dict[str, torch.Tensor]:
+    """The components' tensors and the trained VLA weights (the LoRA adapter, or the whole VLA of a full fine-tune)."""
     tensors = {}
     for name in names:
         for key, value in load_component_state_dict(folder / f"{name}--{step}_checkpoint.pt").items():
             tensors[f"{name}/{key}"] = value
     if lora:
         tensors.update(load_file(str(folder / "lora_adapter" / "adapter_model.safetensors")))
+    else:
+        tensors.update({f"vla/{key}": value for key, value in read_saved_weights(folder).items()})
     return tensors
 
 
@@ -88,10 +95,10 @@ def _check_loads_without_flags(folder: Path, flags: dict, components: set[str], 
 
 
 @pytest.mark.slow
-def test_resumed_run_equals_the_uninterrupted_one_film_and_grad_accumulation_included(
-    tiny_checkpoints, synthetic_data, tmp_path
-):
-    flags, components = EXACT_VARIANT
+@pytest.mark.parametrize("variant", list(EXACT_VARIANTS))
+def test_resumed_run_equals_the_uninterrupted_one(variant, tiny_checkpoints, synthetic_data, tmp_path):
+    flags, components = EXACT_VARIANTS[variant]
+    lora = flags.get("use_lora", True)
     uninterrupted = train(_config(tiny_checkpoints, synthetic_data, tmp_path / "a", **flags))
     assert uninterrupted == tmp_path / "a" / "run--2_chkpt"
     (tmp_path / "b").mkdir()
@@ -102,7 +109,7 @@ def test_resumed_run_equals_the_uninterrupted_one_film_and_grad_accumulation_inc
     # Upstream's accounting: the checkpoint of step 2 holds 3 optimizer updates.
     state = torch.load(resumed / "training_state--2_checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and {int(s["step"]) for s in state["optimizer"]["state"].values()} == {3}
-    expected, actual = (_saved_tensors(d, 2, components, lora=True) for d in (uninterrupted, resumed))
+    expected, actual = (_saved_tensors(d, 2, components, lora) for d in (uninterrupted, resumed))
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
