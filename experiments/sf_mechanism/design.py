@@ -35,9 +35,9 @@ class Scale:
     num_demos: int  # demonstrations per task at 100 %
     max_steps: int
     val_freq: int
-    eval_episodes: int  # closed-loop episodes per task (benchmark held-out init states)
+    eval_episodes: int  # closed-loop episodes per task (benchmark held-out init states); 0: the stage is not run
     eval_max_steps: int  # cap on the episode length
-    probe_init_states: int
+    probe_init_states: int  # 0: the depth-probe stages are not run
     probe_dpt_steps: int
 
 
@@ -65,6 +65,20 @@ QUICK = Scale(
     probe_init_states=2,
     probe_dpt_steps=5,
 )
+# What a 2-core CPU shared with other jobs finishes in about an hour (docs/experiments/sf_mechanism.md): both tasks,
+# two seeds, 100 % of 8 demonstrations, 120 steps; the offline metric only (no closed loop, no probe).
+REDUCED = Scale(
+    tasks=(HEIGHT_TASK, FLAT_TASK),
+    seeds=(0, 1),
+    fractions=(1.0,),
+    num_demos=8,
+    max_steps=120,
+    val_freq=20,
+    eval_episodes=0,
+    eval_max_steps=0,
+    probe_init_states=0,
+    probe_dpt_steps=0,
+)
 # The harness's own check (pytest, synthetic data): every stage at the smallest sizes that still produce each artefact.
 SMOKE = Scale(
     tasks=(HEIGHT_TASK,),
@@ -78,7 +92,7 @@ SMOKE = Scale(
     probe_init_states=2,
     probe_dpt_steps=2,
 )
-SCALES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+SCALES = {"full": FULL, "quick": QUICK, "reduced": REDUCED, "smoke": SMOKE}
 
 
 def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
