@@ -32,6 +32,7 @@ from experiments.robot.results import wilson_interval
 from experiments.sf_mechanism.design import (
     DATASET_NAME,
     HEIGHT_TASK,
+    OFFLINE_PRIMARY_METRIC,
     PRIMARY_METRIC,
     SCALES,
     SECONDARY_METRIC,
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
                 entry["probe"] = probed["runs"][entry["run_id"]]
 
     results = {
-        "primary_metric": PRIMARY_METRIC,
+        "primary_metric": PRIMARY_METRIC if closed_loop == "run" else OFFLINE_PRIMARY_METRIC,
         "secondary_metric": SECONDARY_METRIC,
         "height_task": HEIGHT_TASK,
         "data_source": args.data_source,
