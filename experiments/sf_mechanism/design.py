@@ -71,13 +71,13 @@ QUICK = Scale(
     probe_dpt_steps=5,
 )
 # What a 2-core CPU shared with other jobs finishes in about an hour (docs/experiments/sf_mechanism.md): both tasks,
-# two seeds, 100 % of 6 demonstrations, 120 steps; the offline metric only (no closed loop, no probe).
+# two seeds, 100 % of 4 demonstrations, 100 steps; the offline metric only (no closed loop, no probe).
 REDUCED = Scale(
     tasks=(HEIGHT_TASK, FLAT_TASK),
     seeds=(0, 1),
     fractions=(1.0,),
-    num_demos=6,
-    max_steps=120,
+    num_demos=4,
+    max_steps=100,
     val_freq=20,
     eval_episodes=0,
     eval_max_steps=0,

@@ -3,7 +3,7 @@
     python experiments/sf_mechanism/run.py --out runs/sf_mechanism            # the full run (design.FULL)
     python experiments/sf_mechanism/run.py --out runs/sf_quick --quick        # one task, one seed, every artefact
     python experiments/sf_mechanism/run.py --out /tmp/sf --data_source synthetic --quick   # harness check, no sim
-    python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 3 --seeds 0 --variants plain \
+    python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 0 --seeds 0 --variants plain \
         --learning_rate 1e-3                                                   # one point of a baseline LR sweep
 
 Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes):
