@@ -6,7 +6,8 @@
     python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 0 --seeds 0 --variants plain \
         --learning_rate 1e-3                                                   # one point of a baseline LR sweep
 
-Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes):
+Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes;
+``--parallel N`` trains N runs at a time):
 base checkpoints -> demonstrations with depth (per task: 100 % and each fraction) -> training of every (task,
 variant, fraction, seed) -> held-out action L1 curves (the runs' validation) -> closed-loop evaluation on the
 benchmark's init states (Wilson 95 % intervals) -> depth probe of every 100 % checkpoint -> results.json, figures and
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=PRESETS[PRESET].settings["learning_rate"],
         help=f"one rate for every variant (default: the {PRESET} preset's, chosen on the baseline)",
     )
+    parser.add_argument("--parallel", type=int, default=1, help="training runs at a time (each needs ~2 GB of memory)")
     parser.add_argument(
         "--report",
         type=Path,
@@ -100,6 +103,8 @@ def check_args(args: argparse.Namespace) -> None:
     if "plain" not in variants:
         raise UserError(f"--variants {args.variants!r}: expected 'plain' among them (the baseline of every ratio)")
     args.variants = variants
+    if args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel}: expected a whole number >= 1")
     if not args.learning_rate > 0:
         raise UserError(f"--learning_rate {args.learning_rate}: expected a value > 0")
     scale = SCALES[args.scale]
@@ -430,29 +435,39 @@ def main(argv: list[str] | None = None) -> None:
             )
             data_roots[task, fraction] = record["data_root_dir"]
 
-    units = []
-    for task in scale.tasks:
-        for fraction in scale.fractions:
-            for variant in args.variants:
-                for seed in scale.seeds:
-                    run_id = f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}"
-                    trained = unit(
-                        out / "stages" / "train" / run_id,
-                        f"train {run_id}",
-                        lambda v=variant, s=seed, r=run_id, d=data_roots[task, fraction]: train(
-                            out, scale, base, d, v, s, r, args.learning_rate
-                        ),
-                    )
-                    units.append(
-                        {
-                            "run_id": run_id,
-                            "task": task,
-                            "fraction": fraction,
-                            "variant": variant,
-                            "seed": seed,
-                            **trained,
-                        }
-                    )
+    units = [
+        {
+            "run_id": f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}",
+            "task": task,
+            "fraction": fraction,
+            "variant": variant,
+            "seed": seed,
+        }
+        for task in scale.tasks
+        for fraction in scale.fractions
+        for variant in args.variants
+        for seed in scale.seeds
+    ]
+
+    def train_unit(entry: dict) -> dict:
+        return unit(
+            out / "stages" / "train" / entry["run_id"],
+            f"train {entry['run_id']}",
+            lambda: train(
+                out,
+                scale,
+                base,
+                data_roots[entry["task"], entry["fraction"]],
+                entry["variant"],
+                entry["seed"],
+                entry["run_id"],
+                args.learning_rate,
+            ),
+        )
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is its own process
+        for entry, trained in zip(units, pool.map(train_unit, units), strict=True):
+            entry.update(trained)
 
     for entry in units:
         entry["l1_curve"] = unit(
