@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -466,8 +466,14 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is its own process
-        for entry, trained in zip(units, pool.map(train_unit, units), strict=True):
-            entry.update(trained)
+        futures = [pool.submit(train_unit, entry) for entry in units]
+        for done in as_completed(futures):
+            if done.exception() is not None:  # no new run starts; the running ones finish (and keep their markers)
+                for future in futures:
+                    future.cancel()
+                raise done.exception()
+    for entry, future in zip(units, futures, strict=True):
+        entry.update(future.result())
 
     for entry in units:
         entry["l1_curve"] = unit(

@@ -94,6 +94,7 @@ def test_a_folder_of_another_scale_is_refused(tmp_path):
 def test_the_stage_graph_on_synthetic_data_writes_every_artefact_and_resumes(tmp_path):
     out = tmp_path / "exp"
     args = ["--out", str(out), "--data_source", "synthetic", "--scale", "smoke", "--variants", "plain,sf_geometry"]
+    args += ["--parallel", "2"]
     first = harness(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
