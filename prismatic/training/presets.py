@@ -110,8 +110,9 @@ PRESETS: dict[str, Preset] = {
         "the Spatial Forcing mechanism experiment (experiments/sf_mechanism): tiny_cpu's model sizes with a held-out "
         "split validated during training (40 batches of its ordered pass: whole held-out episodes, not their first "
         "frames), a 500-frame shuffle buffer, more than the reduced run's training frames (a 64-frame buffer streams "
-        "the episodes nearly in time order; the geometry teacher's point maps make each buffered frame ~1 MB), merged checkpoints for evaluation and probing, a 64-wide geometry/rgb teacher; one learning "
-        "rate and schedule for every variant",
+        "the episodes nearly in time order; the geometry teacher's point maps make each buffered frame ~1 MB), "
+        "merged checkpoints for evaluation and probing, a 64-wide geometry/rgb teacher; one learning rate and "
+        "schedule for every variant",
         {
             **TINY_CPU,
             "shuffle_buffer_size": 500,
