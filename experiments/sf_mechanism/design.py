@@ -70,8 +70,9 @@ QUICK = Scale(
     probe_init_states=2,
     probe_dpt_steps=5,
 )
-# What a 2-core CPU shared with other jobs finishes in about an hour (docs/experiments/sf_mechanism.md): both tasks,
-# two seeds, 100 % of 4 demonstrations, 100 steps; the offline metric only (no closed loop, no probe).
+# Sized for about an hour of a 2-core CPU shared with other jobs, demonstrations aside
+# (docs/experiments/sf_mechanism.md): both tasks, two seeds, 100 % of 4 demonstrations, 100 steps; the offline
+# metric only (no closed loop, no probe).
 REDUCED = Scale(
     tasks=(HEIGHT_TASK, FLAT_TASK),
     seeds=(0, 1),
