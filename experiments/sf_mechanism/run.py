@@ -3,8 +3,11 @@
     python experiments/sf_mechanism/run.py --out runs/sf_mechanism            # the full run (design.FULL)
     python experiments/sf_mechanism/run.py --out runs/sf_quick --quick        # one task, one seed, every artefact
     python experiments/sf_mechanism/run.py --out /tmp/sf --data_source synthetic --quick   # harness check, no sim
+    python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 0 --seeds 0 --variants plain \
+        --learning_rate 1e-3                                                   # one point of a baseline LR sweep
 
-Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes):
+Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes;
+``--parallel N`` trains N runs at a time):
 base checkpoints -> demonstrations with depth (per task: 100 % and each fraction) -> training of every (task,
 variant, fraction, seed) -> held-out action L1 curves (the runs' validation) -> closed-loop evaluation on the
 benchmark's init states (Wilson 95 % intervals) -> depth probe of every 100 % checkpoint -> results.json, figures and
@@ -21,6 +24,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,7 @@ from experiments.robot.results import wilson_interval
 from experiments.sf_mechanism.design import (
     DATASET_NAME,
     HEIGHT_TASK,
+    OFFLINE_PRIMARY_METRIC,
     PRIMARY_METRIC,
     SCALES,
     SECONDARY_METRIC,
@@ -63,6 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", default="full", help=f"one of {list(SCALES)} (design.py); --quick sets quick")
     parser.add_argument("--data_source", default="oracle", help=f"one of {DATA_SOURCES}")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of the scale's tasks (default: all)")
+    parser.add_argument("--seeds", default=None, help="comma-separated subset of the scale's seeds (default: all)")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=PRESETS[PRESET].settings["learning_rate"],
+        help=f"one rate for every variant (default: the {PRESET} preset's, chosen on the baseline)",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="training runs at a time (each needs ~2 GB of memory)")
     parser.add_argument(
         "--report",
         type=Path,
@@ -89,19 +103,40 @@ def check_args(args: argparse.Namespace) -> None:
     if "plain" not in variants:
         raise UserError(f"--variants {args.variants!r}: expected 'plain' among them (the baseline of every ratio)")
     args.variants = variants
+    if args.parallel < 1:
+        raise UserError(f"--parallel {args.parallel}: expected a whole number >= 1")
+    if not args.learning_rate > 0:
+        raise UserError(f"--learning_rate {args.learning_rate}: expected a value > 0")
+    scale = SCALES[args.scale]
+    args.sizes = dataclasses.replace(
+        scale, tasks=subset("--tasks", args.tasks, scale.tasks), seeds=subset("--seeds", args.seeds, scale.seeds)
+    )
     if args.data_source == "oracle":
-        check_oracle(SCALES[args.scale])
+        check_oracle(args.sizes)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out}: not a folder; expected the experiment folder (created if missing)")
     manifest = args.out / "experiment.json"
     if manifest.exists():
         earlier = json.loads(manifest.read_text())
-        now = {"scale": args.scale, "data_source": args.data_source}
+        now = {"scale": args.scale, "data_source": args.data_source, "learning_rate": args.learning_rate}
         if {key: earlier.get(key) for key in now} != now:
             raise UserError(
-                f"--out {args.out} holds a run with {earlier}; expected the same --scale/--data_source to resume it, "
-                "or a new --out"
+                f"--out {args.out} holds a run with {earlier}; expected the same "
+                "--scale/--data_source/--learning_rate to resume it, or a new --out"
             )
+
+
+def subset(flag: str, value: str | None, allowed: tuple[int, ...]) -> tuple[int, ...]:
+    """A comma-separated subset of ``allowed`` (all of it when ``value`` is None)."""
+    if value is None:
+        return allowed
+    try:
+        chosen = tuple(int(item) for item in value.split(",") if item)
+    except ValueError:
+        chosen = ()
+    if not chosen or not set(chosen) <= set(allowed):
+        raise UserError(f"{flag} {value!r}: expected a comma-separated subset of the scale's {list(allowed)}")
+    return chosen
 
 
 def check_oracle(scale: Scale) -> None:
@@ -185,7 +220,9 @@ def make_demos(out: Path, data_source: str, task: int, count: int) -> dict:
     return {"data_root_dir": str(root)}
 
 
-def train(out: Path, scale: Scale, base: dict, data_root: str, variant: str, seed: int, run_id: str) -> dict:
+def train(
+    out: Path, scale: Scale, base: dict, data_root: str, variant: str, seed: int, run_id: str, learning_rate: float
+) -> dict:
     script, teacher = VARIANTS[variant]
     run_root = out / "runs"
     flags = [
@@ -196,6 +233,7 @@ def train(out: Path, scale: Scale, base: dict, data_root: str, variant: str, see
         f"--run_root_dir={run_root}",
         f"--run_id_override={run_id}",
         f"--seed={seed}",
+        f"--learning_rate={learning_rate}",
         f"--max_steps={scale.max_steps}",
         f"--num_steps_before_decay={scale.max_steps}",
         f"--save_freq={scale.max_steps}",
@@ -372,11 +410,17 @@ def summarise(units: list[dict], scale: Scale, variants: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    scale = SCALES[args.scale]
+    scale: Scale = args.sizes
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        out / "experiment.json", {"scale": args.scale, "data_source": args.data_source, "sizes": vars(scale)}
+        out / "experiment.json",
+        {
+            "scale": args.scale,
+            "data_source": args.data_source,
+            "learning_rate": args.learning_rate,
+            "sizes": vars(scale),
+        },
     )
     synthetic = args.data_source == "synthetic"
 
@@ -391,29 +435,45 @@ def main(argv: list[str] | None = None) -> None:
             )
             data_roots[task, fraction] = record["data_root_dir"]
 
-    units = []
-    for task in scale.tasks:
-        for fraction in scale.fractions:
-            for variant in args.variants:
-                for seed in scale.seeds:
-                    run_id = f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}"
-                    trained = unit(
-                        out / "stages" / "train" / run_id,
-                        f"train {run_id}",
-                        lambda v=variant, s=seed, r=run_id, d=data_roots[task, fraction]: train(
-                            out, scale, base, d, v, s, r
-                        ),
-                    )
-                    units.append(
-                        {
-                            "run_id": run_id,
-                            "task": task,
-                            "fraction": fraction,
-                            "variant": variant,
-                            "seed": seed,
-                            **trained,
-                        }
-                    )
+    units = [
+        {
+            "run_id": f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}",
+            "task": task,
+            "fraction": fraction,
+            "variant": variant,
+            "seed": seed,
+        }
+        for task in scale.tasks
+        for fraction in scale.fractions
+        for variant in args.variants
+        for seed in scale.seeds
+    ]
+
+    def train_unit(entry: dict) -> dict:
+        return unit(
+            out / "stages" / "train" / entry["run_id"],
+            f"train {entry['run_id']}",
+            lambda: train(
+                out,
+                scale,
+                base,
+                data_roots[entry["task"], entry["fraction"]],
+                entry["variant"],
+                entry["seed"],
+                entry["run_id"],
+                args.learning_rate,
+            ),
+        )
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is its own process
+        futures = [pool.submit(train_unit, entry) for entry in units]
+        for done in as_completed(futures):
+            if done.exception() is not None:  # no new run starts; the running ones finish (and keep their markers)
+                for future in futures:
+                    future.cancel()
+                raise done.exception()
+    for entry, future in zip(units, futures, strict=True):
+        entry.update(future.result())
 
     for entry in units:
         entry["l1_curve"] = unit(
@@ -423,9 +483,13 @@ def main(argv: list[str] | None = None) -> None:
         )["curve"]
 
     if synthetic:
-        print(
-            "[not run] closed-loop evaluation: synthetic data has no simulator task (recorded as skipped)", flush=True
-        )
+        closed_loop = "skipped: synthetic data has no simulator task"
+    elif scale.eval_episodes == 0:
+        closed_loop = f"skipped: the {args.scale} scale runs no episodes"
+    else:
+        closed_loop = "run"
+    if closed_loop != "run":
+        print(f"[not run] closed-loop evaluation: {closed_loop}", flush=True)
     else:
         for entry in units:
             entry["eval"] = unit(
@@ -434,7 +498,10 @@ def main(argv: list[str] | None = None) -> None:
                 lambda e=entry: evaluate(out, scale, e["checkpoint"], e["task"], e["run_id"]),
             )
 
-    for task in scale.tasks:
+    depth_probe = "run" if scale.probe_init_states else f"skipped: the {args.scale} scale probes no scenes"
+    if depth_probe != "run":
+        print(f"[not run] depth probe: {depth_probe}", flush=True)
+    for task in scale.tasks if depth_probe == "run" else ():
         data = unit(
             out / "stages" / "probe_data" / f"task{task}",
             f"probe data task {task}",
@@ -451,13 +518,15 @@ def main(argv: list[str] | None = None) -> None:
                 entry["probe"] = probed["runs"][entry["run_id"]]
 
     results = {
-        "primary_metric": PRIMARY_METRIC,
+        "primary_metric": PRIMARY_METRIC if closed_loop == "run" else OFFLINE_PRIMARY_METRIC,
         "secondary_metric": SECONDARY_METRIC,
         "height_task": HEIGHT_TASK,
         "data_source": args.data_source,
         "scale": args.scale,
         "sizes": vars(scale),
-        "closed_loop": "skipped: synthetic data has no simulator task" if synthetic else "run",
+        "learning_rate": args.learning_rate,
+        "closed_loop": closed_loop,
+        "depth_probe": depth_probe,
         "aligned_layer": aligned_layer(),
         "groups": summarise(units, scale, args.variants),
         "units": units,

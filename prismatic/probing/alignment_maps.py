@@ -128,13 +128,23 @@ def _scene_inputs(cfg: AlignmentMapConfig, model: ProbedVLA) -> tuple[np.ndarray
 
 
 def check_teacher(checkpoint: Path, vggt_path: Path) -> None:
-    """``vggt_path`` holds the VGGT the checkpoint was trained against, when its ``policy_config.json`` records it
-    (checkpoints written before the record, and released ones, are taken as they are)."""
+    """The checkpoint was trained against VGGT (the maps compare with VGGT's features), and ``vggt_path`` holds that
+    VGGT when its ``policy_config.json`` records it (checkpoints written before the record, and released ones, are
+    taken as they are)."""
     try:
         policy_config = read_policy_config(checkpoint)
     except ValueError as error:
         raise UserError(f"--checkpoint {checkpoint}: {error}") from None
-    recorded = ((policy_config.spatial_forcing or {}) if policy_config is not None else {}).get(VGGT_DIGEST_KEY)
+    settings = (policy_config.spatial_forcing or {}) if policy_config is not None else {}
+    teacher = settings.get("teacher", "vggt")
+    if teacher != "vggt":
+        raise UserError(
+            f"--checkpoint {checkpoint}: trained against the {teacher!r} teacher; alignment maps compare with VGGT "
+            "features, expected a checkpoint of --teacher vggt"
+        )
+    if not vggt_path.is_file():
+        raise UserError(f"--vggt_path {vggt_path}: no such file; expected VGGT weights (model.pt)")
+    recorded = settings.get(VGGT_DIGEST_KEY)
     if recorded is None:
         return
     actual = file_sha256(vggt_path)
@@ -148,8 +158,6 @@ def check_teacher(checkpoint: Path, vggt_path: Path) -> None:
 @torch.inference_mode()
 def make_alignment_maps(cfg: AlignmentMapConfig) -> dict[str, Any]:
     """Write ``alignment_maps.png`` and ``alignment_maps.json`` (mean cosine per camera) into ``out_dir``."""
-    if not cfg.vggt_path.is_file():
-        raise UserError(f"--vggt_path {cfg.vggt_path}: no such file; expected VGGT weights (model.pt)")
     check_teacher(cfg.checkpoint, cfg.vggt_path)
     model = load_probed_vla(cfg.checkpoint, Path(cfg.checkpoint).name, ["libero_spatial"])
     try:

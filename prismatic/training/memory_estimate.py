@@ -150,6 +150,7 @@ _AUTOCAST_BF16_FUNCTIONS = (
     torch.baddbmm,
     torch.addmm,
     Tensor.__matmul__,
+    Tensor.matmul,  # what ``@`` reaches for a tensor of another dtype (the rgb teacher's float32 mixing weights)
 )
 
 
@@ -251,6 +252,7 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
     from functools import partial
 
     from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
+    from prismatic.training.trainer import fixed_teacher
     from vggt.models.vggt import VGGT
     from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
@@ -275,7 +277,11 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
             head = L1RegressionActionHead(llm_dim, llm_dim, platform.action_dim, platform.num_actions_chunk).to(dtype)
         proprio = ProprioProjector(llm_dim, platform.proprio_dim) if cfg.use_proprio else None
         aligner = teacher = None
-        if cfg.spatial_forcing:
+        if cfg.spatial_forcing and cfg.teacher != "vggt":  # buffers only: drawn on the CPU, traced on meta
+            with torch.device("cpu"):
+                teacher = fixed_teacher(cfg, config.image_sizes[0]).to("meta")
+            aligner = SpatialForcingAligner(cfg.align_config(llm_dim, cfg.teacher_width // 2, cfg.teacher_patch_size))
+        elif cfg.spatial_forcing:
             vggt = VGGT(**_teacher_kwargs(cfg.vggt_path))
             teacher = VGGTTeacher(
                 vggt,
@@ -311,7 +317,13 @@ def _meta_batch(cfg: MemoryEstimateConfig, platform: PlatformConstants, config: 
     num_slots = platform.num_actions_chunk * platform.action_dim
     labels = torch.full((batch_size, text_length), IGNORE_INDEX, device="meta")
     image_size = config.image_sizes[0]
+    camera_points = {}
+    if cfg.spatial_forcing and cfg.teacher == "geometry":  # the point maps the geometry teacher reads
+        camera_points["camera_points"] = torch.empty(
+            (batch_size, cfg.num_images_in_input, image_size, image_size, 3), device="meta"
+        )
     return {
+        **camera_points,
         "input_ids": torch.zeros((batch_size, text_length), dtype=torch.long, device="meta"),
         "attention_mask": torch.ones((batch_size, text_length), dtype=torch.bool, device="meta"),
         "labels": labels,
@@ -378,7 +390,7 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
             loss = loss + nn.functional.l1_loss(predicted, batch["actions"])
         if aligner is not None:
             visual = aligner.select_vision_tokens(output.hidden_states, 1, num_patches)
-            teacher_features = teacher(batch["pixel_values"])
+            teacher_features = teacher(batch["pixel_values"], batch.get("camera_points"))
             saved.count([teacher_features.features], "teacher features")
             if cfg.upstream_script:  # upstream's VGGT returns (and the step keeps) all aggregator layers
                 with torch.no_grad():

@@ -145,13 +145,17 @@ PRESETS: dict[str, Preset] = {
     ),
     "sf_mechanism_cpu": Preset(
         "the Spatial Forcing mechanism experiment (experiments/sf_mechanism): tiny_cpu's model sizes with a held-out "
-        "split validated during training, merged checkpoints for evaluation and probing, a 64-wide geometry/rgb "
-        "teacher; one learning rate and schedule for every variant",
+        "split validated during training (40 batches of its ordered pass: whole held-out episodes, not their first "
+        "frames), a 500-frame shuffle buffer, more than the reduced run's training frames (a 64-frame buffer streams "
+        "the episodes nearly in time order; the geometry teacher's point maps make each buffered frame ~1 MB), "
+        "merged checkpoints for evaluation and probing, a 64-wide geometry/rgb teacher; one learning rate and "
+        "schedule for every variant",
         {
             **TINY_CPU,
+            "shuffle_buffer_size": 500,
             "use_val_set": True,
             "val_set_fraction": 0.2,
-            "val_batches": 4,
+            "val_batches": 40,
             "merge_lora_during_training": True,
             "save_latest_checkpoint_only": True,
             "teacher_width": 64,

@@ -238,31 +238,36 @@ def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, c
     )
 
 
+def fixed_teacher(cfg: AlignFinetuneConfig, image_size: int) -> nn.Module:
+    """The frozen ``geometry`` or ``rgb`` teacher of ``cfg`` on the CPU (``image_size``: the side of the VLA's
+    square input images, which the rgb control reads at their own size in [0, 1])."""
+    from prismatic.spatial_forcing import GeometryTeacher, RGBTeacher
+    from vggt.utils.load_fn import vla_pixels_to_vggt_images
+
+    if cfg.teacher == "geometry":
+        return GeometryTeacher(
+            cfg.teacher_width,
+            cfg.teacher_patch_size,
+            cfg.geometry_workspace_min,
+            cfg.geometry_workspace_max,
+            cfg.teacher_seed,
+        )
+    prepare_images = partial(vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=image_size)
+    return RGBTeacher(cfg.teacher_width, cfg.teacher_patch_size, prepare_images, cfg.teacher_seed)
+
+
 def build_alignment(
     cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device, image_size: int
 ) -> tuple[nn.Module, nn.Module]:
     """Spatial Forcing: the trainable aligner (AlignProjector inside) and the frozen teacher of ``--teacher``
     (``image_size``: the side of the VLA's square input images)."""
-    from prismatic.spatial_forcing import GeometryTeacher, RGBTeacher, SpatialForcingAligner, VGGTTeacher
+    from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
     from vggt.models.vggt import VGGT
     from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
     if cfg.teacher != "vggt":
         align_config = cfg.align_config(llm_dim, cfg.teacher_width // 2, cfg.teacher_patch_size)
-        if cfg.teacher == "geometry":
-            teacher = GeometryTeacher(
-                cfg.teacher_width,
-                cfg.teacher_patch_size,
-                cfg.geometry_workspace_min,
-                cfg.geometry_workspace_max,
-                cfg.teacher_seed,
-            )
-        else:  # the VLA's own images in [0, 1], at their own size
-            prepare_images = partial(
-                vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=image_size
-            )
-            teacher = RGBTeacher(cfg.teacher_width, cfg.teacher_patch_size, prepare_images, cfg.teacher_seed)
-        return SpatialForcingAligner(align_config).to(device), teacher.to(device)
+        return SpatialForcingAligner(align_config).to(device), fixed_teacher(cfg, image_size).to(device)
 
     vggt = VGGT.from_checkpoint(cfg.vggt_path).to(device)
     prepare_images = partial(

@@ -3,6 +3,7 @@ stage is recorded as skipped), its outputs, resumption, and its own flag checks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,11 @@ import pytest
 from PIL import Image
 
 from experiments.robot.results import wilson_interval
-from experiments.sf_mechanism.design import steps_to_reach
+from experiments.sf_mechanism.design import REDUCED, steps_to_reach
+from experiments.sf_mechanism.report import write_figures, write_report
+from experiments.sf_mechanism.run import parse_args
+from prismatic.training.presets import PRESETS
+from prismatic.util.cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN = "experiments/sf_mechanism/run.py"
@@ -56,12 +61,32 @@ def test_bad_flags_get_one_line_and_exit_2_before_anything_is_written(tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scale", "reduced", "--tasks", "3,5"], "--tasks '3,5': expected a comma-separated subset of the scale's"),
+        (["--seeds", "x"], "--seeds 'x': expected a comma-separated subset of the scale's [0, 1, 2]"),
+        (["--learning_rate", "0"], "--learning_rate 0.0: expected a value > 0"),
+    ],
+)
+def test_subsets_and_the_learning_rate_are_checked(tmp_path, args, message):
+    with pytest.raises(UserError) as error:
+        parse_args(["--out", str(tmp_path / "exp"), *args])
+    assert str(error.value).startswith(message)
+
+
+def test_subsets_narrow_the_scale_and_the_rate_defaults_to_the_preset(tmp_path):
+    args = parse_args(["--out", str(tmp_path / "exp"), "--scale", "reduced", "--tasks", "0", "--seeds", "1"])
+    assert args.sizes == dataclasses.replace(REDUCED, tasks=(0,), seeds=(1,))
+    assert args.learning_rate == PRESETS["sf_mechanism_cpu"].settings["learning_rate"]
+
+
 def test_a_folder_of_another_scale_is_refused(tmp_path):
     out = tmp_path / "exp"
     out.mkdir()
     (out / "experiment.json").write_text(json.dumps({"scale": "quick", "data_source": "oracle"}))
     completed = harness("--out", str(out), "--scale", "smoke", "--data_source", "synthetic")
-    assert completed.returncode == 2 and "expected the same --scale/--data_source" in completed.stderr
+    assert completed.returncode == 2 and "expected the same --scale/--data_source/--learning_rate" in completed.stderr
     assert sorted(path.name for path in out.iterdir()) == ["experiment.json"]
 
 
@@ -69,12 +94,14 @@ def test_a_folder_of_another_scale_is_refused(tmp_path):
 def test_the_stage_graph_on_synthetic_data_writes_every_artefact_and_resumes(tmp_path):
     out = tmp_path / "exp"
     args = ["--out", str(out), "--data_source", "synthetic", "--scale", "smoke", "--variants", "plain,sf_geometry"]
+    args += ["--parallel", "2"]
     first = harness(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
-    assert results["primary_metric"].startswith("closed-loop success at equal steps on the height-dependent task")
+    assert results["primary_metric"].startswith("held-out action L1 at equal steps")  # no closed loop here
     assert results["closed_loop"] == "skipped: synthetic data has no simulator task"
+    assert results["depth_probe"] == "run" and results["learning_rate"] == 5e-4
     assert results["aligned_layer"] == 1
     assert sorted(results["groups"]) == ["task3_f050", "task3_f100"]
     for group in results["groups"].values():
@@ -109,3 +136,28 @@ def test_the_stage_graph_on_synthetic_data_writes_every_artefact_and_resumes(tmp
     assert "[run ]" not in second.stdout and second.stdout.count("[skip]") == len(markers)
     assert {path: path.stat().st_mtime_ns for path in out.rglob(".done.json")} == markers
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_a_scale_without_episodes_or_probe_scenes_reports_both_as_not_measured(tmp_path):
+    row = {"seeds": [0, 1], "steps": [10, 20], "l1_mean": [0.3, 0.2], "l1_min": [0.25, 0.15], "l1_max": [0.35, 0.25]}
+    row |= {"success": None, "probe": [], "steps_to_baseline_final_l1": 20, "speedup_vs_plain": 1.0}
+    results = {
+        "primary_metric": "held-out L1",
+        "secondary_metric": "ratio",
+        "height_task": 3,
+        "data_source": "oracle",
+        "scale": "reduced",
+        "sizes": {},
+        "learning_rate": 1e-3,
+        "closed_loop": "skipped: the reduced scale runs no episodes",
+        "depth_probe": "skipped: the reduced scale probes no scenes",
+        "aligned_layer": 1,
+        "groups": {"task3_f100": {"task": 3, "fraction": 1.0, "baseline_final_l1": 0.2, "variants": {"plain": row}}},
+    }
+    figures = write_figures(results, tmp_path / "figures")
+    report = write_report(results, figures, tmp_path / "page.md").read_text()
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == ["learning_curves.png", "success.png"]
+    assert "Learning rate (every variant): 0.001." in report
+    assert "| 3 | 100% | plain | 2 | 0.2000 | 20 | 1.00 |" in report
+    assert "Not measured: skipped: the reduced scale runs no episodes." in report
+    assert "Not measured: skipped: the reduced scale probes no scenes." in report and "![probe]" not in report

@@ -1,4 +1,5 @@
-"""The alignment-maps tool refuses a VGGT other than the one the checkpoint's run trained against."""
+"""The alignment-maps tool refuses a VGGT other than the one the checkpoint's run trained against, and a checkpoint
+trained against another teacher."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from prismatic.util.io import file_sha256
 from prismatic.vla.policy_config import VGGT_DIGEST_KEY, load_policy_config, write_policy_config
 
 
-def with_recorded_teacher(checkpoint: Path, folder: Path, digest: str | None) -> Path:
-    """A copy of ``checkpoint`` whose ``policy_config.json`` records the teacher ``digest`` (or no teacher)."""
+def with_recorded_teacher(checkpoint: Path, folder: Path, digest: str | None, teacher: str = "vggt") -> Path:
+    """A copy of ``checkpoint`` whose ``policy_config.json`` records ``teacher`` and its ``digest`` (or none)."""
     copy = Path(shutil.copytree(checkpoint, folder))
-    spatial_forcing = {"vla_layers_align": 1, "vggt_layers_align": -1}
+    spatial_forcing = {"vla_layers_align": 1, "vggt_layers_align": -1, "teacher": teacher}
     if digest is not None:
         spatial_forcing[VGGT_DIGEST_KEY] = digest
     write_policy_config(copy, dataclasses.replace(load_policy_config(copy), spatial_forcing=spatial_forcing))
@@ -36,3 +37,12 @@ def test_the_recorded_vggt_is_accepted_and_another_refused(
     with pytest.raises(UserError, match=r"--vggt_path .*other_vggt.pt is not the VGGT --checkpoint .*trained was"):
         check_teacher(trained, other_vggt)
     check_teacher(with_recorded_teacher(tiny_checkpoints[1], tmp_path / "unrecorded", None), other_vggt)
+
+
+@pytest.mark.parametrize("teacher", ["geometry", "rgb"])
+def test_a_checkpoint_of_another_teacher_is_refused_before_any_vggt_is_read(
+    tiny_checkpoints: list[Path], tmp_path: Path, teacher: str
+) -> None:
+    trained = with_recorded_teacher(tiny_checkpoints[1], tmp_path / "trained", None, teacher)
+    with pytest.raises(UserError, match=rf"trained against the '{teacher}' teacher; .* expected a checkpoint of"):
+        check_teacher(trained, tmp_path / "absent.pt")

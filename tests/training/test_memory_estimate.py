@@ -173,3 +173,17 @@ def test_lora_fp32_doubles_the_adapters_and_adds_their_autocast_copies(tiny_esti
     assert fp32["AdamW states (2 x param)"] - bf16["AdamW states (2 x param)"] == 4 * lora_numel
     copies = "autocast bf16 copies of fp32 weights"
     assert fp32[copies] - bf16[copies] == 2 * lora_numel
+
+
+def test_the_fixed_teachers_have_no_weights_and_a_projector_to_their_width(tiny_estimate_config):
+    vggt = memory_estimate.estimate_memory(tiny_estimate_config)
+    geometry, rgb = (
+        memory_estimate.estimate_memory(dataclasses.replace(tiny_estimate_config, teacher=name, teacher_width=64))
+        for name in ("geometry", "rgb")
+    )
+    assert vggt.rows["VGGT teacher weights"] > 0
+    for fixed in (geometry, rgb):
+        assert "VGGT teacher weights" not in fixed.rows
+        assert fixed.rows["LoRA + trainable heads"] < vggt.rows["LoRA + trainable heads"]
+        assert fixed.rows["frozen base weights"] == vggt.rows["frozen base weights"]
+    assert geometry.rows["LoRA + trainable heads"] == rgb.rows["LoRA + trainable heads"]
