@@ -7,8 +7,6 @@ tests/eval/test_closed_loop_regression.py).
     python scripts/closed_loop_regression.py --stage episodes --breakages '[none,gripper,image_orientation]'
 """
 
-from __future__ import annotations
-
 import json
 import shutil
 import tempfile

@@ -19,6 +19,7 @@ normalisation, the chunk order, the camera order); the regression check must fai
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def build_policy_files(data_root_dir: Path, dataset_name: str, out_dir: Path, po
     features, proprio, actions, seen = [], [], [], set()
     for index, sample in enumerate(dataset):  # the training stream repeats: one pass is its distinct frames
         pixel_values = torch.cat([sample["pixel_values"], sample["pixel_values_wrist"]])[None]
-        key = (pixel_values.numpy().tobytes(), np.asarray(sample["proprio"]).tobytes())
+        key = hashlib.sha1(pixel_values.numpy().tobytes() + np.asarray(sample["proprio"]).tobytes()).digest()
         if key not in seen:
             seen.add(key)
             features.append(image_features(pixel_values, pooled_size)[0])
