@@ -19,7 +19,7 @@ normalisation, the chunk order, the camera order); the regression check must fai
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from prismatic.policy.config import POLICY_CONFIG_NAME, ImagePreprocessingConfig
 from prismatic.policy.normalization import normalize
 from prismatic.policy.policy import PreparedQuery, VLAPolicy
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
-from prismatic.util.io import atomic_output, write_json_atomic
+from prismatic.util.io import atomic_output
 
 TABLE_NAME = "nearest_neighbours.npz"
 PROPRIO_WEIGHT = 1.0  # weight of the normalised proprio distance beside the image feature distance (both per dim)
@@ -87,6 +87,7 @@ def build_policy_files(data_root_dir: Path, dataset_name: str, out_dir: Path, po
 
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import RLDSBatchTransform, RLDSConfig, RLDSDataset
+    from prismatic.vla.datasets.statistics import save_dataset_statistics
 
     complete_checkpoint(out_dir)
     processor = AutoProcessor.from_pretrained(out_dir, trust_remote_code=False)
@@ -97,23 +98,26 @@ def build_policy_files(data_root_dir: Path, dataset_name: str, out_dir: Path, po
         use_wrist_image=True,
         use_proprio=True,
     )
-    config = RLDSConfig(data_root_dir=data_root_dir, data_mix=dataset_name, shuffle_buffer_size=1, image_aug=False)
+    # One reading thread keeps each trajectory's frames together and in order: the first len(dataset) frames of the
+    # (repeating, unshuffled) training stream are every frame once.
+    config = RLDSConfig(
+        data_root_dir=data_root_dir,
+        data_mix=dataset_name,
+        shuffle_buffer_size=1,
+        image_aug=False,
+        num_parallel_calls=1,
+    )
     dataset = RLDSDataset(config, transform)
-    features, proprio, actions, seen = [], [], [], set()
-    for index, sample in enumerate(dataset):  # the training stream repeats: one pass is its distinct frames
+    features, proprio, actions = [], [], []
+    for index, sample in enumerate(itertools.islice(dataset, len(dataset))):
         pixel_values = torch.cat([sample["pixel_values"], sample["pixel_values_wrist"]])[None]
-        key = hashlib.sha1(pixel_values.numpy().tobytes() + np.asarray(sample["proprio"]).tobytes()).digest()
-        if key not in seen:
-            seen.add(key)
-            features.append(image_features(pixel_values, pooled_size)[0])
-            proprio.append(np.asarray(sample["proprio"], dtype=np.float32)[0])
-            actions.append(np.asarray(sample["actions"], dtype=np.float32))
-        if len(seen) == len(dataset) or index >= 4 * len(dataset):
-            break
+        features.append(image_features(pixel_values, pooled_size)[0])
+        proprio.append(np.asarray(sample["proprio"], dtype=np.float32)[0])
+        actions.append(np.asarray(sample["actions"], dtype=np.float32))
         if index % 200 == 0:
-            print(f"frame {index}: {len(seen)} of {len(dataset)} distinct", flush=True)
+            print(f"frame {index} of {len(dataset)}", flush=True)
     FrameTable(np.stack(features), np.stack(proprio), np.stack(actions)).save(out_dir / TABLE_NAME)
-    write_json_atomic(out_dir / DATASET_STATISTICS_NAME, dataset.dataset_statistics)
+    save_dataset_statistics(dataset.dataset_statistics, out_dir)
     policy_config = PolicyConfig(
         unnorm_key=dataset_name,
         embodiment=dataset.embodiment(),
