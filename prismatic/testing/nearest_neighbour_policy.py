@@ -23,6 +23,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,7 +141,7 @@ class NearestNeighbourPolicy(VLAPolicy):
     table: FrameTable
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str | Path, **kwargs) -> NearestNeighbourPolicy:  # type: ignore[override]
+    def from_checkpoint(cls, checkpoint_dir: str | Path, **kwargs: Any) -> NearestNeighbourPolicy:  # type: ignore[override]
         policy = super().from_checkpoint(checkpoint_dir, **kwargs)
         policy.table = FrameTable.load(Path(checkpoint_dir) / TABLE_NAME)
         return policy
