@@ -1,4 +1,4 @@
-"""The closed-loop regression check by hand (``prismatic.testing.nearest_neighbour_policy``; the CI test is
+"""The closed-loop regression check by hand (``experiments.robot.libero.nearest_neighbour_policy``; the CI test is
 tests/eval/test_closed_loop_regression.py).
 
     # the look-up's files from an RLDS dataset (TensorFlow; e.g. the demonstrations of `make closed-loop`)
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import draccus
 
-from prismatic.testing.nearest_neighbour_policy import (
+from experiments.robot.libero.nearest_neighbour_policy import (
     BREAKAGES,
     POLICY_FILES,
     build_policy_files,

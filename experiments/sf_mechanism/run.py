@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--learning_rate",
         type=float,
-        default=PRESETS[PRESET].settings["learning_rate"],
+        default=get_preset(PRESET).settings["learning_rate"],
         help=f"one rate for every variant (default: the {PRESET} preset's, chosen on the baseline)",
     )
     parser.add_argument("--parallel", type=int, default=1, help="training runs at a time (each needs ~2 GB of memory)")

@@ -1,13 +1,14 @@
 """The closed-loop regression check: a policy built from oracle demonstrations must succeed in LIBERO on held-out
 benchmark initial states, through the whole evaluation chain.
 
-The policy is a nearest-neighbour look-up over the training frames (``prismatic.testing.nearest_neighbour_policy``)
-whose committed files (``tests/eval/data/closed_loop_nn``: pooled image features, normalised proprio and action
-chunks, dataset statistics and policy config, read from the RLDS demonstrations by ``scripts/closed_loop_regression.py
---stage build``) become a checkpoint folder with a tiny VLA; the episodes then run the checkpoint loading, the
-observation's rotation and resizing, the processor, the state normalisation, the un-normalisation, the chunk's order
-and the gripper post-processing. A broken link (``BREAKAGES``: gripper, image orientation, normalisation, chunk
-order, camera order) makes it fail: see docs/reference/demonstrations.md for the measured runs.
+The policy is a nearest-neighbour look-up over the training frames
+(``experiments.robot.libero.nearest_neighbour_policy``) whose committed files (``tests/eval/data/closed_loop_nn``:
+pooled image features, normalised proprio and action chunks, dataset statistics and policy config, read from the RLDS
+demonstrations by ``scripts/closed_loop_regression.py --stage build``) become a checkpoint folder with a tiny VLA; the
+episodes then run the checkpoint loading, the observation's rotation and resizing, the processor, the state
+normalisation, the un-normalisation, the chunk's order and the gripper post-processing. A broken link (``BREAKAGES``:
+gripper, image orientation, normalisation, chunk order, camera order) makes it fail: see
+docs/reference/demonstrations.md for the measured runs.
 """
 
 from __future__ import annotations

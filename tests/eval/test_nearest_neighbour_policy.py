@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prismatic.testing.nearest_neighbour_policy import BREAKAGES, FrameTable, break_request, image_features
+from experiments.robot.libero.nearest_neighbour_policy import BREAKAGES, FrameTable, break_request, image_features
 
 STATS = {"q01": [-0.25] * 6 + [0.0], "q99": [0.25] * 6 + [1.0], "mask": [True] * 6 + [False]}  # normalise: 4 x
 

@@ -9,7 +9,7 @@ It runs the real chain around a look-up instead of a network:
     action chunk), those statistics and the ``policy_config.json`` of the data's embodiment. Small enough to commit;
     ``complete_checkpoint`` adds a randomly initialised tiny VLA (processor, weights) to make a checkpoint folder.
     ``run_episodes`` (no TensorFlow): ``NearestNeighbourPolicy.from_checkpoint`` -> the evaluation's observation
-    preparation, image preprocessing and state normalisation (``VLAPolicy.prepare``) -> the nearest frame's chunk,
+    preparation, image preprocessing and state normalisation (``VLAPolicy.preprocess``) -> the nearest frame's chunk,
     un-normalised by the model's ``_unnormalize_actions`` -> ``run_episode`` (gripper post-processing) -> LIBERO,
     on the benchmark's held-out initial states.
 
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from prismatic.models.load import DATASET_STATISTICS_NAME
-from prismatic.policy.config import POLICY_CONFIG_NAME, ImagePreprocessingConfig, PolicyConfig, write_policy_config
-from prismatic.policy.normalization import normalize
 from prismatic.policy.policy import PreparedQuery, VLAPolicy
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+from prismatic.util.checkpoint_files import DATASET_STATISTICS_NAME, POLICY_CONFIG_NAME
 from prismatic.util.io import atomic_output
+from prismatic.vla.normalization import normalize
+from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig, write_policy_config
 
 TABLE_NAME = "nearest_neighbours.npz"
 PROPRIO_WEIGHT = 1.0  # weight of the normalised proprio distance beside the image feature distance (both per dim)
@@ -159,7 +159,7 @@ def break_request(
     request: Callable[[dict[str, np.ndarray]], np.ndarray], breakage: str, action_stats: dict
 ) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     """``request`` (observation -> chunk in the dataset's frame) with one link broken (``BREAKAGES``)."""
-    from experiments.robot.image_utils import rotate_180
+    from prismatic.vla.image_utils import rotate_180
 
     def broken(observation: dict[str, np.ndarray]) -> np.ndarray:
         observation = dict(observation)
