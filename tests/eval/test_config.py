@@ -40,7 +40,7 @@ def test_command_line_flags_parse() -> None:
     ("overrides", "flag"),
     [
         ({"task_suite_name": "libero_100"}, "--task_suite_name"),
-        ({"model_family": "pi0"}, "--model_family"),
+        ({"model_family": "octo"}, "--model_family"),
         ({"pretrained_checkpoint": "runs/x--image_aug", "center_crop": False}, "--center_crop"),
         ({"load_in_8bit": True, "load_in_4bit": True}, "--load_in_8bit"),
         ({"use_l1_regression": True, "use_diffusion": True}, "--use_l1_regression"),

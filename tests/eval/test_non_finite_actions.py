@@ -20,8 +20,7 @@ from experiments.robot.serving.config import ServeConfig, build_server
 from experiments.robot.serving.server import server_in_thread
 from experiments.robot.vla_policy import VLAPolicy
 
-from .conftest import run_in_fresh_process
-from .test_serving import INSTRUCTION, request_payload  # noqa: F401 - the request fixture
+from .conftest import INSTRUCTION, run_in_fresh_process
 
 
 def test_finite_chunks_pass_unchanged_and_the_first_non_finite_entry_is_named():

@@ -20,9 +20,9 @@ from torch import nn
 
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
 from prismatic.models.pi0.modeling_pi0 import Pi0Model
+from prismatic.util.checkpoint_files import WEIGHTS_NAME
 from prismatic.util.cli import UserError
 
-WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 LEROBOT_PREFIX = "model."
 TOWERS_PREFIX = "paligemma_with_expert."
