@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml requirements-cpu.txt scripts/setup_env.sh
 demo: $(STAMP)
 	USE_TF=0 $(PYTHON) scripts/demo.py
 
-# Oracle demonstrations -> a tiny VLA trained from scratch -> LIBERO in process and through the server; resumable,
-# cached in ~/.cache/spatial_forcing/closed_loop (CLOSED_LOOP_ARGS: e.g. --num_demos 10 --max_steps 100).
+# Oracle demonstrations -> a tiny VLA trained from scratch -> LIBERO in process and through the server, then the same
+# from the LeRobot copy of the demonstrations; resumable, cached in ~/.cache/spatial_forcing/closed_loop
+# (CLOSED_LOOP_ARGS: e.g. --num_demos 10 --max_steps 1000).
 CLOSED_LOOP_ARGS ?=
 closed-loop: $(STAMP)
 	$(PYTHON) scripts/closed_loop.py $(CLOSED_LOOP_ARGS)
+	$(PYTHON) scripts/closed_loop.py --data_format lerobot $(CLOSED_LOOP_ARGS)
 
 # The fast suite (within 15 minutes on 2 cores); the tests marked slow (long simulator runs, training runs, golden
 # parity of whole models) run in `make test-slow`. CI (.ci/run) runs both. Times per folder: docs/reference/test-times.md.

@@ -165,7 +165,7 @@ PRESETS: dict[str, Preset] = {
     "closed_loop_cpu": Preset(
         "a small VLA trained from scratch on CPU for `make closed-loop` (scripts/closed_loop.py): the whole tiny "
         "VLA (make_tiny_checkpoints.py, no LoRA), third-person camera + proprio, L1 head, no image augmentation, "
-        "batch 4, lr 5e-4 (x0.1 after step 150), 200 steps, latest checkpoint every 25",
+        "batch 16, lr 5e-4 (x0.1 after step 4000), 5000 steps, latest checkpoint every 500",
         {
             "use_l1_regression": True,
             "use_diffusion": False,
@@ -174,11 +174,11 @@ PRESETS: dict[str, Preset] = {
             "use_proprio": True,
             "use_lora": False,
             "image_aug": False,
-            "batch_size": 4,
+            "batch_size": 16,
             "learning_rate": 5e-4,
-            "num_steps_before_decay": 150,
-            "max_steps": 200,
-            "save_freq": 25,
+            "num_steps_before_decay": 4000,
+            "max_steps": 5000,
+            "save_freq": 500,
             "save_latest_checkpoint_only": True,
             "merge_lora_during_training": False,
             "shuffle_buffer_size": 2_000,

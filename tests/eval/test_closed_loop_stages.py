@@ -19,6 +19,7 @@ from prismatic.training import checkpointing as ckpt
 from prismatic.util.cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SAVE = closed_loop.SAVE_FREQ  # the preset's checkpoint interval: --max_steps must be a multiple of it
 
 
 def _episodes(cfg: ClosedLoopConfig, stage: str, successes: list[bool]) -> None:
@@ -29,7 +30,7 @@ def _episodes(cfg: ClosedLoopConfig, stage: str, successes: list[bool]) -> None:
 
 def _cache(tmp_path: Path, kept: int, step: int | None) -> ClosedLoopConfig:
     """A cache holding ``kept`` demonstrations and (with ``step``) a latest-only checkpoint of that step."""
-    cfg = ClosedLoopConfig(cache=tmp_path / "cache", num_demos=2, max_steps=50, episodes=3)
+    cfg = ClosedLoopConfig(cache=tmp_path / "cache", num_demos=2, max_steps=2 * SAVE, episodes=3)
     work = cfg.data_dir / "libero_spatial_oracle_work"
     work.mkdir(parents=True)
     (work / "outcomes.json").write_text(json.dumps({"tasks": [{"kept": [f"attempt{i}" for i in range(kept)]}]}))
@@ -42,20 +43,21 @@ def _cache(tmp_path: Path, kept: int, step: int | None) -> ClosedLoopConfig:
 
 
 def test_finished_stages_are_skipped_and_the_others_resume(tmp_path: Path, monkeypatch) -> None:
-    cfg = _cache(tmp_path, kept=2, step=25)
+    cfg = _cache(tmp_path, kept=2, step=SAVE)
     _episodes(cfg, "eval", [True, False, True])
     _episodes(cfg, "serve_eval", [True])
     assert stage_done(cfg, "demos") and not stage_done(ClosedLoopConfig(cache=cfg.cache, num_demos=3), "demos")
     assert not stage_done(cfg, "base") and not stage_done(cfg, "train")
-    assert stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=25), "train")
+    assert stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=SAVE), "train")
     assert stage_done(cfg, "eval") and not stage_done(cfg, "serve_eval")
-    assert not stage_done(ClosedLoopConfig(cache=cfg.cache, max_steps=100, episodes=3), "eval")  # a longer training
+    longer_training = ClosedLoopConfig(cache=cfg.cache, max_steps=4 * SAVE, episodes=3)
+    assert not stage_done(longer_training, "eval")
     commands: list[list[str]] = []
     monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
     run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["demos", "base", "train", "eval"]}))
     assert [Path(command[1]).name for command in commands] == ["make_tiny_checkpoints.py", "finetune.py"]
     train = commands[1]
-    assert "--preset=closed_loop_cpu" in train and "--resume=True" in train and "--max_steps=50" in train
+    assert "--preset=closed_loop_cpu" in train and "--resume=True" in train and f"--max_steps={2 * SAVE}" in train
     assert f"--vla_path={cfg.vla_dir}" in train and f"--data_root_dir={cfg.data_dir}" in train
 
 
@@ -66,6 +68,32 @@ def test_a_fresh_cache_generates_and_trains_without_resume(tmp_path: Path, monke
     run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["demos", "train"]}))
     assert Path(commands[0][1]).name == "generate_libero_demos.py" and "--num_demos=2" in commands[0]
     assert "--format=rlds" in commands[0] and "--resume=False" in commands[1]
+
+
+def test_the_lerobot_copy_has_its_own_dataset_run_evaluations_and_report(tmp_path: Path, monkeypatch) -> None:
+    rlds = _cache(tmp_path, kept=2, step=2 * SAVE)
+    cfg = ClosedLoopConfig(**{**vars(rlds), "data_format": "lerobot"})
+    assert stage_done(rlds, "demos") and stage_done(rlds, "train") and not stage_done(cfg, "demos")
+    info = cfg.data_dir / "libero_spatial_oracle_lerobot" / "meta" / "info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"total_episodes": 1}))
+    assert not stage_done(cfg, "demos")  # a copy of fewer episodes than asked for is written anew
+    info.write_text(json.dumps({"total_episodes": 2}))
+    assert stage_done(cfg, "demos") and not stage_done(cfg, "train")
+    assert closed_loop.eval_run_id(cfg, "serve_eval") == f"server-lerobot-step{2 * SAVE}"
+    commands: list[list[str]] = []
+    monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "num_demos": 3, "stages": ["demos", "train"]}))
+    assert "--format=lerobot" in commands[0]
+    assert "--dataset_name=libero_spatial_oracle_lerobot" in commands[1] and "--resume=False" in commands[1]
+    assert "--run_id_override=closed-loop-lerobot" in commands[1]
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    _episodes(cfg, "eval", [True])
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["report"]}))
+    report = json.loads((cfg.cache / "results-lerobot.json").read_text())
+    assert report["data_format"] == "lerobot" and report["in-process"]["successes"] == 1
+    assert (cfg.cache / "loss-lerobot.png").is_file() and not (cfg.cache / "results.json").exists()
 
 
 def test_report_has_per_episode_results_agreement_and_wilson_interval(tmp_path: Path) -> None:
@@ -81,7 +109,7 @@ def test_report_has_per_episode_results_agreement_and_wilson_interval(tmp_path: 
     assert report["training"] == {
         "checkpoint_step": 9,
         "last_logged_step": 9,
-        "evaluated_step": 50,
+        "evaluated_step": 2 * SAVE,
         "first_loss": 1.0,
         "last_loss": 0.1,
     }
@@ -103,7 +131,8 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
     [
         ({"episodes": 51}, "--episodes 51: expected 1..50"),
         ({"stages": ["fly"]}, "--stages ['fly']: expected a non-empty list of"),
-        ({"max_steps": 30}, "--max_steps 30: expected a positive multiple of 25"),
+        ({"max_steps": SAVE + 5}, f"--max_steps {SAVE + 5}: expected a positive multiple of {SAVE}"),
+        ({"data_format": "hdf5"}, "--data_format 'hdf5': expected one of ['rlds', 'lerobot']"),
     ],
 )
 def test_bad_flags_are_refused_before_writing(flags: dict, message: str, tmp_path: Path) -> None:

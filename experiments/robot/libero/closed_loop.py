@@ -3,15 +3,18 @@
 Stages, each skipped when its work is already in the cache (``--cache``, default
 ``~/.cache/spatial_forcing/closed_loop``), so a rerun resumes where an earlier one stopped:
 
-1. ``demos``: ``generate_libero_demos.py`` (libero_spatial task 0, the scripted oracle, RLDS) into ``data/``;
+1. ``demos``: ``generate_libero_demos.py`` (libero_spatial task 0, the scripted oracle) into ``data/``, as RLDS or
+   (``--data_format lerobot``) LeRobot v3.0; both copies come from the same oracle attempts, so the second format
+   only writes its dataset;
 2. ``base``: ``make_tiny_checkpoints.py`` into ``base/`` (a randomly initialised tiny OpenVLA);
-3. ``train``: ``finetune.py --preset closed_loop_cpu`` (the whole VLA from scratch) into ``runs/closed-loop/``,
-   resumed from its latest checkpoint;
+3. ``train``: ``finetune.py --preset closed_loop_cpu`` (the whole VLA from scratch) into ``runs/closed-loop/``
+   (``runs/closed-loop-lerobot/`` from the LeRobot copy), resumed from its latest checkpoint;
 4. ``eval``: ``run_libero_eval.py`` in process on the benchmark's initial states 0..N-1 (held out: the
-   demonstrations come from seeded resets), resumed by its run id (``in-process-step<max_steps>``);
+   demonstrations come from seeded resets), resumed by its run id
+   (``in-process-step<max_steps>``; ``in-process-lerobot-step<max_steps>`` from the LeRobot copy);
 5. ``serve_eval``: the same episodes through ``serve_policy.py`` (a loopback server, ``--policy_server``);
 6. ``report``: ``results.json`` (success per episode of both, their agreement, Wilson 95 % interval) and
-   ``loss.png`` (the training loss curve).
+   ``loss.png`` (the training loss curve); ``results-lerobot.json`` and ``loss-lerobot.png`` from the LeRobot copy.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from experiments.robot.libero.demo_generation import DemoGenerationConfig
 from experiments.robot.results import EpisodeResult, EpisodeStore, wilson_interval
 from prismatic.testing.tiny_checkpoints import TINY_VLA_DIRNAME
 from prismatic.training import checkpointing as ckpt
@@ -40,8 +44,7 @@ from prismatic.util.io import atomic_output, write_json_atomic
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STAGES = ("demos", "base", "train", "eval", "serve_eval", "report")
 SUITE, TASK_ID = "libero_spatial", 0
-DATASET_NAME = f"{SUITE}_no_noops"
-RUN_ID = "closed-loop"
+DATA_FORMATS = ("rlds", "lerobot")
 EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
 PRESET = "closed_loop_cpu"
@@ -55,15 +58,26 @@ class ClosedLoopConfig:
 
     cache: Path = Path.home() / ".cache" / "spatial_forcing" / "closed_loop"  # Everything is written here
     num_demos: int = 20  # Oracle demonstrations of libero_spatial task 0
-    num_workers: int = 1  # Simulator processes of the demonstration stage
+    num_workers: int = 2  # Simulator processes of the demonstration and evaluation stages
     max_steps: int | None = None  # Last training step, a multiple of the preset's save_freq (default: the preset's)
     episodes: int = 10  # Held-out benchmark initial states evaluated (0..episodes-1)
     episode_steps: int | None = None  # Cap on the policy steps of an episode (default: the suite's limit)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # Stages to run, in the order of STAGES
+    data_format: str = "rlds"  # rlds | lerobot: which copy of the demonstrations trains the policy
 
     @property
     def data_dir(self) -> Path:
         return self.cache / "data"
+
+    @property
+    def suffix(self) -> str:
+        """Tells the LeRobot copy's run, evaluations and report apart from the RLDS one's ("" for RLDS)."""
+        return "" if self.data_format == "rlds" else f"-{self.data_format}"
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset folder ``generate_libero_demos.py`` writes under ``data_dir`` in this format."""
+        return DemoGenerationConfig(task_suite_name=SUITE, format=self.data_format).dataset_name
 
     @property
     def vla_dir(self) -> Path:
@@ -71,7 +85,7 @@ class ClosedLoopConfig:
 
     @property
     def run_dir(self) -> Path:
-        return self.cache / "runs" / RUN_ID
+        return self.cache / "runs" / f"closed-loop{self.suffix}"
 
     @property
     def eval_dir(self) -> Path:
@@ -95,15 +109,21 @@ def check_config(cfg: ClosedLoopConfig) -> None:
         raise UserError(f"--episodes {cfg.episodes}: expected 1..{MAX_TRIALS} (the benchmark's initial states)")
     if cfg.episode_steps is not None and cfg.episode_steps < 1:
         raise UserError(f"--episode_steps {cfg.episode_steps}: expected a positive integer")
+    if cfg.data_format not in DATA_FORMATS:
+        raise UserError(f"--data_format {cfg.data_format!r}: expected one of {list(DATA_FORMATS)}")
     check_writable_dir(cfg.cache, "--cache")
 
 
 # --- what is finished ---------------------------------------------------------------------------------------------
 def kept_demos(cfg: ClosedLoopConfig) -> int:
-    """Demonstrations the last finished generation wrote into the dataset (0 without one)."""
+    """Demonstrations in the dataset of ``cfg.data_format`` (0 without one): the episodes a LeRobot copy's
+    ``info.json`` counts; for RLDS, those the last finished generation kept (it writes the dataset last)."""
+    dataset = cfg.data_dir / cfg.dataset_name
+    if cfg.data_format == "lerobot":
+        info = dataset / "meta" / "info.json"
+        return int(json.loads(info.read_text())["total_episodes"]) if info.is_file() else 0
     outcomes = cfg.data_dir / f"{SUITE}_oracle_work" / "outcomes.json"
-    dataset_info = cfg.data_dir / DATASET_NAME / "1.0.0" / "dataset_info.json"
-    if not outcomes.is_file() or not dataset_info.is_file():
+    if not outcomes.is_file() or not (dataset / "1.0.0" / "dataset_info.json").is_file():
         return 0
     return sum(len(task["kept"]) for task in json.loads(outcomes.read_text())["tasks"])
 
@@ -122,7 +142,7 @@ def last_step(cfg: ClosedLoopConfig) -> int:
 
 def eval_run_id(cfg: ClosedLoopConfig, stage: str) -> str:
     """The evaluation's run id: its mode and the training step it evaluates (a longer training is evaluated anew)."""
-    return f"{EVAL_MODES[stage]}-step{last_step(cfg)}"
+    return f"{EVAL_MODES[stage]}{cfg.suffix}-step{last_step(cfg)}"
 
 
 def eval_episodes(cfg: ClosedLoopConfig, stage: str) -> list[EpisodeResult]:
@@ -140,7 +160,15 @@ def stage_done(cfg: ClosedLoopConfig, stage: str) -> bool:
         return step is not None and step >= last_step(cfg)
     if stage in EVAL_MODES:
         return len(eval_episodes(cfg, stage)) >= cfg.episodes
-    return (cfg.cache / "results.json").is_file() and (cfg.cache / "loss.png").is_file()
+    return report_path(cfg).is_file() and loss_plot_path(cfg).is_file()
+
+
+def report_path(cfg: ClosedLoopConfig) -> Path:
+    return cfg.cache / f"results{cfg.suffix}.json"
+
+
+def loss_plot_path(cfg: ClosedLoopConfig) -> Path:
+    return cfg.cache / f"loss{cfg.suffix}.png"
 
 
 # --- the stages ---------------------------------------------------------------------------------------------------
@@ -161,6 +189,7 @@ def eval_command(cfg: ClosedLoopConfig, stage: str) -> list[object]:
     command += [f"--pretrained_checkpoint={cfg.run_dir}", f"--task_suite_name={SUITE}", f"--task_ids=[{TASK_ID}]"]
     command += [f"--num_trials_per_task={cfg.episodes}", f"--local_log_dir={cfg.eval_dir}"]
     command += [f"--run_id={eval_run_id(cfg, stage)}", f"--save_videos={stage == 'eval'}"]
+    command.append(f"--num_workers={cfg.num_workers}")
     if cfg.episode_steps is not None:
         command.append(f"--max_steps={cfg.episode_steps}")
     return command
@@ -195,8 +224,8 @@ def run_stages(cfg: ClosedLoopConfig) -> None:
             continue
         print(f"=== {stage}", flush=True)
         run_stage(cfg, stage)
-    if (cfg.cache / "results.json").is_file():
-        print(f"results: {cfg.cache / 'results.json'}, loss curve: {cfg.cache / 'loss.png'}")
+    if report_path(cfg).is_file():
+        print(f"results: {report_path(cfg)}, loss curve: {loss_plot_path(cfg)}")
 
 
 def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
@@ -208,7 +237,7 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
                 f"--task_ids=[{TASK_ID}]",
                 f"--num_demos={cfg.num_demos}",
                 f"--data_root_dir={cfg.data_dir}",
-                "--format=rlds",
+                f"--format={cfg.data_format}",
                 f"--num_workers={cfg.num_workers}",
             ]
         )
@@ -222,8 +251,9 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
                 f"--preset={PRESET}",
                 f"--vla_path={cfg.vla_dir}",
                 f"--data_root_dir={cfg.data_dir}",
+                f"--dataset_name={cfg.dataset_name}",
                 f"--run_root_dir={cfg.run_dir.parent}",
-                f"--run_id_override={RUN_ID}",
+                f"--run_id_override={cfg.run_dir.name}",
                 f"--max_steps={last_step(cfg)}",
                 f"--resume={resume}",
             ]
@@ -252,6 +282,7 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
     metrics = read_metrics(cfg.run_dir)
     report: dict[str, object] = {
         "task": f"{SUITE} {TASK_ID}",
+        "data_format": cfg.data_format,
         "demonstrations": kept_demos(cfg),
         "training": {
             "checkpoint_step": trained_step(cfg.run_dir),
@@ -275,18 +306,18 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
             "per_episode": per_mode[mode],
         }
     report["same_per_episode"] = per_mode["in-process"] == per_mode["server"] and bool(per_mode["server"])
-    write_json_atomic(cfg.cache / "results.json", report)
-    plot_loss(cfg.cache / "loss.png", metrics)
+    write_json_atomic(report_path(cfg), report)
+    plot_loss(loss_plot_path(cfg), metrics, cfg.data_format)
     return report
 
 
-def plot_loss(path: Path, metrics: list[dict[str, float]]) -> None:
+def plot_loss(path: Path, metrics: list[dict[str, float]], data_format: str) -> None:
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
     axes.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="loss (L1, normalised actions)")
     axes.set_xlabel("step")
     axes.set_yscale("log")
-    axes.set_title(f"closed loop: {SUITE} {TASK_ID}, tiny VLA from scratch")
+    axes.set_title(f"closed loop: {SUITE} {TASK_ID}, tiny VLA from scratch, {data_format} data")
     axes.legend()
     figure.tight_layout()
     with atomic_output(path) as temporary:
