@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v2 as imageio
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +158,20 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         == "error: --episodes 0: expected 1..50 (the benchmark's initial states)"
     )
     assert not (tmp_path / "cache").exists()
+
+
+def test_rollout_strip_shows_the_first_successful_episode(tmp_path: Path) -> None:
+    cfg = _cache(tmp_path, kept=2, step=SAVE)
+    (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    store = EpisodeStore(cfg.eval_dir / f"{closed_loop.eval_run_id(cfg, 'eval')}.jsonl")
+    for episode, success in enumerate([False, True]):
+        video = tmp_path / f"episode{episode}.mp4"
+        frames = [np.full((16, 16, 3), 10 * episode + frame, np.uint8) for frame in range(12)]
+        imageio.mimwrite(video, frames, fps=10, format="FFMPEG", macro_block_size=1)
+        store.append(EpisodeResult("libero_spatial", 0, "pick", episode, success, 9, 1.0, video=str(video)))
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["report"]}))
+    assert json.loads((cfg.cache / "results.json").read_text())["rollout_strip"]["episode"] == 1
+    strip = imageio.imread(cfg.cache / "rollout.png")
+    assert strip.shape == (16, 16 * closed_loop.ROLLOUT_STRIP_FRAMES, 3)
+    first, last = strip[8, 8].astype(int), strip[8, -8].astype(int)  # episode 1's frames 0 and 11: grey 10 and 21
+    assert abs(first.mean() - 10) < 3 and abs(last.mean() - 21) < 3

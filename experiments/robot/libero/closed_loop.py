@@ -13,8 +13,10 @@ Stages, each skipped when its work is already in the cache (``--cache``, default
    demonstrations come from seeded resets), resumed by its run id
    (``in-process-step<max_steps>``; ``in-process-lerobot-step<max_steps>`` from the LeRobot copy);
 5. ``serve_eval``: the same episodes through ``serve_policy.py`` (a loopback server, ``--policy_server``);
-6. ``report``: ``results.json`` (success per episode of both, their agreement, Wilson 95 % interval) and
-   ``loss.png`` (the training loss curve); ``results-lerobot.json`` and ``loss-lerobot.png`` from the LeRobot copy.
+6. ``report``: ``results.json`` (success per episode of both, their agreement, Wilson 95 % interval),
+   ``loss.png`` (the training loss curve) and ``rollout.png`` (8 frames of the first successful in-process episode's
+   video, else of the first episode's); ``results-lerobot.json``, ``loss-lerobot.png`` and ``rollout-lerobot.png``
+   from the LeRobot copy.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imageio.v2 as imageio
+import numpy as np
 from matplotlib.figure import Figure
 
 from experiments.robot.libero.demo_generation import DemoGenerationConfig
@@ -49,6 +53,7 @@ EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
 PRESET = "closed_loop_cpu"
 SAVE_FREQ = int(get_preset(PRESET).settings["save_freq"])
+ROLLOUT_STRIP_FRAMES = 8  # frames of the rollout strip the report writes
 SERVER_LINE = re.compile(r"on ws://127\.0\.0\.1:(\d+) ")
 
 
@@ -169,6 +174,10 @@ def report_path(cfg: ClosedLoopConfig) -> Path:
 
 def loss_plot_path(cfg: ClosedLoopConfig) -> Path:
     return cfg.cache / f"loss{cfg.suffix}.png"
+
+
+def rollout_strip_path(cfg: ClosedLoopConfig) -> Path:
+    return cfg.cache / f"rollout{cfg.suffix}.png"
 
 
 # --- the stages ---------------------------------------------------------------------------------------------------
@@ -306,9 +315,22 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
             "per_episode": per_mode[mode],
         }
     report["same_per_episode"] = per_mode["in-process"] == per_mode["server"] and bool(per_mode["server"])
+    in_process = eval_episodes(cfg, "eval")
+    shown = next((r for r in in_process if r.success and r.video), next((r for r in in_process if r.video), None))
+    if shown is not None:
+        write_rollout_strip(rollout_strip_path(cfg), Path(shown.video))
+        report["rollout_strip"] = {"episode": shown.episode, "success": shown.success, "video": shown.video}
     write_json_atomic(report_path(cfg), report)
     plot_loss(loss_plot_path(cfg), metrics, cfg.data_format)
     return report
+
+
+def write_rollout_strip(path: Path, video: Path, frames: int = ROLLOUT_STRIP_FRAMES) -> None:
+    """``frames`` evenly spaced frames of an episode's video, side by side, as a PNG."""
+    images = imageio.mimread(video, memtest=False)
+    picked = [images[i] for i in np.linspace(0, len(images) - 1, frames).round().astype(int)]
+    with atomic_output(path) as temporary:
+        imageio.imwrite(temporary, np.concatenate(picked, axis=1), format="png")
 
 
 def plot_loss(path: Path, metrics: list[dict[str, float]], data_format: str) -> None:
