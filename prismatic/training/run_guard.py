@@ -118,7 +118,8 @@ def _flags_recorded_in_policy(policy: dict[str, Any]) -> dict[str, Any]:
             "use_l1_regression": policy["action_head"] == "l1_regression",
             "use_diffusion": policy["action_head"] == "diffusion",
         }
-    flags |= policy.get("spatial_forcing") or {}
+    recorded_alignment = policy.get("spatial_forcing") or {}
+    flags |= {name: value for name, value in recorded_alignment.items() if value is not None}  # None: not recorded
     if (policy.get("data") or {}).get("dataset_name"):
         flags["dataset_name"] = policy["data"]["dataset_name"]
     return flags

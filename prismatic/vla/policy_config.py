@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prismatic.spatial_forcing.config import AlignConfig
 from prismatic.util.checkpoint_files import POLICY_CONFIG_NAME
 from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import NormalizationType, PlatformConstants, constants_for
+from vggt.constants import VGGT_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
-POLICY_CONFIG_VERSION = 1
-VGGT_DIGEST_KEY = "vggt_sha256"  # in ``spatial_forcing``: the SHA-256 of the teacher file the run trained against
+# 1: ``spatial_forcing`` held the training flags only; 2: it is the aligner's AlignConfig (widths included).
+POLICY_CONFIG_VERSION = 2
 MODEL_FAMILIES = ("openvla-oft", "spatialvla", "pi0")
 ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens", "flow_matching")  # flow_matching: pi0
 # How the gripper dimension of a predicted action maps to the robot's command:
@@ -72,6 +74,21 @@ class ImagePreprocessingConfig:
     crop_area: float = 0.9
 
 
+@dataclass(kw_only=True)
+class SpatialForcingRecord(AlignConfig):
+    """The Spatial Forcing settings a checkpoint was trained with: the aligner's :class:`AlignConfig` itself (same
+    field names, which are the training flags) plus the teacher it aligned to."""
+
+    teacher: str  # vggt | geometry | rgb (``--teacher``)
+    vggt_image_size: int  # side of the teacher's input images
+    vggt_sha256: str | None = None  # teacher vggt: the SHA-256 of the weights file the run trained against
+    teacher_width: int | None = None  # geometry | rgb: their flags
+    teacher_patch_size: int | None = None
+    teacher_seed: int | None = None
+    geometry_workspace_min: list[float] | None = None  # geometry: its flags
+    geometry_workspace_max: list[float] | None = None
+
+
 @dataclass
 class PolicyConfig:
     """Everything needed to rebuild and query the policy stored beside this file."""
@@ -86,9 +103,7 @@ class PolicyConfig:
     unnorm_key: str = ""  # Key of dataset_statistics.json holding the action/proprio statistics
     embodiment: EmbodimentConfig = field(default_factory=EmbodimentConfig)
     image: ImagePreprocessingConfig = field(default_factory=ImagePreprocessingConfig)
-    # Spatial Forcing settings the checkpoint was trained with (None: plain OpenVLA-OFT). Keys are the training
-    # flags: vla_layers_align, vggt_layers_align, use_vlm_norm, use_vggt_pe, gain_feat_1move, pooling_func, ...
-    spatial_forcing: dict[str, Any] | None = None
+    spatial_forcing: SpatialForcingRecord | None = None  # None: plain OpenVLA-OFT
     # Where the training data came from and how its features map to the policy inputs (e.g. a LeRobot mapping).
     data: dict[str, Any] | None = None
     # The base model the adapter was trained on: its config fingerprint and checksums of a few tensors.
@@ -100,6 +115,8 @@ class PolicyConfig:
             self.embodiment = EmbodimentConfig(**self.embodiment)
         if isinstance(self.image, dict):
             self.image = ImagePreprocessingConfig(**self.image)
+        if isinstance(self.spatial_forcing, dict):
+            self.spatial_forcing = SpatialForcingRecord(**self.spatial_forcing)
         if self.model_family not in MODEL_FAMILIES:
             raise ValueError(f"model_family {self.model_family!r}: expected one of {MODEL_FAMILIES}")
         if self.action_head not in ACTION_HEADS:
@@ -117,11 +134,33 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> PolicyConfig:
+        """The config a ``policy_config.json`` payload holds, of this format version or an earlier one."""
+        payload = migrate_payload(payload)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
             raise ValueError(f"unknown key(s) {unknown}: expected keys among {sorted(known)}")
         return cls(**payload)
+
+
+def migrate_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``policy_config.json`` payload of an earlier format version as one of :data:`POLICY_CONFIG_VERSION`.
+
+    Version 1 recorded the alignment's training flags without the aligner's widths: the widths take
+    :class:`AlignConfig`'s defaults (every consumer takes them from the models it loads), a record without a
+    teacher was trained against VGGT (the only teacher then) at VGGT's image size.
+    """
+    version = payload.get("format_version", 1)
+    if version > POLICY_CONFIG_VERSION:
+        raise ValueError(
+            f"format_version {version}: expected at most {POLICY_CONFIG_VERSION} (a newer release wrote it)"
+        )
+    if version == POLICY_CONFIG_VERSION:
+        return payload
+    spatial_forcing = payload.get("spatial_forcing")
+    if spatial_forcing is not None:
+        spatial_forcing = {"teacher": "vggt", "vggt_image_size": VGGT_IMAGE_SIZE, **spatial_forcing}
+    return {**payload, "spatial_forcing": spatial_forcing, "format_version": POLICY_CONFIG_VERSION}
 
 
 def write_policy_config(checkpoint_dir: str | Path, config: PolicyConfig) -> Path:
