@@ -79,6 +79,7 @@ from prismatic.vla.policy_config import (
     ImagePreprocessingConfig,
     PolicyConfig,
     SpatialForcingRecord,
+    apply_training_flags,
     write_policy_config,
 )
 
@@ -150,16 +151,10 @@ def spatial_forcing_record(cfg: AlignFinetuneConfig, align_config: AlignConfig) 
 
 
 def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> PolicyConfig:
-    """The ``policy_config.json`` of this run's checkpoints: heads, inputs, embodiment, eval preprocessing (a Spatial
-    Forcing run's alignment settings are added once its aligner is built: :func:`spatial_forcing_record`)."""
-    head = "diffusion" if cfg.use_diffusion else "l1_regression" if cfg.use_l1_regression else "discrete_tokens"
-    return PolicyConfig(
-        action_head=head,
-        num_diffusion_steps_train=cfg.num_diffusion_steps_train,
-        num_diffusion_steps_inference=cfg.num_diffusion_steps_train,
-        use_proprio=cfg.use_proprio,
-        use_film=cfg.use_film,
-        num_images_in_input=cfg.num_images_in_input,
+    """The ``policy_config.json`` of this run's checkpoints: the choices the table of ``prismatic.vla.policy_config``
+    takes from the flags, embodiment, data and base (a Spatial Forcing run's alignment settings are added once its
+    aligner is built: :func:`spatial_forcing_record`)."""
+    config = PolicyConfig(
         unnorm_key=cfg.dataset_name,
         embodiment=EmbodimentConfig.from_platform(platform),
         # Training's random crops (image_aug) are matched at evaluation by the center crop of the same area.
@@ -167,6 +162,7 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
         data={"dataset_name": cfg.dataset_name},
         base_model=base_model_record(cfg.vla_path),
     )
+    return apply_training_flags(config, vars(cfg))
 
 
 def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,49 +192,92 @@ def load_policy_config(checkpoint_dir: str | Path, fallback_name: str = "libero"
     return config
 
 
-def apply_flag_overrides(config: PolicyConfig, **flags: Any) -> PolicyConfig:
-    """``config`` with the explicitly given evaluation flags applied (``None`` = take it from the checkpoint).
+@dataclass(frozen=True)
+class PolicyChoice:
+    """One choice of the policy: its evaluation flag (upstream's name; ``None`` there = the checkpoint's value), the
+    ``PolicyConfig`` field holding it, and the fine-tuning flag whose value training records there."""
 
-    Flags (upstream's evaluation names): ``use_l1_regression``, ``use_diffusion``, ``num_diffusion_steps_train``,
-    ``num_diffusion_steps_inference``, ``use_proprio``, ``use_film``, ``num_images_in_input``, ``center_crop``,
-    ``unnorm_key``. A flag that contradicts the checkpoint is honoured, with a warning naming both values.
-    """
+    flag: str
+    owner: str  # "" (the PolicyConfig itself) or the sub-config holding ``field`` ("image")
+    field: str
+    training_flag: str | None  # None: training derives the value otherwise (said where it does)
+
+    def holder(self, config: PolicyConfig) -> Any:
+        return getattr(config, self.owner) if self.owner else config
+
+    def value(self, config: PolicyConfig) -> Any:
+        return getattr(self.holder(config), self.field)
+
+
+# The policy's choices besides the action head, read by every CLI (evaluation, serving, probing: ``flag``) and by
+# training (``training_flag``: what it records, and what a resume without training_config.json compares).
+POLICY_CHOICES = (
+    PolicyChoice("num_diffusion_steps_train", "", "num_diffusion_steps_train", "num_diffusion_steps_train"),
+    # Training records the steps it trained with for evaluation as well.
+    PolicyChoice("num_diffusion_steps_inference", "", "num_diffusion_steps_inference", "num_diffusion_steps_train"),
+    PolicyChoice("use_proprio", "", "use_proprio", "use_proprio"),
+    PolicyChoice("use_film", "", "use_film", "use_film"),
+    PolicyChoice("num_images_in_input", "", "num_images_in_input", "num_images_in_input"),
+    # Training: the dataset's name, or "" for a mixture (evaluation then picks the suite's statistics).
+    PolicyChoice("unnorm_key", "", "unnorm_key", None),
+    # Training: --image_aug's random crops are matched by the center crop of the same area (pi0 pads instead).
+    PolicyChoice("center_crop", "image", "center_crop", None),
+)
+HEAD_FLAGS = ("use_l1_regression", "use_diffusion")  # select the action head; the same names in every CLI
+# Every evaluation flag that selects the policy (None: from the checkpoint's policy_config.json).
+POLICY_FLAGS = (*HEAD_FLAGS, *(choice.flag for choice in POLICY_CHOICES))
+TRAINING_CHOICES = tuple(choice for choice in POLICY_CHOICES if choice.training_flag is not None)
+
+
+def apply_flag_overrides(config: PolicyConfig, **flags: Any) -> PolicyConfig:
+    """``config`` with the explicitly given evaluation flags of :data:`POLICY_FLAGS` applied (``None`` = take it
+    from the checkpoint). A flag that contradicts the checkpoint is honoured, with a warning naming both values."""
     given = {name: value for name, value in flags.items() if value is not None and value != ""}
-    unknown = sorted(set(given) - set(_FLAG_FIELDS) - {"use_l1_regression", "use_diffusion"})
+    unknown = sorted(set(given) - set(POLICY_FLAGS))
     if unknown:
         raise ValueError(f"unknown policy flag(s) {unknown}")
-    config = dataclasses.replace(config, image=dataclasses.replace(config.image))
+    config = _copy(config)
     head = _action_head_from_flags(config.action_head, given.get("use_l1_regression"), given.get("use_diffusion"))
     _override(config, "action_head", head, "--use_l1_regression/--use_diffusion")
-    for flag, (owner, field_name) in _FLAG_FIELDS.items():
-        if flag in given:
-            _override(getattr(config, owner) if owner else config, field_name, given[flag], f"--{flag}")
+    for choice in POLICY_CHOICES:
+        if choice.flag in given:
+            _override(choice.holder(config), choice.field, given[choice.flag], f"--{choice.flag}")
     return config
-
-
-_FLAG_FIELDS = {  # evaluation flag -> (sub-config or "", field)
-    "num_diffusion_steps_train": ("", "num_diffusion_steps_train"),
-    "num_diffusion_steps_inference": ("", "num_diffusion_steps_inference"),
-    "use_proprio": ("", "use_proprio"),
-    "use_film": ("", "use_film"),
-    "num_images_in_input": ("", "num_images_in_input"),
-    "unnorm_key": ("", "unnorm_key"),
-    "center_crop": ("image", "center_crop"),
-}
-# Every evaluation flag that selects the policy (None: from the checkpoint's policy_config.json).
-POLICY_FLAGS = ("use_l1_regression", "use_diffusion", *_FLAG_FIELDS)
 
 
 def policy_flags(config: PolicyConfig) -> dict[str, Any]:
     """The flags of :data:`POLICY_FLAGS` (upstream's evaluation names) that select ``config``: the inverse of
     :func:`apply_flag_overrides`."""
-    flags: dict[str, Any] = {
+    return _head_flags(config) | {choice.flag: choice.value(config) for choice in POLICY_CHOICES}
+
+
+def apply_training_flags(config: PolicyConfig, flags: Mapping[str, Any]) -> PolicyConfig:
+    """``config`` with the action head and every choice of :data:`TRAINING_CHOICES` taken from the fine-tuning
+    ``flags`` (by name)."""
+    config = _copy(config)
+    config.action_head = _action_head_from_flags("discrete_tokens", flags["use_l1_regression"], flags["use_diffusion"])
+    for choice in TRAINING_CHOICES:
+        setattr(choice.holder(config), choice.field, flags[choice.training_flag])
+    return config
+
+
+def training_flags(config: PolicyConfig) -> dict[str, Any]:
+    """The fine-tuning flags (heads, inputs) a config written by training records: the inverse of
+    :func:`apply_training_flags`."""
+    recorded = {choice.training_flag: choice.value(config) for choice in TRAINING_CHOICES}
+    return _head_flags(config) | recorded
+
+
+def _copy(config: PolicyConfig) -> PolicyConfig:
+    """A copy whose choices can be set without touching ``config`` (its sub-configs are copied too)."""
+    return dataclasses.replace(config, image=dataclasses.replace(config.image))
+
+
+def _head_flags(config: PolicyConfig) -> dict[str, bool]:
+    return {
         "use_l1_regression": config.action_head == "l1_regression",
         "use_diffusion": config.action_head == "diffusion",
     }
-    for flag, (owner, field_name) in _FLAG_FIELDS.items():
-        flags[flag] = getattr(getattr(config, owner) if owner else config, field_name)
-    return flags
 
 
 def _action_head_from_flags(current: str, use_l1_regression: bool | None, use_diffusion: bool | None) -> str:
