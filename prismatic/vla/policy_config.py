@@ -209,7 +209,7 @@ class PolicyChoice:
         return getattr(self.holder(config), self.field)
 
 
-# The policy's choices besides the action head, read by every CLI (evaluation, serving, probing: ``flag``) and by
+# The policy's choices besides the action head, read by evaluation (``flag``: its pre-flight and loader) and by
 # training (``training_flag``: what it records, and what a resume without training_config.json compares).
 POLICY_CHOICES = (
     PolicyChoice("num_diffusion_steps_train", "", "num_diffusion_steps_train", "num_diffusion_steps_train"),
