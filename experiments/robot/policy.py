@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from prismatic.models.family import Observation
+from prismatic.vla.observation import Observation
 
 
 class Policy(Protocol):

@@ -33,10 +33,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from prismatic.vla.observation import Observation
 from prismatic.vla.policy_config import PolicyConfig
-
-# "full_image" and wrist images (keys containing "wrist"): uint8 (H, W, 3) frames; "state": the raw proprio vector.
-Observation = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ VLA tokens beside one of the VGGT targets (similar colour layouts = similar feat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from prismatic.spatial_forcing import AlignConfig, SpatialForcingAligner, VGGTTe
 from prismatic.util.cli import UserError
 from prismatic.util.io import file_sha256, write_json_atomic
 from prismatic.vla.image_utils import center_crop_image, check_image_format, resize_image_for_policy
-from prismatic.vla.policy_config import VGGT_DIGEST_KEY, PolicyConfig, read_policy_config
+from prismatic.vla.policy_config import PolicyConfig, read_policy_config
 from vggt.constants import VGGT_IMAGE_SIZE
 from vggt.models.vggt import VGGT
 from vggt.utils.load_fn import vla_pixels_to_vggt_images
@@ -53,22 +54,17 @@ class AlignmentMapConfig:
 def alignment_settings(
     model: ProbedVLA, vggt: VGGT, projector_state: dict[str, Tensor], override_layer: int | None
 ) -> AlignConfig:
-    """The checkpoint's alignment settings: ``policy_config.json``'s ``spatial_forcing`` (training flags), else the
-    paper's defaults; ``use_vlm_norm`` is read off the projector file itself."""
-    settings: dict[str, Any] = dict(model.policy_config.spatial_forcing or {})
-    known = {
-        name: settings[name]
-        for name in ("use_vggt_pe", "pooling_func", "gain_feat_1move", "vggt_layers_align", "vla_layers_align")
-        if name in settings
-    }
-    if override_layer is not None:
-        known["vla_layers_align"] = override_layer
-    config = AlignConfig(
+    """The checkpoint's alignment settings: ``policy_config.json``'s ``spatial_forcing`` (the training's
+    ``AlignConfig``), else the paper's defaults, with the widths of the loaded models and ``use_vlm_norm`` read off
+    the projector file itself."""
+    recorded = model.policy_config.spatial_forcing or AlignConfig()
+    config = dataclasses.replace(
+        recorded,
         vla_dim=model.loaded.vla.llm_dim,
         vggt_dim=vggt.embed_dim,
         use_vlm_norm="vlm_norm.weight" in projector_state,
         vggt_patch_size=vggt.patch_size,
-        **known,
+        vla_layers_align=recorded.vla_layers_align if override_layer is None else override_layer,
     )
     if not 0 <= config.vla_layers_align <= model.num_llm_layers:
         raise UserError(
@@ -83,7 +79,8 @@ def teacher_image_size(requested: int | None, policy_config: PolicyConfig) -> in
     ``policy_config.json`` records it, else VGGT's own 518."""
     if requested is not None:
         return requested
-    return int((policy_config.spatial_forcing or {}).get("vggt_image_size", VGGT_IMAGE_SIZE))
+    recorded = policy_config.spatial_forcing
+    return VGGT_IMAGE_SIZE if recorded is None else recorded.vggt_image_size
 
 
 def pca_colors(features: Tensor, grid: tuple[int, int, int]) -> np.ndarray:
@@ -135,8 +132,8 @@ def check_teacher(checkpoint: Path, vggt_path: Path) -> None:
         policy_config = read_policy_config(checkpoint)
     except ValueError as error:
         raise UserError(f"--checkpoint {checkpoint}: {error}") from None
-    settings = (policy_config.spatial_forcing or {}) if policy_config is not None else {}
-    teacher = settings.get("teacher", "vggt")
+    recorded = policy_config.spatial_forcing if policy_config is not None else None
+    teacher = "vggt" if recorded is None else recorded.teacher
     if teacher != "vggt":
         raise UserError(
             f"--checkpoint {checkpoint}: trained against the {teacher!r} teacher; alignment maps compare with VGGT "
@@ -144,14 +141,14 @@ def check_teacher(checkpoint: Path, vggt_path: Path) -> None:
         )
     if not vggt_path.is_file():
         raise UserError(f"--vggt_path {vggt_path}: no such file; expected VGGT weights (model.pt)")
-    recorded = settings.get(VGGT_DIGEST_KEY)
-    if recorded is None:
+    digest = recorded.vggt_sha256 if recorded is not None else None
+    if digest is None:
         return
     actual = file_sha256(vggt_path)
-    if actual != recorded:
+    if actual != digest:
         raise UserError(
             f"--vggt_path {vggt_path} is not the VGGT --checkpoint {checkpoint} was trained against (SHA-256 "
-            f"{actual[:12]}..., its policy_config.json records {recorded[:12]}...): expected the run's --vggt_path"
+            f"{actual[:12]}..., its policy_config.json records {digest[:12]}...): expected the run's --vggt_path"
         )
 
 

@@ -17,11 +17,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from prismatic.util.io import STALE_TEMPORARY, file_sha256, remove_stale_tempora
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.registry import resolve_data_mix
 from prismatic.vla.datasets.statistics import statistics_to_json
+from prismatic.vla.policy_config import PolicyConfig, read_policy_config, training_flags
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ STATISTICS_CACHE = "dataset_statistics_*.json"  # the readers' caches beside the
 
 def flags_as_dict(cfg: FinetuneConfig) -> dict[str, Any]:
     """Every flag as a JSON-ready value (paths as strings), in declaration order."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return json.loads(json.dumps(asdict(cfg), default=str))
 
 
 def _dataset_folders(cfg: FinetuneConfig) -> list[Path]:
@@ -109,18 +110,14 @@ def _check_same_content(saved: dict[str, Any], current: dict[str, str], cfg: Fin
             )
 
 
-def _flags_recorded_in_policy(policy: dict[str, Any]) -> dict[str, Any]:
-    """The training flags a checkpoint's ``policy_config.json`` records (heads, inputs, alignment, dataset)."""
-    names = ("use_proprio", "use_film", "num_images_in_input", "num_diffusion_steps_train")
-    flags = {name: policy[name] for name in names if name in policy}
-    if "action_head" in policy:
-        flags |= {
-            "use_l1_regression": policy["action_head"] == "l1_regression",
-            "use_diffusion": policy["action_head"] == "diffusion",
-        }
-    flags |= policy.get("spatial_forcing") or {}
-    if (policy.get("data") or {}).get("dataset_name"):
-        flags["dataset_name"] = policy["data"]["dataset_name"]
+def _flags_recorded_in_policy(policy: PolicyConfig) -> dict[str, Any]:
+    """The training flags a checkpoint's ``policy_config.json`` records: the policy's choices (the table of
+    ``prismatic.vla.policy_config``), the alignment settings and the dataset."""
+    flags = training_flags(policy)
+    if policy.spatial_forcing is not None:  # None in its record: not recorded
+        flags |= {name: value for name, value in asdict(policy.spatial_forcing).items() if value is not None}
+    if (policy.data or {}).get("dataset_name"):
+        flags["dataset_name"] = policy.data["dataset_name"]
     return flags
 
 
@@ -133,8 +130,12 @@ def _check_flags_against_policy(cfg: FinetuneConfig, folder: Path, run_dir: Path
             f"--resume: run {run_dir.name!r} has neither {run_dir / TRAINING_CONFIG_NAME} nor {policy_path}, so "
             "nothing tells whether the flags changed: expected the run's record of its flags (or a new run id)"
         )
+    try:
+        policy = read_policy_config(folder)
+    except ValueError as error:
+        raise UserError(f"--resume: {error}") from None
     current = flags_as_dict(cfg)
-    recorded = _flags_recorded_in_policy(read_json_file(policy_path, "--resume"))
+    recorded = _flags_recorded_in_policy(policy)
     refused = [
         f"--{name} {old!r} -> {current[name]!r}"
         for name, old in recorded.items()

@@ -12,9 +12,10 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from prismatic.policy.components import (
     load_component_state_dict,
     save_components,
 )
+from prismatic.spatial_forcing.config import AlignConfig
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.config_checks import check_quantization_flags, validate_config
@@ -73,10 +75,11 @@ from prismatic.util.io import atomic_output, file_sha256
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
 from prismatic.vla.policy_config import (
-    VGGT_DIGEST_KEY,
     EmbodimentConfig,
     ImagePreprocessingConfig,
     PolicyConfig,
+    SpatialForcingRecord,
+    apply_training_flags,
     write_policy_config,
 )
 
@@ -135,35 +138,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def spatial_forcing_record(cfg: AlignFinetuneConfig, align_config: AlignConfig) -> SpatialForcingRecord:
+    """``policy_config.json``'s Spatial Forcing settings: the aligner's ``align_config`` and the teacher's flags."""
+    teacher: dict[str, Any] = {"teacher": cfg.teacher, "vggt_image_size": cfg.vggt_image_size}
+    if cfg.teacher == "vggt":  # the teacher file, for tools that load it again
+        teacher["vggt_sha256"] = file_sha256(cfg.vggt_path)
+    else:
+        teacher |= {name: getattr(cfg, name) for name in ("teacher_width", "teacher_patch_size", "teacher_seed")}
+    if cfg.teacher == "geometry":
+        teacher |= {name: list(getattr(cfg, name)) for name in ("geometry_workspace_min", "geometry_workspace_max")}
+    return SpatialForcingRecord(**asdict(align_config), **teacher)
+
+
 def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> PolicyConfig:
-    """The ``policy_config.json`` of this run's checkpoints: heads, inputs, embodiment, eval preprocessing."""
-    head = "diffusion" if cfg.use_diffusion else "l1_regression" if cfg.use_l1_regression else "discrete_tokens"
-    spatial_forcing = None
-    if isinstance(cfg, AlignFinetuneConfig):
-        names = ("vla_layers_align", "vggt_layers_align", "use_vlm_norm", "use_vggt_pe", "gain_feat_1move")
-        names += ("pooling_func", "align_loss_type", "align_loss_coeff", "vggt_image_size", "teacher")
-        if cfg.teacher != "vggt":
-            names += ("teacher_width", "teacher_patch_size", "teacher_seed")
-        if cfg.teacher == "geometry":
-            names += ("geometry_workspace_min", "geometry_workspace_max")
-        spatial_forcing = {name: getattr(cfg, name) for name in names}
-        if cfg.teacher == "vggt":  # the teacher file, for tools that load it again
-            spatial_forcing[VGGT_DIGEST_KEY] = file_sha256(cfg.vggt_path)
-    return PolicyConfig(
-        action_head=head,
-        num_diffusion_steps_train=cfg.num_diffusion_steps_train,
-        num_diffusion_steps_inference=cfg.num_diffusion_steps_train,
-        use_proprio=cfg.use_proprio,
-        use_film=cfg.use_film,
-        num_images_in_input=cfg.num_images_in_input,
+    """The ``policy_config.json`` of this run's checkpoints: the choices the table of ``prismatic.vla.policy_config``
+    takes from the flags, embodiment, data and base (a Spatial Forcing run's alignment settings are added once its
+    aligner is built: :func:`spatial_forcing_record`)."""
+    config = PolicyConfig(
         unnorm_key=cfg.dataset_name,
         embodiment=EmbodimentConfig.from_platform(platform),
         # Training's random crops (image_aug) are matched at evaluation by the center crop of the same area.
         image=ImagePreprocessingConfig(center_crop=cfg.image_aug),
-        spatial_forcing=spatial_forcing,
         data={"dataset_name": cfg.dataset_name},
         base_model=base_model_record(cfg.vla_path),
     )
+    return apply_training_flags(config, vars(cfg))
 
 
 def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
@@ -202,6 +201,7 @@ def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: Distribut
             cfg, llm_dim, ctx.device, image_size=processor.image_processor.input_sizes[0][-1]
         )
         aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
+        policy_config.spatial_forcing = spatial_forcing_record(cfg, aligner.config)
 
     return Model(
         vla=distribute(vla, ctx, cfg.strategy),
@@ -221,10 +221,12 @@ def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, c
     with the aligner and the frozen teacher of Spatial Forcing."""
     vla, processor = build_pi0(cfg, ctx.device)
     llm_dim, num_patches = pi0_token_counts(vla)
+    policy_config = as_pi0_policy_config(training_policy_config(cfg, platform))
     aligner = teacher = None
     if isinstance(cfg, AlignFinetuneConfig):
         aligner, teacher = build_alignment(cfg, llm_dim, ctx.device, image_size=processor.config.image_size)
         aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
+        policy_config.spatial_forcing = spatial_forcing_record(cfg, aligner.config)
     return Model(
         vla=distribute(vla, ctx, cfg.strategy),
         action_head=None,
@@ -234,7 +236,7 @@ def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, c
         teacher=teacher,
         processor=processor,
         num_patches=num_patches,
-        policy_config=as_pi0_policy_config(training_policy_config(cfg, platform)),
+        policy_config=policy_config,
     )
 
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prismatic.spatial_forcing.config import AlignConfig
 from prismatic.util.checkpoint_files import POLICY_CONFIG_NAME
 from prismatic.util.io import write_json_atomic
 from prismatic.vla.constants import NormalizationType, PlatformConstants, constants_for
+from vggt.constants import VGGT_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
-POLICY_CONFIG_VERSION = 1
-VGGT_DIGEST_KEY = "vggt_sha256"  # in ``spatial_forcing``: the SHA-256 of the teacher file the run trained against
+# 1: ``spatial_forcing`` held the training flags only; 2: it is the aligner's AlignConfig (widths included).
+POLICY_CONFIG_VERSION = 2
 MODEL_FAMILIES = ("openvla-oft", "spatialvla", "pi0")
 ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens", "flow_matching")  # flow_matching: pi0
 # How the gripper dimension of a predicted action maps to the robot's command:
@@ -72,6 +75,21 @@ class ImagePreprocessingConfig:
     crop_area: float = 0.9
 
 
+@dataclass(kw_only=True)
+class SpatialForcingRecord(AlignConfig):
+    """The Spatial Forcing settings a checkpoint was trained with: the aligner's :class:`AlignConfig` itself (same
+    field names, which are the training flags) plus the teacher it aligned to."""
+
+    teacher: str  # vggt | geometry | rgb (``--teacher``)
+    vggt_image_size: int  # side of the teacher's input images
+    vggt_sha256: str | None = None  # teacher vggt: the SHA-256 of the weights file the run trained against
+    teacher_width: int | None = None  # geometry | rgb: their flags
+    teacher_patch_size: int | None = None
+    teacher_seed: int | None = None
+    geometry_workspace_min: list[float] | None = None  # geometry: its flags
+    geometry_workspace_max: list[float] | None = None
+
+
 @dataclass
 class PolicyConfig:
     """Everything needed to rebuild and query the policy stored beside this file."""
@@ -86,9 +104,7 @@ class PolicyConfig:
     unnorm_key: str = ""  # Key of dataset_statistics.json holding the action/proprio statistics
     embodiment: EmbodimentConfig = field(default_factory=EmbodimentConfig)
     image: ImagePreprocessingConfig = field(default_factory=ImagePreprocessingConfig)
-    # Spatial Forcing settings the checkpoint was trained with (None: plain OpenVLA-OFT). Keys are the training
-    # flags: vla_layers_align, vggt_layers_align, use_vlm_norm, use_vggt_pe, gain_feat_1move, pooling_func, ...
-    spatial_forcing: dict[str, Any] | None = None
+    spatial_forcing: SpatialForcingRecord | None = None  # None: plain OpenVLA-OFT
     # Where the training data came from and how its features map to the policy inputs (e.g. a LeRobot mapping).
     data: dict[str, Any] | None = None
     # The base model the adapter was trained on: its config fingerprint and checksums of a few tensors.
@@ -100,6 +116,8 @@ class PolicyConfig:
             self.embodiment = EmbodimentConfig(**self.embodiment)
         if isinstance(self.image, dict):
             self.image = ImagePreprocessingConfig(**self.image)
+        if isinstance(self.spatial_forcing, dict):
+            self.spatial_forcing = SpatialForcingRecord(**self.spatial_forcing)
         if self.model_family not in MODEL_FAMILIES:
             raise ValueError(f"model_family {self.model_family!r}: expected one of {MODEL_FAMILIES}")
         if self.action_head not in ACTION_HEADS:
@@ -117,11 +135,33 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> PolicyConfig:
+        """The config a ``policy_config.json`` payload holds, of this format version or an earlier one."""
+        payload = migrate_payload(payload)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
             raise ValueError(f"unknown key(s) {unknown}: expected keys among {sorted(known)}")
         return cls(**payload)
+
+
+def migrate_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``policy_config.json`` payload of an earlier format version as one of :data:`POLICY_CONFIG_VERSION`.
+
+    Version 1 recorded the alignment's training flags without the aligner's widths: the widths take
+    :class:`AlignConfig`'s defaults (every consumer takes them from the models it loads), a record without a
+    teacher was trained against VGGT (the only teacher then) at VGGT's image size.
+    """
+    version = payload.get("format_version", 1)
+    if version > POLICY_CONFIG_VERSION:
+        raise ValueError(
+            f"format_version {version}: expected at most {POLICY_CONFIG_VERSION} (a newer release wrote it)"
+        )
+    if version == POLICY_CONFIG_VERSION:
+        return payload
+    spatial_forcing = payload.get("spatial_forcing")
+    if spatial_forcing is not None:
+        spatial_forcing = {"teacher": "vggt", "vggt_image_size": VGGT_IMAGE_SIZE, **spatial_forcing}
+    return {**payload, "spatial_forcing": spatial_forcing, "format_version": POLICY_CONFIG_VERSION}
 
 
 def write_policy_config(checkpoint_dir: str | Path, config: PolicyConfig) -> Path:
@@ -152,49 +192,92 @@ def load_policy_config(checkpoint_dir: str | Path, fallback_name: str = "libero"
     return config
 
 
-def apply_flag_overrides(config: PolicyConfig, **flags: Any) -> PolicyConfig:
-    """``config`` with the explicitly given evaluation flags applied (``None`` = take it from the checkpoint).
+@dataclass(frozen=True)
+class PolicyChoice:
+    """One choice of the policy: its evaluation flag (upstream's name; ``None`` there = the checkpoint's value), the
+    ``PolicyConfig`` field holding it, and the fine-tuning flag whose value training records there."""
 
-    Flags (upstream's evaluation names): ``use_l1_regression``, ``use_diffusion``, ``num_diffusion_steps_train``,
-    ``num_diffusion_steps_inference``, ``use_proprio``, ``use_film``, ``num_images_in_input``, ``center_crop``,
-    ``unnorm_key``. A flag that contradicts the checkpoint is honoured, with a warning naming both values.
-    """
+    flag: str
+    owner: str  # "" (the PolicyConfig itself) or the sub-config holding ``field`` ("image")
+    field: str
+    training_flag: str | None  # None: training derives the value otherwise (said where it does)
+
+    def holder(self, config: PolicyConfig) -> Any:
+        return getattr(config, self.owner) if self.owner else config
+
+    def value(self, config: PolicyConfig) -> Any:
+        return getattr(self.holder(config), self.field)
+
+
+# The policy's choices besides the action head, read by evaluation (``flag``: its pre-flight and loader) and by
+# training (``training_flag``: what it records, and what a resume without training_config.json compares).
+POLICY_CHOICES = (
+    PolicyChoice("num_diffusion_steps_train", "", "num_diffusion_steps_train", "num_diffusion_steps_train"),
+    # Training records the steps it trained with for evaluation as well.
+    PolicyChoice("num_diffusion_steps_inference", "", "num_diffusion_steps_inference", "num_diffusion_steps_train"),
+    PolicyChoice("use_proprio", "", "use_proprio", "use_proprio"),
+    PolicyChoice("use_film", "", "use_film", "use_film"),
+    PolicyChoice("num_images_in_input", "", "num_images_in_input", "num_images_in_input"),
+    # Training: the dataset's name, or "" for a mixture (evaluation then picks the suite's statistics).
+    PolicyChoice("unnorm_key", "", "unnorm_key", None),
+    # Training: --image_aug's random crops are matched by the center crop of the same area (pi0 pads instead).
+    PolicyChoice("center_crop", "image", "center_crop", None),
+)
+HEAD_FLAGS = ("use_l1_regression", "use_diffusion")  # select the action head; the same names in every CLI
+# Every evaluation flag that selects the policy (None: from the checkpoint's policy_config.json).
+POLICY_FLAGS = (*HEAD_FLAGS, *(choice.flag for choice in POLICY_CHOICES))
+TRAINING_CHOICES = tuple(choice for choice in POLICY_CHOICES if choice.training_flag is not None)
+
+
+def apply_flag_overrides(config: PolicyConfig, **flags: Any) -> PolicyConfig:
+    """``config`` with the explicitly given evaluation flags of :data:`POLICY_FLAGS` applied (``None`` = take it
+    from the checkpoint). A flag that contradicts the checkpoint is honoured, with a warning naming both values."""
     given = {name: value for name, value in flags.items() if value is not None and value != ""}
-    unknown = sorted(set(given) - set(_FLAG_FIELDS) - {"use_l1_regression", "use_diffusion"})
+    unknown = sorted(set(given) - set(POLICY_FLAGS))
     if unknown:
         raise ValueError(f"unknown policy flag(s) {unknown}")
-    config = dataclasses.replace(config, image=dataclasses.replace(config.image))
+    config = _copy(config)
     head = _action_head_from_flags(config.action_head, given.get("use_l1_regression"), given.get("use_diffusion"))
     _override(config, "action_head", head, "--use_l1_regression/--use_diffusion")
-    for flag, (owner, field_name) in _FLAG_FIELDS.items():
-        if flag in given:
-            _override(getattr(config, owner) if owner else config, field_name, given[flag], f"--{flag}")
+    for choice in POLICY_CHOICES:
+        if choice.flag in given:
+            _override(choice.holder(config), choice.field, given[choice.flag], f"--{choice.flag}")
     return config
-
-
-_FLAG_FIELDS = {  # evaluation flag -> (sub-config or "", field)
-    "num_diffusion_steps_train": ("", "num_diffusion_steps_train"),
-    "num_diffusion_steps_inference": ("", "num_diffusion_steps_inference"),
-    "use_proprio": ("", "use_proprio"),
-    "use_film": ("", "use_film"),
-    "num_images_in_input": ("", "num_images_in_input"),
-    "unnorm_key": ("", "unnorm_key"),
-    "center_crop": ("image", "center_crop"),
-}
-# Every evaluation flag that selects the policy (None: from the checkpoint's policy_config.json).
-POLICY_FLAGS = ("use_l1_regression", "use_diffusion", *_FLAG_FIELDS)
 
 
 def policy_flags(config: PolicyConfig) -> dict[str, Any]:
     """The flags of :data:`POLICY_FLAGS` (upstream's evaluation names) that select ``config``: the inverse of
     :func:`apply_flag_overrides`."""
-    flags: dict[str, Any] = {
+    return _head_flags(config) | {choice.flag: choice.value(config) for choice in POLICY_CHOICES}
+
+
+def apply_training_flags(config: PolicyConfig, flags: Mapping[str, Any]) -> PolicyConfig:
+    """``config`` with the action head and every choice of :data:`TRAINING_CHOICES` taken from the fine-tuning
+    ``flags`` (by name)."""
+    config = _copy(config)
+    config.action_head = _action_head_from_flags("discrete_tokens", flags["use_l1_regression"], flags["use_diffusion"])
+    for choice in TRAINING_CHOICES:
+        setattr(choice.holder(config), choice.field, flags[choice.training_flag])
+    return config
+
+
+def training_flags(config: PolicyConfig) -> dict[str, Any]:
+    """The fine-tuning flags (heads, inputs) a config written by training records: the inverse of
+    :func:`apply_training_flags`."""
+    recorded = {choice.training_flag: choice.value(config) for choice in TRAINING_CHOICES}
+    return _head_flags(config) | recorded
+
+
+def _copy(config: PolicyConfig) -> PolicyConfig:
+    """A copy whose choices can be set without touching ``config`` (its sub-configs are copied too)."""
+    return dataclasses.replace(config, image=dataclasses.replace(config.image))
+
+
+def _head_flags(config: PolicyConfig) -> dict[str, bool]:
+    return {
         "use_l1_regression": config.action_head == "l1_regression",
         "use_diffusion": config.action_head == "diffusion",
     }
-    for flag, (owner, field_name) in _FLAG_FIELDS.items():
-        flags[flag] = getattr(getattr(config, owner) if owner else config, field_name)
-    return flags
 
 
 def _action_head_from_flags(current: str, use_l1_regression: bool | None, use_diffusion: bool | None) -> str:

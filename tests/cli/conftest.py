@@ -27,7 +27,7 @@ from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.lora import apply_lora
 from prismatic.training.run_guard import CONTENT_KEY, content_digests, flags_as_dict
-from prismatic.training.trainer import training_policy_config
+from prismatic.training.trainer import spatial_forcing_record, training_policy_config
 from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME
 from prismatic.vla.constants import constants_for
 from prismatic.vla.policy_config import write_policy_config
@@ -174,10 +174,10 @@ def cli_world(tmp_path_factory: pytest.TempPathFactory) -> CliWorld:
         json.dumps({**flags_as_dict(saved_r3), CONTENT_KEY: content_digests(saved_r3)})
     )
     # A run "r2" without training_config.json: its checkpoint's policy_config.json records what the policy is.
-    write_policy_config(
-        Path(shutil.copytree(checkpoint, runs / "r2--2_chkpt")),
-        training_policy_config(saved, constants_for(DATASET_NAME)),
-    )
+    r2_policy = training_policy_config(saved, constants_for(DATASET_NAME))
+    widths = {"vla_dim": 64, "vggt_dim": 64, "vggt_patch_size": 14}  # no check reads them
+    r2_policy.spatial_forcing = spatial_forcing_record(saved, saved.align_config(**widths))
+    write_policy_config(Path(shutil.copytree(checkpoint, runs / "r2--2_chkpt")), r2_policy)
     # What a resumed run must not swap in under a path: other data, another teacher.
     write_synthetic_libero(
         SyntheticLiberoConfig(

@@ -7,6 +7,7 @@ with ``USE_TF=0`` (this pytest process may hold TensorFlow)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,11 +51,19 @@ def _regenerate(hdf5_dir: Path, data_root: Path, work_dir: Path, *flags: str) ->
     )
 
 
-def test_regenerated_frames_equal_upstreams_replay_and_no_ops_are_dropped(recorded_demo, tmp_path):
-    hdf5_path, expected_path = recorded_demo
-    work_dir = tmp_path / "replays"
-    result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir, "--keep_failed=True")
+@pytest.fixture(scope="module")
+def kept_failed_run(recorded_demo, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """(data root, replays folder, the finished process) of one regeneration that keeps the failed demos."""
+    hdf5_path, _ = recorded_demo
+    root = tmp_path_factory.mktemp("regenerated")
+    result = _regenerate(hdf5_path.parent, root / "data", root / "replays", "--keep_failed=True")
     assert result.returncode == 0, result.stderr[-4000:]
+    return root / "data", root / "replays", result
+
+
+def test_regenerated_frames_equal_upstreams_replay_and_no_ops_are_dropped(recorded_demo, kept_failed_run):
+    _, expected_path = recorded_demo
+    data_root, work_dir, result = kept_failed_run
     assert "2 demos replayed: 2 kept, 2 failed (kept), 8 no-op steps dropped" in result.stdout
 
     expected = np.load(expected_path)
@@ -73,7 +82,7 @@ def test_regenerated_frames_equal_upstreams_replay_and_no_ops_are_dropped(record
     # The RLDS dataset holds the kept steps (JPEG-compressed frames, exact actions).
     read_back = (
         "import sys, numpy as np, tensorflow_datasets as tfds\n"
-        f"builder = tfds.builder_from_directory({str(tmp_path / 'data/libero_spatial_no_noops/1.0.0')!r})\n"
+        f"builder = tfds.builder_from_directory({str(data_root / 'libero_spatial_no_noops/1.0.0')!r})\n"
         "episode = next(iter(builder.as_dataset(split='train')))\n"
         "steps = list(episode['steps'].as_numpy_iterator())\n"
         f"expected = np.load({str(expected_path)!r})\n"
@@ -89,18 +98,19 @@ def test_regenerated_frames_equal_upstreams_replay_and_no_ops_are_dropped(record
     assert int(num_steps) == 4 and float(action_error) == 0.0 and float(image_error) < 3.0
 
 
-def test_a_demo_that_fails_on_replay_is_dropped_and_a_rerun_resumes(recorded_demo, tmp_path):
+def test_a_demo_that_fails_on_replay_is_dropped_and_a_rerun_resumes(recorded_demo, kept_failed_run, tmp_path):
+    """Resumes from the replays of the run that kept the failed demos: what a replay records does not depend on
+    --keep_failed, only what is written afterwards does."""
     hdf5_path, expected_path = recorded_demo
-    work_dir = tmp_path / "replays"
-    result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)
+    work_dir = Path(shutil.copytree(kept_failed_run[1], tmp_path / "replays"))  # modification times kept
+    saved = work_dir / "task0_demo--demo_0.npz"
+    modified = saved.stat().st_mtime_ns
+    result = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)  # resumes: nothing is replayed again
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 demos replayed: 0 kept, 2 failed (dropped)" in result.stdout
     assert "No demo kept: no dataset written." in result.stdout
     assert not (tmp_path / "data" / "libero_spatial_no_noops").exists()
-    saved = work_dir / "task0_demo--demo_0.npz"
-    modified = saved.stat().st_mtime_ns
-    rerun = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)  # resumes: nothing is replayed again
-    assert rerun.returncode == 0 and saved.stat().st_mtime_ns == modified
+    assert saved.stat().st_mtime_ns == modified
     (work_dir / "task0_demo--demo_1.npz").unlink()  # interrupted before demo 1: it resumes after the first reset
     rerun = _regenerate(hdf5_path.parent, tmp_path / "data", work_dir)
     assert rerun.returncode == 0 and saved.stat().st_mtime_ns == modified

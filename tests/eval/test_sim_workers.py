@@ -1,4 +1,5 @@
-"""Simulator worker processes: one BLAS/OpenMP thread each, and no orphans when their runner is killed.
+"""Simulator worker processes: one BLAS/OpenMP thread each, no orphans when their runner is killed, and no model
+code imported (every spawned worker would pay for it: seconds each).
 
 A runner process starts a worker through :func:`simulator_worker_context` whose target runs
 :func:`init_simulator_worker` (as every LIBERO worker pool does), reports its pid and thread settings, then sleeps.
@@ -62,3 +63,20 @@ def test_worker_is_single_threaded_and_dies_with_its_runner(tmp_path: Path) -> N
             break
         time.sleep(0.1)
     assert not _alive(report["pid"]), f"worker {report['pid']} outlived its killed runner"
+
+
+def test_a_spawned_worker_imports_no_model_code() -> None:
+    """What a spawned evaluation worker imports: the runner script (as ``__mp_main__``) and the worker's modules."""
+    code = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('__mp_main__', 'experiments/robot/libero/run_libero_eval.py')\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import experiments.robot.libero.env_worker\n"
+        "print(sorted(m for m in ('transformers', 'timm', 'prismatic.models', 'tensorflow') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "USE_TF": "0", "PYTHONPATH": str(REPO_ROOT)}
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "[]"

@@ -12,15 +12,13 @@ import pytest
 from prismatic.probing.alignment_maps import check_teacher
 from prismatic.util.cli import UserError
 from prismatic.util.io import file_sha256
-from prismatic.vla.policy_config import VGGT_DIGEST_KEY, load_policy_config, write_policy_config
+from prismatic.vla.policy_config import SpatialForcingRecord, load_policy_config, write_policy_config
 
 
 def with_recorded_teacher(checkpoint: Path, folder: Path, digest: str | None, teacher: str = "vggt") -> Path:
     """A copy of ``checkpoint`` whose ``policy_config.json`` records ``teacher`` and its ``digest`` (or none)."""
     copy = Path(shutil.copytree(checkpoint, folder))
-    spatial_forcing = {"vla_layers_align": 1, "vggt_layers_align": -1, "teacher": teacher}
-    if digest is not None:
-        spatial_forcing[VGGT_DIGEST_KEY] = digest
+    spatial_forcing = SpatialForcingRecord(vla_layers_align=1, teacher=teacher, vggt_image_size=112, vggt_sha256=digest)
     write_policy_config(copy, dataclasses.replace(load_policy_config(copy), spatial_forcing=spatial_forcing))
     return copy
 

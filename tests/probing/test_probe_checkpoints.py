@@ -17,7 +17,7 @@ from prismatic.probing.depth_probe import ProbeDepthConfig, run_probe_depth
 from prismatic.probing.features import check_probe_checkpoint, load_probed_vla
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
 from prismatic.util.cli import UserError
-from prismatic.vla.policy_config import PolicyConfig
+from prismatic.vla.policy_config import PolicyConfig, SpatialForcingRecord
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_a_base_model_without_heads_is_probed_without_a_proprio_token_or_a_warni
 
 
 def test_alignment_maps_feed_the_teacher_the_image_size_the_checkpoint_was_trained_with():
-    tiny_run = PolicyConfig(spatial_forcing={"vla_layers_align": 1, "vggt_image_size": 112})
+    tiny_run = PolicyConfig(spatial_forcing=SpatialForcingRecord(teacher="vggt", vggt_image_size=112))
     assert teacher_image_size(None, tiny_run) == 112  # a 112 px tiny run, not VGGT's 518
     assert teacher_image_size(224, tiny_run) == 224  # --vggt_image_size still wins
     assert teacher_image_size(None, PolicyConfig()) == 518  # a released checkpoint records none

@@ -35,6 +35,7 @@ RELEASED_FILES = {
 }
 RUN_FILES = {METRICS_NAME, TRAINING_CONFIG_NAME}  # the run's own files beside a latest-only checkpoint
 MERGED_MODEL_FILES = {"config.json"}  # + model.safetensors, or shards and their index
+KILL_TEST_FLAGS = {"max_steps": 6, "save_freq": 3, "save_latest_checkpoint_only": True}
 
 
 def _checkpoint_files(folder, step) -> set[str]:
@@ -99,20 +100,27 @@ def _run_until_checkpoint_then_kill(flags, checkpoint_file, timeout=300) -> None
     process.wait()
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(tiny_checkpoints, synthetic_data, tmp_path):
-    uninterrupted_root, resumed_root = tmp_path / "a", tmp_path / "b"
-    common = {"max_steps": 6, "save_freq": 3, "save_latest_checkpoint_only": True}
-    result = run_script("finetune_align.py", tiny_flags(tiny_checkpoints, synthetic_data, uninterrupted_root, **common))
+@pytest.fixture(scope="module")
+def uninterrupted_metrics(tiny_checkpoints, synthetic_data, tmp_path_factory) -> list[dict]:
+    """The metrics of the uninterrupted latest-only run that the kill tests compare with (trained once)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    result = run_script("finetune_align.py", tiny_flags(tiny_checkpoints, synthetic_data, root, **KILL_TEST_FLAGS))
     assert result.returncode == 0, result.stderr[-4000:]
+    return read_metrics(root / "tiny-run")
 
-    flags = tiny_flags(tiny_checkpoints, synthetic_data, resumed_root, **common)
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(
+    tiny_checkpoints, synthetic_data, uninterrupted_metrics, tmp_path
+):
+    resumed_root = tmp_path / "b"
+    flags = tiny_flags(tiny_checkpoints, synthetic_data, resumed_root, **KILL_TEST_FLAGS)
     # Latest-only checkpoints go into the run folder itself, as upstream.
     _run_until_checkpoint_then_kill(flags, resumed_root / "tiny-run" / "training_state--latest_checkpoint.pt")
     result = run_script("finetune_align.py", [*flags, "--resume=True"])
     assert result.returncode == 0, result.stderr[-4000:]
 
-    expected, resumed = read_metrics(uninterrupted_root / "tiny-run"), read_metrics(resumed_root / "tiny-run")
+    expected, resumed = uninterrupted_metrics, read_metrics(resumed_root / "tiny-run")
     assert [m["step"] for m in resumed] == list(range(0, 7))
     for name in ("loss", "action_loss", "align_loss", "curr_action_l1_loss", "next_actions_l1_loss", "lr"):
         np.testing.assert_allclose([m[name] for m in resumed], [m[name] for m in expected], rtol=1e-5, err_msg=name)
@@ -120,15 +128,10 @@ def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(tiny_checkpo
 
 @pytest.mark.slow
 def test_a_kill_during_the_first_latest_only_install_resumes_with_the_losses_of_an_uninterrupted_run(
-    tiny_checkpoints, synthetic_data, tmp_path
+    tiny_checkpoints, synthetic_data, uninterrupted_metrics, tmp_path
 ):
-    uninterrupted_root, resumed_root = tmp_path / "a", tmp_path / "b"
-    common = {"max_steps": 6, "save_freq": 3, "save_latest_checkpoint_only": True}
-    result = run_script("finetune_align.py", tiny_flags(tiny_checkpoints, synthetic_data, uninterrupted_root, **common))
-    assert result.returncode == 0, result.stderr[-4000:]
-
-    flags = tiny_flags(tiny_checkpoints, synthetic_data, resumed_root, **common)
-    run_dir = resumed_root / "tiny-run"
+    flags = tiny_flags(tiny_checkpoints, synthetic_data, tmp_path / "b", **KILL_TEST_FLAGS)
+    run_dir = tmp_path / "b" / "tiny-run"
     _run_until_checkpoint_then_kill(flags, run_dir / "training_state--latest_checkpoint.pt")
     # The folder as a kill after the install's first two moves leaves it: the rest of the checkpoint still in
     # .checkpoint-ready/ (training state included), no complete checkpoint in the run folder.
@@ -145,7 +148,7 @@ def test_a_kill_during_the_first_latest_only_install_resumes_with_the_losses_of_
     assert result.returncode == 0, result.stderr[-4000:]
 
     assert not ready.exists()
-    expected, resumed = read_metrics(uninterrupted_root / "tiny-run"), read_metrics(run_dir)
+    expected, resumed = uninterrupted_metrics, read_metrics(run_dir)
     assert [m["step"] for m in resumed] == list(range(0, 7))
     for name in ("loss", "action_loss", "align_loss", "lr"):
         np.testing.assert_allclose([m[name] for m in resumed], [m[name] for m in expected], rtol=1e-5, err_msg=name)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import draccus
 import numpy as np
@@ -80,18 +81,27 @@ def _two_process_run(tiny_checkpoints, synthetic_data, root, strategy, **overrid
     return read_metrics(root / "tiny-run")
 
 
+TWO_PROCESS_FLAGS = {"max_steps": 4, "save_freq": 2}
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_checkpoints, synthetic_data, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """An uninterrupted two-process FSDP run (its root and metrics), trained once for the tests below."""
+    root = tmp_path_factory.mktemp("fsdp")
+    return root, _two_process_run(tiny_checkpoints, synthetic_data, root, "fsdp", **TWO_PROCESS_FLAGS)
+
+
 @pytest.mark.slow
 def test_fsdp_and_ddp_give_the_same_losses_and_fsdp_saves_the_released_layout(
-    tiny_checkpoints, synthetic_data, tmp_path
+    tiny_checkpoints, synthetic_data, fsdp_run, tmp_path
 ):
-    common = {"max_steps": 3, "save_freq": 3}
-    ddp = _two_process_run(tiny_checkpoints, synthetic_data, tmp_path / "ddp", "ddp", **common)
-    fsdp = _two_process_run(tiny_checkpoints, synthetic_data, tmp_path / "fsdp", "fsdp", **common)
-    assert [m["step"] for m in fsdp] == [0, 1, 2, 3]  # update k is step k (upstream's accounting)
+    ddp = _two_process_run(tiny_checkpoints, synthetic_data, tmp_path / "ddp", "ddp", **TWO_PROCESS_FLAGS)
+    fsdp_root, fsdp = fsdp_run
+    assert [m["step"] for m in fsdp] == [0, 1, 2, 3, 4]  # update k is step k (upstream's accounting)
     for name in ("loss", "action_loss", "align_loss"):
         np.testing.assert_allclose([m[name] for m in fsdp], [m[name] for m in ddp], rtol=1e-4, err_msg=name)
 
-    ddp_dir, fsdp_dir = tmp_path / "ddp" / "tiny-run--3_chkpt", tmp_path / "fsdp" / "tiny-run--3_chkpt"
+    ddp_dir, fsdp_dir = tmp_path / "ddp" / "tiny-run--4_chkpt", fsdp_root / "tiny-run--4_chkpt"
     names = {p.relative_to(ddp_dir) for p in ddp_dir.rglob("*") if p.is_file()}
     assert {p.relative_to(fsdp_dir) for p in fsdp_dir.rglob("*") if p.is_file()} == names
     from safetensors.torch import load_file
@@ -104,7 +114,7 @@ def test_fsdp_and_ddp_give_the_same_losses_and_fsdp_saves_the_released_layout(
     assert ddp_adapter.keys() == fsdp_adapter.keys()
     for key, value in ddp_adapter.items():
         torch.testing.assert_close(fsdp_adapter[key], value, rtol=1e-4, atol=1e-5, msg=key)
-    head = "action_head--3_checkpoint.pt"
+    head = "action_head--4_checkpoint.pt"
     ddp_head, fsdp_head = load_component_state_dict(ddp_dir / head), load_component_state_dict(fsdp_dir / head)
     for key, value in ddp_head.items():
         torch.testing.assert_close(fsdp_head[key], value, rtol=1e-4, atol=1e-5, msg=key)
@@ -131,12 +141,14 @@ def _kill_when_exists(command, env, checkpoint_file, timeout=300) -> None:
 
 
 @pytest.mark.slow
-def test_killed_fsdp_run_resumes_with_the_losses_of_an_uninterrupted_one(tiny_checkpoints, synthetic_data, tmp_path):
-    common = {"max_steps": 4, "save_freq": 2, "save_latest_checkpoint_only": True}
-    expected = _two_process_run(tiny_checkpoints, synthetic_data, tmp_path / "a", "fsdp", **common)
-
+def test_killed_fsdp_run_resumes_with_the_losses_of_an_uninterrupted_one(
+    tiny_checkpoints, synthetic_data, fsdp_run, tmp_path
+):
+    _, expected = fsdp_run  # saved a checkpoint per save instead of one latest: the same losses
     root = tmp_path / "b"
-    flags = tiny_flags(tiny_checkpoints, synthetic_data, root, strategy="fsdp", **common)
+    flags = tiny_flags(
+        tiny_checkpoints, synthetic_data, root, strategy="fsdp", save_latest_checkpoint_only=True, **TWO_PROCESS_FLAGS
+    )
     env = {**os.environ, "USE_TF": "0", "WANDB_MODE": "disabled", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     _kill_when_exists(

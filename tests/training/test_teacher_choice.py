@@ -95,7 +95,7 @@ def test_rgb_control_run_trains_without_vggt_or_depth(tiny_checkpoints, tmp_path
     assert len(align) == 3 and all(0 < value < 2 for value in align)
     policy_config = json.loads((tmp_path / "tiny-run--2_chkpt" / "policy_config.json").read_text())
     assert policy_config["spatial_forcing"]["teacher"] == "rgb"
-    assert "geometry_workspace_min" not in policy_config["spatial_forcing"]
+    assert policy_config["spatial_forcing"]["geometry_workspace_min"] is None
 
 
 def test_geometry_teacher_on_lerobot_data_reads_the_named_depth(tiny_checkpoints, tmp_path):
