@@ -65,8 +65,11 @@ def check_pi0_training_flags(cfg: FinetuneConfig) -> None:
         )
     if not cfg.use_proprio:
         raise UserError("--model_family pi0 reads the robot state: expected --use_proprio True")
-    if isinstance(cfg, AlignFinetuneConfig) and cfg.teacher != "vggt":
-        raise UserError(f"--model_family pi0: --teacher {cfg.teacher} is not supported: expected vggt")
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.image_aug:
+        raise UserError(
+            "--model_family pi0 with Spatial Forcing: --image_aug True is not supported: expected False (the teacher "
+            "must see the un-augmented images; pi0's training applies no augmentation)"
+        )
     if isinstance(cfg, AlignFinetuneConfig) and cfg.gain_feat_1move:
         raise UserError(
             "--model_family pi0: --gain_feat_1move True is not supported: expected False (pi0's image "
@@ -157,14 +160,21 @@ def pi0_token_counts(model: nn.Module) -> tuple[int, int]:
 
 def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """One forward pass of pi0 (``model``: the trainer's ``Model``): ``loss``, ``action_loss`` and, with Spatial
-    Forcing, ``align_loss``; the teacher sees the letterboxed frames with white padding."""
+    Forcing, ``align_loss``. The teacher sees the letterboxed frames with white padding (VGGT at
+    ``--vggt_image_size``, the rgb control at pi0's image size) or, for ``--teacher geometry``, the point maps placed
+    as the frames are (``camera_points``)."""
     observation = observation_from_batch(batch, device)
     actions = batch["actions"].to(device)
     if model.aligner is None:
         action_loss = model.vla(observation, actions).loss
         return {"action_loss": action_loss, "loss": action_loss}
     letterbox = batch["letterbox_masks"].to(device)
-    teacher = model.teacher(pi0_teacher_images(observation.images, letterbox, cfg.vggt_image_size))
+    image_size = cfg.vggt_image_size if cfg.teacher == "vggt" else observation.images.shape[-1]
+    camera_points = batch.get("camera_points")
+    teacher = model.teacher(
+        pi0_teacher_images(observation.images, letterbox, image_size),
+        None if camera_points is None else camera_points.to(device),
+    )
     losses = pi0_spatial_forcing_loss(model.vla, model.aligner, teacher, observation, actions, letterbox)
     return {"action_loss": losses.action_loss, "align_loss": losses.align_loss, "loss": losses.loss}
 

@@ -167,3 +167,16 @@ def test_pi0_trains_on_a_fourteen_dim_three_camera_lerobot_dataset(tiny_pi0, tin
     observation = {"full_image": frame, "wrist_image": frame, "wrist_image_2": frame, "state": np.zeros(14)}
     chunk = policy.predict_chunk(observation, "transfer the cube")
     assert chunk.shape == (8, 14) and np.isfinite(chunk).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher", ["geometry", "rgb"])
+def test_pi0_trains_with_the_geometry_and_rgb_teachers(tiny_pi0, depth_data, tmp_path, teacher):
+    not_needed = Path("/nonexistent/not-needed.pt")  # neither teacher loads VGGT
+    flags = pi0_flags(tiny_pi0, not_needed, depth_data, tmp_path, teacher=teacher, teacher_width=64, max_steps=2)
+    result = run_script("finetune_align.py", flags)
+    assert result.returncode == 0, result.stderr[-4000:]
+    align = [m["align_loss"] for m in read_metrics(tmp_path / "pi0-run")]
+    assert len(align) == 3 and all(0 < value < 2 for value in align)
+    policy_config = json.loads((tmp_path / "pi0-run--2_chkpt" / "policy_config.json").read_text())
+    assert policy_config["spatial_forcing"]["teacher"] == teacher
