@@ -649,4 +649,10 @@ def _grouped(saved_by_scope: dict[str, int]) -> dict[str, int]:
 
 
 def _num_llm_layers(cfg: MemoryEstimateConfig) -> int:
+    """The base's decoder layers (pi0: per tower; FSDP gathers a part of one layer of one tower at a time there, so
+    two whole layers are an upper bound)."""
+    if cfg.model_family == "pi0":
+        from prismatic.models.pi0.loading_pi0 import read_folder_config
+
+        return read_folder_config(cfg.vla_path).depth
     return read_base_config(cfg.vla_path).text_config.num_hidden_layers

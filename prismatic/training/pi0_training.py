@@ -21,8 +21,9 @@ from torch import nn
 
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
 from prismatic.models.pi0.loading_pi0 import (
+    EMBED_KEY,
+    LM_HEAD_KEY,
     load_pi0_folder,
-    load_pi0_weights,
     read_checkpoint,
     read_folder_config,
     save_pi0_weights,
@@ -33,6 +34,7 @@ from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, p
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.lora import ADAPTER_NAME, apply_lora, merged_lora_state_dict
+from prismatic.training.strategy import load_full_state_dict
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig
@@ -53,7 +55,6 @@ def check_pi0_training_flags(cfg: FinetuneConfig) -> None:
         "use_film": False,
         "use_diffusion": False,
         "quantize_base": "none",
-        "strategy": "ddp",
     }
     for flag, supported in unsupported.items():
         if getattr(cfg, flag) != supported:
@@ -65,11 +66,6 @@ def check_pi0_training_flags(cfg: FinetuneConfig) -> None:
         )
     if not cfg.use_proprio:
         raise UserError("--model_family pi0 reads the robot state: expected --use_proprio True")
-    if isinstance(cfg, AlignFinetuneConfig) and cfg.image_aug:
-        raise UserError(
-            "--model_family pi0 with Spatial Forcing: --image_aug True is not supported: expected False (the teacher "
-            "must see the un-augmented images; pi0's training applies no augmentation)"
-        )
     if isinstance(cfg, AlignFinetuneConfig) and cfg.gain_feat_1move:
         raise UserError(
             "--model_family pi0: --gain_feat_1move True is not supported: expected False (pi0's image "
@@ -81,6 +77,11 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
     """Refuse, one line each and before any weight is read, the flags pi0 does not support and a ``--vla_path``
     that is not a pi0 fitting the data; returns the base's config."""
     check_pi0_training_flags(cfg)
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.image_aug:
+        raise UserError(
+            "--model_family pi0 with Spatial Forcing: --image_aug True is not supported: expected False (the teacher "
+            "must see the un-augmented images; pi0's training applies no augmentation)"
+        )
     read_checkpoint(cfg.vla_path)  # the family and layout, from the header
     config = read_folder_config(cfg.vla_path)
     if config.chunk_size != platform.num_actions_chunk:
@@ -192,5 +193,8 @@ def save_pi0_model(model: nn.Module, folder: Path, state_dict: dict[str, torch.T
 
 
 def restore_pi0_weights(model: nn.Module, folder: Path) -> None:
-    """``--resume``: the checkpoint's pi0 weights into the model being trained."""
-    load_pi0_weights(ckpt.unwrap(model), folder)
+    """``--resume`` of a full fine-tune: the checkpoint's pi0 weights (``save_pi0_model``'s file, the tied embedding
+    filled from ``lm_head``) into the model being trained, replicated or sharded."""
+    state = ckpt.read_saved_weights(folder)
+    state[EMBED_KEY] = state[LM_HEAD_KEY]
+    load_full_state_dict(model, state, strict=True)

@@ -67,3 +67,11 @@ def test_pi0_lora_trace_trains_the_adapters_heads_and_projector_only(pi0_estimat
     assert trace["frozen"] == 4 * sum(p.numel() for p in model.parameters() if not p.requires_grad)
     config.use_lora = False
     assert trace["trainable"] < memory_estimate.trace_pi0_training_step(config)["trainable"]
+
+
+def test_pi0_estimate_under_fsdp_shards_the_weights(pi0_estimate_config):
+    single = memory_estimate.estimate_memory(pi0_estimate_config)
+    config = MemoryEstimateConfig(**{**vars(pi0_estimate_config), "strategy": "fsdp", "num_gpus": 2})
+    sharded = memory_estimate.estimate_memory(config)
+    assert sharded.rows["LoRA + trainable heads"] == single.rows["LoRA + trainable heads"] / 2
+    assert sharded.rows["FSDP all-gathered layers (2)"] > 0

@@ -15,7 +15,7 @@ from prismatic.models.pi0.loading_pi0 import load_pi0_folder
 from prismatic.policy.pi0_policy import Pi0Policy
 from prismatic.testing.pi0_tiny import pi0_training_batch, write_tiny_pi0_checkpoint
 from prismatic.training.metrics import read_metrics
-from prismatic.training.pi0_training import PI0_HEADS, apply_pi0_lora, save_pi0_model
+from prismatic.training.pi0_training import PI0_HEADS, apply_pi0_lora, restore_pi0_weights, save_pi0_model
 
 from .conftest import DATASET_NAME, run_script
 
@@ -65,6 +65,9 @@ def test_pi0_lora_adapts_both_towers_and_saves_merged_weights_that_load_as_pi0(t
     base, _ = load_pi0_folder(tiny_pi0)
     with torch.no_grad():
         assert (base(**batch).velocity - trained).abs().max() > 1e-2  # the adapters and heads matter
+    restore_pi0_weights(base, tmp_path)  # --resume of a full fine-tune reads the same file
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(base.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 def _loss_and_gradients(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -105,8 +108,13 @@ def pi0_flags(tiny_pi0: Path, vggt_path: Path, data_root: Path, run_root: Path, 
     return [f"--{name}={value}" for name, value in flags.items()]
 
 
-# pi0 trained in full, and with LoRA adapters (saved beside the merged weights; resumed from the adapter).
-VARIANTS = {"full": ({}, set()), "lora": ({"use_lora": True, "lora_rank": 4}, {"lora_adapter"})}
+# pi0 trained in full under DDP and FSDP, and with LoRA adapters under FSDP (saved beside the merged weights; resumed
+# from the adapter).
+VARIANTS = {
+    "full": ({}, set()),
+    "full_fsdp": ({"strategy": "fsdp"}, set()),
+    "lora_fsdp": ({"use_lora": True, "lora_rank": 4, "strategy": "fsdp"}, {"lora_adapter"}),
+}
 
 
 @pytest.mark.slow

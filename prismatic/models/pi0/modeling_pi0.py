@@ -278,6 +278,20 @@ class Pi0Model(nn.Module):
             vision_tower = self.paligemma_with_expert.paligemma.model.vision_tower
             vision_tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """FSDP's units (``fully_shard`` each): every SigLIP encoder layer and, in each decoder layer of both Gemma
+        towers, the four attention projections and the MLP. pi0 never calls a decoder layer's own forward (the joint
+        layer calls its parts), and the prefix's keys and values also carry the expert's gradients, so each part is
+        a unit of its own: its output's gradient is what gathers it again in backward. The norms, embeddings and
+        heads stay with the root unit."""
+        towers = self.paligemma_with_expert
+        units: list[nn.Module] = list(towers.paligemma.model.vision_tower.vision_model.encoder.layers)
+        for tower in (towers.language_model, towers.gemma_expert.model):
+            for layer in tower.layers:
+                attention = layer.self_attn
+                units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
+        return units
+
     # --- Embeddings ------------------------------------------------------------------------------------------------
     def embed_prefix(self, observation: Pi0Observation) -> tuple[Tensor, Tensor, Tensor]:
         """Image tokens of every camera, then the language tokens: embeddings ``[B, P, D_vlm]``, valid mask

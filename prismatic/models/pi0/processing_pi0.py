@@ -140,7 +140,7 @@ class Pi0BatchTransform:
     camera then the wrist cameras (the first ``num_images``), the instruction, the normalised proprio as the state,
     the normalised action chunk ``[C, A]`` padded to ``max_action_dim`` and, when the frame carries point maps,
     their ``camera_points``. The frames are taken as the data pipeline gives them: for Spatial Forcing, un-augmented
-    (``check_pi0_training_flags`` refuses ``--image_aug True``), so the teacher sees what the model sees."""
+    (``check_pi0_flags`` refuses ``--image_aug True``), so the teacher sees what the model sees."""
 
     processor: Pi0Processor
     num_images: int
