@@ -2,12 +2,13 @@
 checkpoint's model files), the rest of the loop (optimizer, schedule, data position, save, resume) being shared.
 
 pi0 is fine-tuned in full or with LoRA (``--use_lora True``: :func:`apply_pi0_lora`; the checkpoints hold the merged
-weights), with or without gradient checkpointing, from a pi0 folder ``--vla_path`` (``config.json`` with
-``model_type`` "pi0" and ``model.safetensors`` in openpi's or lerobot's layout, plus PaliGemma's ``tokenizer.model``).
-Spatial
-Forcing attaches as SF-pi0 does (``prismatic.models.pi0.spatial_forcing_pi0``): the residual stream entering LM layer
-``--vla_layers_align``, image tokens of every camera, masked by camera presence and letterbox, a LayerNorm + MLP
-projector from the LM width, ``action loss + align_loss_coeff x align loss``.
+weights), with or without gradient checkpointing, under DDP or FSDP (``Pi0Model.fsdp_units``), from a pi0 folder
+``--vla_path`` (``config.json`` with ``model_type`` "pi0" and ``model.safetensors`` in openpi's or lerobot's layout,
+plus PaliGemma's ``tokenizer.model``). Spatial Forcing attaches as SF-pi0 does
+(``prismatic.models.pi0.spatial_forcing_pi0``): the residual stream entering LM layer ``--vla_layers_align``, image
+tokens of every camera, masked by camera presence and letterbox, a LayerNorm + MLP projector from the LM width,
+``action loss + align_loss_coeff x align loss``; the teacher is VGGT, or the geometry or rgb teacher of
+``--teacher``.
 """
 
 from __future__ import annotations
