@@ -56,7 +56,7 @@ def test_valid_config_passes_and_yields_libero_constants(valid_config):
             "--model_family pi0 --use_lora True: --merge_lora_during_training False is not supported",
         ),
         (  # the teacher must see un-augmented images; pi0 trains without augmentation
-            {"model_family": "pi0", "use_proprio": True, "image_aug": True},
+            {"model_family": "pi0", "use_proprio": True, "gain_feat_1move": False, "image_aug": True},
             "--model_family pi0 with Spatial Forcing: --image_aug True is not supported",
         ),
         (  # an OpenVLA folder as pi0's base: refused before any weight is read
