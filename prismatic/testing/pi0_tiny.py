@@ -183,3 +183,25 @@ def write_tiny_pi0_policy(out_dir: str | Path, statistics: dict) -> Path:
     write_policy_config(folder, config)
     save_dataset_statistics(statistics, folder / "dataset_statistics.json")
     return folder
+
+
+def pi0_training_batch(config: Pi0Config) -> dict:
+    """Two samples for ``Pi0Model.forward`` / ``pi0_spatial_forcing_loss`` (keyword arguments): an observation with
+    camera 1 of sample 0 absent, actions, noise and times."""
+    generator = torch.Generator().manual_seed(3)
+    batch, cameras, size = 2, config.num_cameras, config.image_size
+    image_masks = torch.ones(batch, cameras, dtype=torch.bool)
+    image_masks[0, 1] = False
+    observation = Pi0Observation(
+        images=torch.rand(batch, cameras, 3, size, size, generator=generator) * 2 - 1,
+        image_masks=image_masks,
+        lang_tokens=torch.randint(1, config.vocab_size, (batch, config.tokenizer_max_length), generator=generator),
+        lang_masks=torch.arange(config.tokenizer_max_length)[None] < torch.tensor([[3], [8]]),
+        state=torch.randn(batch, config.max_state_dim, generator=generator),
+    )
+    return {
+        "observation": observation,
+        "actions": torch.randn(batch, config.chunk_size, config.max_action_dim, generator=generator),
+        "noise": torch.randn(batch, config.chunk_size, config.max_action_dim, generator=generator),
+        "time": torch.tensor([0.3, 0.7]),
+    }

@@ -425,26 +425,31 @@ def trace_training_step(cfg: MemoryEstimateConfig, dtype: torch.dtype, cuda_auto
     }
 
 
-PI0_HEADS = ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out")
-
-
 def trace_pi0_training_step(cfg: MemoryEstimateConfig) -> dict[str, object]:
     """``--model_family pi0``: one step of ``trainer.compute_losses`` on meta tensors, from the base's
     ``config.json`` (the released pi0's sizes without one): the flow-matching forward with the prefix hidden states,
     SF-pi0's alignment on every camera's image tokens, backward. pi0 keeps its own dtype policy (``param_dtype``:
     bf16 towers, fp32 action heads) and runs without autocast, with its eager attention (the attention matrix of
-    every layer is saved); the teacher runs under bf16 autocast. Every weight a loss reaches trains."""
+    every layer is saved); the teacher runs under bf16 autocast. Every weight a loss reaches trains
+    (with ``--use_lora True``: the adapters, the heads and the projector)."""
     from prismatic.models.pi0.loading_pi0 import read_folder_config
     from prismatic.models.pi0.modeling_pi0 import Pi0Model, Pi0Observation
     from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
     from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
-    from prismatic.training.pi0_training import check_pi0_training_flags, freeze_unreached_parameters
+    from prismatic.training.pi0_training import (
+        PI0_HEADS,
+        apply_pi0_lora,
+        check_pi0_training_flags,
+        freeze_unreached_parameters,
+    )
     from vggt.models.vggt import VGGT
 
     check_pi0_training_flags(cfg)
     config = read_folder_config(cfg.vla_path)
     with torch.device("meta"):
         model = Pi0Model(config)
+        if cfg.use_lora:
+            model = apply_pi0_lora(model, cfg.lora_rank, cfg.lora_dropout, cfg.lora_fp32)
         freeze_unreached_parameters(model, cfg.vla_layers_align if cfg.spatial_forcing else None)
         aligner = teacher = None
         if cfg.spatial_forcing:
@@ -559,8 +564,8 @@ def assemble_estimate(cfg: MemoryEstimateConfig, trace: dict, on_cuda: bool) -> 
         frozen -= trace["llm_linear_weights"] * (1 - bytes_per_weight / 2)
     trainable = trace["trainable"]
     prefixes = ()
-    if cfg.gradient_checkpointing:
-        prefixes = ("llm.", "vision") if cfg.gradient_checkpointing_vision else ("llm.",)
+    if cfg.gradient_checkpointing:  # the LLM's decoder layers (pi0: and the action expert's, recomputed jointly)
+        prefixes = ("llm.", "expert.", "vision") if cfg.gradient_checkpointing_vision else ("llm.", "expert.")
     activations, recompute = _checkpointed_activations(trace["saved_by_scope"], prefixes)
     estimate = MemoryEstimate()
     estimate.rows["frozen base weights"] = frozen / shards
@@ -644,4 +649,10 @@ def _grouped(saved_by_scope: dict[str, int]) -> dict[str, int]:
 
 
 def _num_llm_layers(cfg: MemoryEstimateConfig) -> int:
+    """The base's decoder layers (pi0: per tower; FSDP gathers a part of one layer of one tower at a time there, so
+    two whole layers are an upper bound)."""
+    if cfg.model_family == "pi0":
+        from prismatic.models.pi0.loading_pi0 import read_folder_config
+
+        return read_folder_config(cfg.vla_path).depth
     return read_base_config(cfg.vla_path).text_config.num_hidden_layers

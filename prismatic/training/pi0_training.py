@@ -1,11 +1,14 @@
 """``--model_family pi0`` in the fine-tuning scripts: what the trainer needs from pi0 (build, batches, losses, the
 checkpoint's model files), the rest of the loop (optimizer, schedule, data position, save, resume) being shared.
 
-pi0 is fine-tuned in full (no LoRA yet) from a pi0 folder ``--vla_path`` (``config.json`` with ``model_type``
-"pi0" and ``model.safetensors`` in openpi's or lerobot's layout, plus PaliGemma's ``tokenizer.model``). Spatial
-Forcing attaches as SF-pi0 does (``prismatic.models.pi0.spatial_forcing_pi0``): the residual stream entering LM layer
-``--vla_layers_align``, image tokens of every camera, masked by camera presence and letterbox, a LayerNorm + MLP
-projector from the LM width, ``action loss + align_loss_coeff x align loss``.
+pi0 is fine-tuned in full or with LoRA (``--use_lora True``: :func:`apply_pi0_lora`; the checkpoints hold the merged
+weights), with or without gradient checkpointing, under DDP or FSDP (``Pi0Model.fsdp_units``), from a pi0 folder
+``--vla_path`` (``config.json`` with ``model_type`` "pi0" and ``model.safetensors`` in openpi's or lerobot's layout,
+plus PaliGemma's ``tokenizer.model``). Spatial Forcing attaches as SF-pi0 does
+(``prismatic.models.pi0.spatial_forcing_pi0``): the residual stream entering LM layer ``--vla_layers_align``, image
+tokens of every camera, masked by camera presence and letterbox, a LayerNorm + MLP projector from the LM width,
+``action loss + align_loss_coeff x align loss``; the teacher is VGGT, or the geometry or rgb teacher of
+``--teacher``.
 """
 
 from __future__ import annotations
@@ -14,45 +17,56 @@ import dataclasses
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
 from prismatic.models.pi0.loading_pi0 import (
+    EMBED_KEY,
+    LM_HEAD_KEY,
     load_pi0_folder,
-    load_pi0_weights,
     read_checkpoint,
     read_folder_config,
     save_pi0_weights,
 )
+from prismatic.models.pi0.modeling_pi0 import Pi0Model
 from prismatic.models.pi0.processing_pi0 import TOKENIZER_NAME, Pi0Processor, observation_from_batch
 from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
+from prismatic.training.lora import ADAPTER_NAME, apply_lora, merged_lora_state_dict
+from prismatic.training.strategy import load_full_state_dict
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig
 
 PI0_FAMILY = "pi0"
 PI0_ACTION_HEAD = "flow_matching"
+# LoRA on every attention and MLP projection of the PaliGemma LM's and the action expert's decoder layers.
+PI0_LORA_TARGET_MODULES = (
+    r".*\.(language_model|gemma_expert\.model)\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+)
+# pi0's state projection and action heads (outside the towers), trained in full with or without LoRA.
+PI0_HEADS = ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out")
 
 
 def check_pi0_training_flags(cfg: FinetuneConfig) -> None:
     """Refuse, one line each, the training flags pi0 does not support."""
     unsupported = {
-        "use_lora": False,
         "use_film": False,
         "use_diffusion": False,
         "quantize_base": "none",
-        "strategy": "ddp",
-        "gradient_checkpointing": False,
     }
     for flag, supported in unsupported.items():
         if getattr(cfg, flag) != supported:
             raise UserError(f"--model_family pi0: --{flag} {getattr(cfg, flag)} is not supported: expected {supported}")
+    if cfg.use_lora and not cfg.merge_lora_during_training:
+        raise UserError(
+            "--model_family pi0 --use_lora True: --merge_lora_during_training False is not supported: expected True "
+            "(a pi0 checkpoint folder is loaded from its merged model.safetensors)"
+        )
     if not cfg.use_proprio:
         raise UserError("--model_family pi0 reads the robot state: expected --use_proprio True")
-    if isinstance(cfg, AlignFinetuneConfig) and cfg.teacher != "vggt":
-        raise UserError(f"--model_family pi0: --teacher {cfg.teacher} is not supported: expected vggt")
     if isinstance(cfg, AlignFinetuneConfig) and cfg.gain_feat_1move:
         raise UserError(
             "--model_family pi0: --gain_feat_1move True is not supported: expected False (pi0's image "
@@ -64,6 +78,11 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
     """Refuse, one line each and before any weight is read, the flags pi0 does not support and a ``--vla_path``
     that is not a pi0 fitting the data; returns the base's config."""
     check_pi0_training_flags(cfg)
+    if isinstance(cfg, AlignFinetuneConfig) and cfg.image_aug:
+        raise UserError(
+            "--model_family pi0 with Spatial Forcing: --image_aug True is not supported: expected False (the teacher "
+            "must see the un-augmented images; pi0's training applies no augmentation)"
+        )
     read_checkpoint(cfg.vla_path)  # the family and layout, from the header
     config = read_folder_config(cfg.vla_path)
     if config.chunk_size != platform.num_actions_chunk:
@@ -95,11 +114,30 @@ def as_pi0_policy_config(config: PolicyConfig) -> PolicyConfig:
 
 
 def build_pi0(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Module, Pi0Processor]:
-    """The base pi0 of ``--vla_path`` (checked by :func:`check_pi0_flags`) on ``device``, ready to train in full, and
-    its processor."""
+    """The base pi0 of ``--vla_path`` (checked by :func:`check_pi0_flags`) on ``device``, ready to train in full or
+    with LoRA adapters, and its processor."""
     model, _ = load_pi0_folder(cfg.vla_path)
+    processor = Pi0Processor.from_folder(cfg.vla_path, model.config)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing(include_vision=cfg.gradient_checkpointing_vision)
+    if cfg.use_lora:
+        model = apply_pi0_lora(model, cfg.lora_rank, cfg.lora_dropout, cfg.lora_fp32)
     freeze_unreached_parameters(model, cfg.vla_layers_align if isinstance(cfg, AlignFinetuneConfig) else None)
-    return model.to(device), Pi0Processor.from_folder(cfg.vla_path, model.config)
+    return model.to(device), processor
+
+
+def apply_pi0_lora(model: Pi0Model, rank: int, dropout: float, fp32_adapters: bool = False) -> PeftModel:
+    """LoRA adapters of ``rank`` on the attention and MLP projections of both Gemma towers (openpi's
+    ``gemma_2b_lora`` and ``gemma_300m_lora`` adapt the same matrices); the state projection and the action heads
+    trained in full; SigLIP, the embeddings and the norms frozen."""
+    return apply_lora(
+        model,
+        rank,
+        dropout,
+        fp32_adapters,
+        target_modules=PI0_LORA_TARGET_MODULES,
+        modules_to_save=PI0_HEADS,
+    )
 
 
 def freeze_unreached_parameters(model: nn.Module, tap_layer: int | None) -> None:
@@ -124,23 +162,40 @@ def pi0_token_counts(model: nn.Module) -> tuple[int, int]:
 
 def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """One forward pass of pi0 (``model``: the trainer's ``Model``): ``loss``, ``action_loss`` and, with Spatial
-    Forcing, ``align_loss``; the teacher sees the letterboxed frames with white padding."""
+    Forcing, ``align_loss``. The teacher sees the letterboxed frames with white padding (VGGT at
+    ``--vggt_image_size``, the rgb control at pi0's image size) or, for ``--teacher geometry``, the point maps placed
+    as the frames are (``camera_points``)."""
     observation = observation_from_batch(batch, device)
     actions = batch["actions"].to(device)
     if model.aligner is None:
         action_loss = model.vla(observation, actions).loss
         return {"action_loss": action_loss, "loss": action_loss}
     letterbox = batch["letterbox_masks"].to(device)
-    teacher = model.teacher(pi0_teacher_images(observation.images, letterbox, cfg.vggt_image_size))
+    image_size = cfg.vggt_image_size if cfg.teacher == "vggt" else observation.images.shape[-1]
+    camera_points = batch.get("camera_points")
+    teacher = model.teacher(
+        pi0_teacher_images(observation.images, letterbox, image_size),
+        None if camera_points is None else camera_points.to(device),
+    )
     losses = pi0_spatial_forcing_loss(model.vla, model.aligner, teacher, observation, actions, letterbox)
     return {"action_loss": losses.action_loss, "align_loss": losses.align_loss, "loss": losses.loss}
 
 
 def save_pi0_model(model: nn.Module, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """The trained pi0's ``config.json`` and ``model.safetensors``."""
-    save_pi0_weights(ckpt.unwrap(model), folder, state_dict)
+    """The trained pi0's ``config.json`` and ``model.safetensors`` (``state_dict``: the gathered full state of
+    ``model``); a LoRA run's adapters merged in, so that the folder loads as any pi0 (the adapter itself is saved
+    beside it, for ``--resume``)."""
+    model = ckpt.unwrap(model)
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config is not None:
+        adapter = peft_config[ADAPTER_NAME]
+        state_dict = merged_lora_state_dict(state_dict, adapter.lora_alpha / adapter.r)
+    save_pi0_weights(ckpt.unwrap_peft(model), folder, state_dict)
 
 
 def restore_pi0_weights(model: nn.Module, folder: Path) -> None:
-    """``--resume``: the checkpoint's pi0 weights into the model being trained."""
-    load_pi0_weights(ckpt.unwrap(model), folder)
+    """``--resume`` of a full fine-tune: the checkpoint's pi0 weights (``save_pi0_model``'s file, the tied embedding
+    filled from ``lm_head``) into the model being trained, replicated or sharded."""
+    state = ckpt.read_saved_weights(folder)
+    state[EMBED_KEY] = state[LM_HEAD_KEY]
+    load_full_state_dict(model, state, strict=True)

@@ -100,7 +100,7 @@ PI0_LIBERO: dict[str, object] = {
     "num_images_in_input": 2,
     "use_proprio": True,
     "image_aug": False,
-    "merge_lora_during_training": False,
+    "merge_lora_during_training": True,  # a pi0 LoRA checkpoint loads from its merged weights
     "learning_rate": 2.5e-5,
 }
 

@@ -4,8 +4,9 @@ the full (unsharded) states that checkpoints are written from.
 * DDP: every rank holds the whole model; gradients are all-reduced. ``find_unused_parameters`` stays False: the
   parameters the training forward never reaches are frozen first (``freeze_unreached_parameters``), so every
   trainable parameter receives a gradient in every step.
-* FSDP (``torch.distributed.fsdp.fully_shard``): each LLM decoder layer and vision block is a unit, then the whole
-  VLA and each head; parameters, gradients and AdamW states are sharded over the ranks. On CUDA the units gather
+* FSDP (``torch.distributed.fsdp.fully_shard``): each LLM decoder layer and vision block is a unit (pi0: each SigLIP
+  layer, and in each Gemma decoder layer of both towers the attention projections and the MLP), then the
+  whole VLA and each head; parameters, gradients and AdamW states are sharded over the ranks. On CUDA the units gather
   parameters in bf16 and reduce gradients in fp32 (``MixedPrecisionPolicy``); on CPU (tests) all stays fp32. The
   frozen VGGT teacher is never wrapped: it has no gradients and runs under ``no_grad`` on every rank.
 """
@@ -31,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from prismatic.training.config import STRATEGIES, TEACHER_DTYPES
 from prismatic.training.distributed import DistributedContext
+from prismatic.training.lora import ADAPTER_NAME
 from prismatic.util.cli import UserError
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -92,8 +94,12 @@ def enable_gradient_checkpointing(vla: nn.Module, include_vision: bool) -> None:
 
 
 def _fsdp_units(module: nn.Module) -> list[nn.Module]:
-    """The LLM's decoder layers and the towers' blocks of a VLA (none for a head)."""
+    """The LLM's decoder layers and the towers' blocks of a VLA (none for a head); a model family that runs its layers
+    its own way names its units (``fsdp_units()``, e.g. pi0's)."""
     base = _base(module)
+    family_units = getattr(base, "fsdp_units", None)
+    if callable(family_units):
+        return family_units()
     if not hasattr(base, "language_model"):
         return []
     units = list(base.language_model.model.layers)
@@ -146,7 +152,14 @@ def load_adapter(vla: nn.Module, adapter: dict[str, torch.Tensor]) -> None:
     if not is_sharded(vla):
         set_peft_model_state_dict(vla, adapter)
         return
-    model_keys = {key.replace(".default.", "."): key for key in vla.state_dict()}
+    # peft's file keys drop the adapter name (and, for modules trained in full, the "modules_to_save" level)
+    saved_names = ((f".modules_to_save.{ADAPTER_NAME}.", "."), (f".{ADAPTER_NAME}.", "."))
+    model_keys = {}
+    for key in vla.state_dict():
+        saved = key
+        for model_name, file_name in saved_names:
+            saved = saved.replace(model_name, file_name)
+        model_keys[saved] = key
     unknown = [key for key in adapter if key not in model_keys]
     if unknown:
         raise KeyError(f"LoRA adapter keys not in the model: {unknown[:5]}")

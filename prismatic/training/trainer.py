@@ -254,7 +254,9 @@ def fixed_teacher(cfg: AlignFinetuneConfig, image_size: int) -> nn.Module:
             cfg.geometry_workspace_max,
             cfg.teacher_seed,
         )
-    prepare_images = partial(vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=image_size)
+    prepare_images = None  # pi0 passes its teacher images
+    if cfg.model_family != PI0_FAMILY:
+        prepare_images = partial(vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=image_size)
     return RGBTeacher(cfg.teacher_width, cfg.teacher_patch_size, prepare_images, cfg.teacher_seed)
 
 

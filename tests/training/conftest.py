@@ -35,6 +35,29 @@ def synthetic_data(tmp_path_factory) -> Path:
     return root
 
 
+def write_small_synthetic_data(root: Path, with_depth: bool) -> Path:
+    """4 synthetic LIBERO episodes of 12 frames at 32 px, with depth and intrinsics when asked (--teacher geometry)."""
+    from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, write_synthetic_libero
+
+    write_synthetic_libero(
+        SyntheticLiberoConfig(
+            data_root_dir=root,
+            dataset_name=DATASET_NAME,
+            num_episodes=4,
+            episode_length=12,
+            image_size=32,
+            seed=1,
+            with_depth=with_depth,
+        )
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def depth_data(tmp_path_factory) -> Path:
+    return write_small_synthetic_data(tmp_path_factory.mktemp("depth_data"), with_depth=True)
+
+
 @pytest.fixture(scope="module")
 def lerobot_root(tmp_path_factory) -> Path:
     """A copy of the committed LeRobot fixtures (v2.1 / v3.0, LIBERO-like and ALOHA-like)."""

@@ -11,8 +11,7 @@ from prismatic.spatial_forcing import SpatialForcingAligner
 from prismatic.testing.pi0_tiny import tiny_pi0_config, write_tiny_pi0_checkpoint
 from prismatic.training import memory_estimate
 from prismatic.training.config import MemoryEstimateConfig
-from prismatic.training.pi0_training import freeze_unreached_parameters
-from prismatic.util.cli import UserError
+from prismatic.training.pi0_training import apply_pi0_lora, freeze_unreached_parameters
 from vggt.models.vggt import VGGT
 
 
@@ -53,7 +52,26 @@ def test_pi0_trace_counts_the_tiny_pi0s_weights_and_sequence(pi0_estimate_config
     assert estimate.peak >= trace["frozen"] + 3 * trace["trainable"] + min(start, trace["trainable"])
 
 
-def test_pi0_estimate_refuses_lora(pi0_estimate_config):
-    config = MemoryEstimateConfig(**{**vars(pi0_estimate_config), "use_lora": True})
-    with pytest.raises(UserError, match="--use_lora True is not supported"):
-        memory_estimate.estimate_memory(config)
+def test_pi0_lora_trace_trains_the_adapters_heads_and_projector_only(pi0_estimate_config):
+    config = MemoryEstimateConfig(**{**vars(pi0_estimate_config), "use_lora": True, "lora_rank": 4})
+    trace = memory_estimate.trace_pi0_training_step(config)
+    model = apply_pi0_lora(Pi0Model(tiny_pi0_config()), rank=4, dropout=0.0)
+    freeze_unreached_parameters(model, tap_layer=1)
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(".lora_" in name or ".modules_to_save." in name for name in trained)
+    with torch.device("meta"):
+        vggt = VGGT(**memory_estimate._teacher_kwargs(config.vggt_path))
+    aligner = SpatialForcingAligner(config.align_config(32, vggt.embed_dim, vggt.patch_size))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trace["trainable"] == 4 * (trainable + sum(p.numel() for p in aligner.parameters()))
+    assert trace["frozen"] == 4 * sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    config.use_lora = False
+    assert trace["trainable"] < memory_estimate.trace_pi0_training_step(config)["trainable"]
+
+
+def test_pi0_estimate_under_fsdp_shards_the_weights(pi0_estimate_config):
+    single = memory_estimate.estimate_memory(pi0_estimate_config)
+    config = MemoryEstimateConfig(**{**vars(pi0_estimate_config), "strategy": "fsdp", "num_gpus": 2})
+    sharded = memory_estimate.estimate_memory(config)
+    assert sharded.rows["LoRA + trainable heads"] == single.rows["LoRA + trainable heads"] / 2
+    assert sharded.rows["FSDP all-gathered layers (2)"] > 0

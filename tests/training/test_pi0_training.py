@@ -1,6 +1,6 @@
-"""``finetune_align.py --model_family pi0`` under 2-process torchrun on the tiny pi0 and the synthetic LIBERO data:
-Spatial Forcing lowers the loss, the checkpoint is a pi0 policy folder that loads for inference, and resume
-reproduces the uninterrupted run's next steps exactly."""
+"""``finetune_align.py --model_family pi0``: LoRA on both towers with merged weights that load as pi0; and under
+2-process torchrun on the tiny pi0 and the synthetic LIBERO data: Spatial Forcing lowers the loss, the checkpoint is
+a pi0 policy folder that loads for inference, and resume reproduces the uninterrupted run's next steps exactly."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from prismatic.models.pi0.loading_pi0 import load_pi0_folder
 from prismatic.policy.pi0_policy import Pi0Policy
-from prismatic.testing.pi0_tiny import write_tiny_pi0_checkpoint
+from prismatic.testing.pi0_tiny import pi0_training_batch, write_tiny_pi0_checkpoint
 from prismatic.training.metrics import read_metrics
+from prismatic.training.pi0_training import PI0_HEADS, apply_pi0_lora, restore_pi0_weights, save_pi0_model
 
 from .conftest import DATASET_NAME, run_script
 
@@ -33,6 +36,62 @@ def tiny_pi0(tmp_path_factory) -> Path:
     return write_tiny_pi0_checkpoint(tmp_path_factory.mktemp("pi0"))
 
 
+def test_pi0_lora_adapts_both_towers_and_saves_merged_weights_that_load_as_pi0(tiny_pi0, tmp_path):
+    model, _ = load_pi0_folder(tiny_pi0)
+    peft_model = apply_pi0_lora(model, rank=4, dropout=0.0)
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    adapted = [name for name in trainable if ".lora_A." in name]
+    assert len(adapted) == 2 * model.config.depth * 7  # q, k, v, o, gate, up, down of both towers
+    assert sum(".gemma_expert." in name for name in adapted) == model.config.depth * 7
+    heads = [name for name in trainable if ".modules_to_save." in name]
+    assert sorted({name.split(".")[2] for name in heads}) == sorted(PI0_HEADS) and len(heads) == 2 * len(PI0_HEADS)
+    assert len(trainable) == 2 * len(adapted) + len(heads)  # SigLIP, embeddings and norms frozen
+
+    with torch.no_grad():  # trained-looking adapters and heads: B starts at zero, the heads at the base's values
+        generator = torch.Generator().manual_seed(1)
+        for name, parameter in peft_model.named_parameters():
+            if ".lora_B." in name or ".modules_to_save." in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    batch = pi0_training_batch(model.config)
+    with torch.no_grad():
+        trained = peft_model(**batch).velocity
+    save_pi0_model(peft_model, tmp_path, peft_model.state_dict())
+    loaded, _ = load_pi0_folder(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).velocity, trained, rtol=0, atol=1e-6)
+    merged_by_peft = peft_model.merge_and_unload().state_dict()
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, merged_by_peft[key], rtol=0, atol=1e-6, msg=key)
+    base, _ = load_pi0_folder(tiny_pi0)
+    with torch.no_grad():
+        assert (base(**batch).velocity - trained).abs().max() > 1e-2  # the adapters and heads matter
+    restore_pi0_weights(base, tmp_path)  # --resume of a full fine-tune reads the same file
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(base.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def _loss_and_gradients(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.train().zero_grad()
+    loss = model(**pi0_training_batch(model.config), output_hidden_states=True).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_pi0_gradient_checkpointing_leaves_the_loss_and_gradients_unchanged(tiny_pi0, monkeypatch):
+    model, _ = load_pi0_folder(tiny_pi0)
+    expected_loss, expected = _loss_and_gradients(model)
+    model.enable_gradient_checkpointing(include_vision=True)
+    towers, calls = model.paligemma_with_expert, []
+    joint_layer = towers.joint_layer
+    monkeypatch.setattr(towers, "joint_layer", lambda *args: calls.append(1) or joint_layer(*args))
+    loss, gradients = _loss_and_gradients(model)
+    assert len(calls) == 2 * model.config.depth  # each joint decoder layer ran again in backward
+    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-6)
+    assert gradients.keys() == expected.keys() and len(expected) > 50
+    for name, gradient in expected.items():
+        torch.testing.assert_close(gradients[name], gradient, rtol=0, atol=1e-6, msg=name)
+
+
 def pi0_flags(tiny_pi0: Path, vggt_path: Path, data_root: Path, run_root: Path, **overrides) -> list[str]:
     flags = {
         "preset": "pi0_tiny_cpu",
@@ -49,11 +108,22 @@ def pi0_flags(tiny_pi0: Path, vggt_path: Path, data_root: Path, run_root: Path, 
     return [f"--{name}={value}" for name, value in flags.items()]
 
 
+# pi0 trained in full under DDP and FSDP, and with LoRA adapters under FSDP (saved beside the merged weights; resumed
+# from the adapter).
+VARIANTS = {
+    "full": ({}, set()),
+    "full_fsdp": ({"strategy": "fsdp"}, set()),
+    "lora_fsdp": ({"use_lora": True, "lora_rank": 4, "strategy": "fsdp"}, {"lora_adapter"}),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_pi0_trains_with_spatial_forcing_saves_and_resumes_exactly(
-    tiny_pi0, tiny_checkpoints, synthetic_data, tmp_path
+    tiny_pi0, tiny_checkpoints, synthetic_data, tmp_path, variant
 ):
-    flags = pi0_flags(tiny_pi0, tiny_checkpoints[1], synthetic_data, tmp_path)
+    overrides, extra_files = VARIANTS[variant]
+    flags = pi0_flags(tiny_pi0, tiny_checkpoints[1], synthetic_data, tmp_path, **overrides)
     result = run_script("finetune_align.py", flags, nproc=2)
     assert result.returncode == 0, result.stderr[-4000:]
     uninterrupted = read_metrics(tmp_path / "pi0-run")
@@ -62,7 +132,7 @@ def test_pi0_trains_with_spatial_forcing_saves_and_resumes_exactly(
     assert uninterrupted[-1]["align_loss"] < uninterrupted[0]["align_loss"]
 
     folder = tmp_path / "pi0-run--4_chkpt"
-    assert {p.name for p in folder.iterdir()} == {name.format(s=4) for name in PI0_FILES}
+    assert {p.name for p in folder.iterdir()} == {name.format(s=4) for name in PI0_FILES} | extra_files
     policy_config = json.loads((folder / "policy_config.json").read_text())
     assert (policy_config["model_family"], policy_config["action_head"]) == ("pi0", "flow_matching")
     assert policy_config["spatial_forcing"]["vla_layers_align"] == 1
@@ -105,3 +175,16 @@ def test_pi0_trains_on_a_fourteen_dim_three_camera_lerobot_dataset(tiny_pi0, tin
     observation = {"full_image": frame, "wrist_image": frame, "wrist_image_2": frame, "state": np.zeros(14)}
     chunk = policy.predict_chunk(observation, "transfer the cube")
     assert chunk.shape == (8, 14) and np.isfinite(chunk).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher", ["geometry", "rgb"])
+def test_pi0_trains_with_the_geometry_and_rgb_teachers(tiny_pi0, depth_data, tmp_path, teacher):
+    not_needed = Path("/nonexistent/not-needed.pt")  # neither teacher loads VGGT
+    flags = pi0_flags(tiny_pi0, not_needed, depth_data, tmp_path, teacher=teacher, teacher_width=64, max_steps=2)
+    result = run_script("finetune_align.py", flags)
+    assert result.returncode == 0, result.stderr[-4000:]
+    align = [m["align_loss"] for m in read_metrics(tmp_path / "pi0-run")]
+    assert len(align) == 3 and all(0 < value < 2 for value in align)
+    policy_config = json.loads((tmp_path / "pi0-run--2_chkpt" / "policy_config.json").read_text())
+    assert policy_config["spatial_forcing"]["teacher"] == teacher

@@ -12,25 +12,11 @@ import pytest
 
 from prismatic.testing.depth_data import add_lerobot_depth
 from prismatic.training.metrics import read_metrics
-from prismatic.vla.datasets.synthetic import SyntheticLiberoConfig, write_synthetic_libero
 
-from .conftest import DATASET_NAME, run_script, tiny_flags
+from .conftest import DATASET_NAME, run_script, tiny_flags, write_small_synthetic_data
 
 NUM_STEPS = 30
 LEROBOT_FIXTURES = Path(__file__).resolve().parents[1] / "data" / "lerobot_fixtures"
-
-
-def _write(root, with_depth: bool):
-    config = SyntheticLiberoConfig(
-        data_root_dir=root, dataset_name=DATASET_NAME, num_episodes=4, episode_length=12, image_size=32, seed=1
-    )
-    write_synthetic_libero(SyntheticLiberoConfig(**{**vars(config), "with_depth": with_depth}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def depth_data(tmp_path_factory):
-    return _write(tmp_path_factory.mktemp("depth_data"), with_depth=True)
 
 
 def test_geometry_teacher_run_trains_and_its_align_loss_falls(tiny_checkpoints, depth_data, tmp_path):
@@ -71,7 +57,7 @@ def test_geometry_teacher_run_trains_and_its_align_loss_falls(tiny_checkpoints, 
     ],
 )
 def test_bad_teacher_choices_stop_with_one_line(tiny_checkpoints, tmp_path, overrides, with_depth, message):
-    data = _write(tmp_path / "data", with_depth) if not with_depth else tmp_path / "data"
+    data = write_small_synthetic_data(tmp_path / "data", with_depth) if not with_depth else tmp_path / "data"
     if with_depth:
         (data / DATASET_NAME).mkdir(parents=True)
     result = run_script("finetune_align.py", tiny_flags(tiny_checkpoints, data, tmp_path / "runs", **overrides))
@@ -85,7 +71,7 @@ def test_bad_teacher_choices_stop_with_one_line(tiny_checkpoints, tmp_path, over
 
 def test_rgb_control_run_trains_without_vggt_or_depth(tiny_checkpoints, tmp_path):
     vla_dir, _ = tiny_checkpoints
-    data = _write(tmp_path / "data", with_depth=False)
+    data = write_small_synthetic_data(tmp_path / "data", with_depth=False)
     flags = tiny_flags(
         (vla_dir, "/nonexistent/not-needed.pt"), data, tmp_path, teacher="rgb", teacher_width=64, max_steps=2
     )

@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GemmaForCausalLM, PaliGemmaForConditionalGeneration
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, eager_attention_forward
@@ -129,6 +131,7 @@ class PaliGemmaWithExpert(nn.Module):
         self.gemma_expert = GemmaForCausalLM(config.expert_config())
         self.gemma_expert.model.embed_tokens = None
         self.attention = ATTENTION_FUNCTIONS[config.attention_implementation]
+        self.gradient_checkpointing = False  # recompute each joint decoder layer in backward
 
     @property
     def language_model(self) -> nn.Module:
@@ -166,6 +169,49 @@ class PaliGemmaWithExpert(nn.Module):
         embeddings = self.language_model.embed_tokens(token_ids)
         return embeddings * math.sqrt(embeddings.shape[-1])
 
+    def joint_layer(
+        self,
+        layers: list[nn.Module],
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        cached: tuple[Tensor, Tensor] | None,
+        *streams: Tensor,
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """One decoder layer of the active towers (``layers``, one per stream): the new streams, and this pass's
+        keys and values after RoPE (``cached`` keys and values are prepended for the attention only)."""
+        queries, keys, values = [], [], []
+        for layer, stream in zip(layers, streams, strict=True):
+            normed = layer.input_layernorm(stream)
+            shape = (*normed.shape[:-1], -1, layer.self_attn.head_dim)
+            queries.append(layer.self_attn.q_proj(normed).view(shape).transpose(1, 2))
+            keys.append(layer.self_attn.k_proj(normed).view(shape).transpose(1, 2))
+            values.append(layer.self_attn.v_proj(normed).view(shape).transpose(1, 2))
+        query, key, value = (torch.cat(parts, dim=2) for parts in (queries, keys, values))  # [B, heads, Q, d]
+        cos, sin = self.language_model.rotary_emb(query, position_ids)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        all_keys, all_values = key, value
+        if cached is not None:
+            all_keys, all_values = torch.cat([cached[0], key], dim=2), torch.cat([cached[1], value], dim=2)
+        attention_self = layers[0].self_attn
+        attended, _ = self.attention(
+            attention_self,
+            query,
+            all_keys,
+            all_values,
+            attention_mask.to(query.dtype) if self.attention is sdpa_attention_forward else attention_mask,
+            scaling=attention_self.scaling,
+            dropout=0.0,
+        )
+        attended = attended.reshape(*attended.shape[:2], -1)  # [B, Q, heads * d]
+        outputs, start = [], 0
+        for layer, stream in zip(layers, streams, strict=True):
+            part = attended[:, start : start + stream.shape[1]]
+            start += stream.shape[1]
+            residual = stream + layer.self_attn.o_proj(part.to(layer.self_attn.o_proj.weight.dtype))
+            mlp_input = layer.post_attention_layernorm(residual).to(layer.mlp.up_proj.weight.dtype)
+            outputs.append(residual + layer.mlp(mlp_input))
+        return outputs, key, value
+
     def forward(
         self,
         inputs_embeds: list[Tensor | None],
@@ -184,46 +230,23 @@ class PaliGemmaWithExpert(nn.Module):
         towers = (self.language_model, self.gemma_expert.model)
         active = [index for index, embeds in enumerate(inputs_embeds) if embeds is not None]
         streams = [embeds.to(self.compute_dtype) if embeds is not None else None for embeds in inputs_embeds]
-        lengths = [streams[index].shape[1] for index in active]
         hidden_states = [] if output_hidden_states and streams[0] is not None else None
         key_values = [] if return_key_values else None
         for layer_index in range(self.config.depth):
-            layers = [towers[index].layers[layer_index] for index in active]
             if hidden_states is not None:
                 hidden_states.append(streams[0])
-            queries, keys, values = [], [], []
-            for index, layer in zip(active, layers, strict=True):
-                normed = layer.input_layernorm(streams[index])
-                shape = (*normed.shape[:-1], -1, layer.self_attn.head_dim)
-                queries.append(layer.self_attn.q_proj(normed).view(shape).transpose(1, 2))
-                keys.append(layer.self_attn.k_proj(normed).view(shape).transpose(1, 2))
-                values.append(layer.self_attn.v_proj(normed).view(shape).transpose(1, 2))
-            query, key, value = (torch.cat(parts, dim=2) for parts in (queries, keys, values))  # [B, heads, Q, d]
-            cos, sin = self.language_model.rotary_emb(query, position_ids)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            layers = [towers[index].layers[layer_index] for index in active]
+            cached = prefix_cache[layer_index] if prefix_cache is not None else None
+            step = partial(self.joint_layer, layers, attention_mask, position_ids, cached)
+            inputs = [streams[index] for index in active]
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                outputs, key, value = checkpoint(step, *inputs, use_reentrant=False)
+            else:
+                outputs, key, value = step(*inputs)
+            for index, output in zip(active, outputs, strict=True):
+                streams[index] = output
             if key_values is not None:
                 key_values.append((key, value))
-            if prefix_cache is not None:
-                cached_key, cached_value = prefix_cache[layer_index]
-                key, value = torch.cat([cached_key, key], dim=2), torch.cat([cached_value, value], dim=2)
-            attention_self = layers[0].self_attn
-            attended, _ = self.attention(
-                attention_self,
-                query,
-                key,
-                value,
-                attention_mask.to(query.dtype) if self.attention is sdpa_attention_forward else attention_mask,
-                scaling=attention_self.scaling,
-                dropout=0.0,
-            )
-            attended = attended.reshape(*attended.shape[:2], -1)  # [B, Q, heads * d]
-            start = 0
-            for index, layer, length in zip(active, layers, lengths, strict=True):
-                part = attended[:, start : start + length]
-                start += length
-                residual = streams[index] + layer.self_attn.o_proj(part.to(layer.self_attn.o_proj.weight.dtype))
-                mlp_input = layer.post_attention_layernorm(residual).to(layer.mlp.up_proj.weight.dtype)
-                streams[index] = residual + layer.mlp(mlp_input)
         outputs = [towers[index].norm(stream) if stream is not None else None for index, stream in enumerate(streams)]
         if hidden_states is not None:
             hidden_states.append(outputs[0])
@@ -246,6 +269,28 @@ class Pi0Model(nn.Module):
         self.action_time_mlp_out = nn.Linear(width, width)
         if config.param_dtype == "bfloat16":
             self.paligemma_with_expert.apply_dtype_policy(torch.bfloat16)
+
+    def enable_gradient_checkpointing(self, include_vision: bool = False) -> None:
+        """Recompute each joint decoder layer (PaliGemma LM and action expert) in backward, and with
+        ``include_vision`` each SigLIP encoder layer."""
+        self.paligemma_with_expert.gradient_checkpointing = True
+        if include_vision:
+            vision_tower = self.paligemma_with_expert.paligemma.model.vision_tower
+            vision_tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """FSDP's units (``fully_shard`` each): every SigLIP encoder layer and, in each decoder layer of both Gemma
+        towers, the four attention projections and the MLP. pi0 never calls a decoder layer's own forward (the joint
+        layer calls its parts), and the prefix's keys and values also carry the expert's gradients, so each part is
+        a unit of its own: its output's gradient is what gathers it again in backward. The norms, embeddings and
+        heads stay with the root unit."""
+        towers = self.paligemma_with_expert
+        units: list[nn.Module] = list(towers.paligemma.model.vision_tower.vision_model.encoder.layers)
+        for tower in (towers.language_model, towers.gemma_expert.model):
+            for layer in tower.layers:
+                attention = layer.self_attn
+                units += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, layer.mlp]
+        return units
 
     # --- Embeddings ------------------------------------------------------------------------------------------------
     def embed_prefix(self, observation: Pi0Observation) -> tuple[Tensor, Tensor, Tensor]:

@@ -23,8 +23,18 @@ from torch import Tensor
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
 from prismatic.models.pi0.modeling_pi0 import Pi0Observation
 from prismatic.models.pi0.tokenization_pi0 import Pi0Tokenizer
+from prismatic.vla.image_utils import resize_bilinear
 
 TOKENIZER_NAME = "tokenizer.model"
+
+
+def letterbox_box(height: int, width: int, size: int) -> tuple[slice, slice]:
+    """Where a ``height`` x ``width`` frame lands in ``resize_with_pad``'s ``size`` x ``size`` output: (rows,
+    columns) of the resized frame (aspect kept, top/left padding = floor(half))."""
+    ratio = max(width / size, height / size)
+    new_height, new_width = int(height / ratio), int(width / ratio)
+    top, left = (size - new_height) // 2, (size - new_width) // 2
+    return slice(top, top + new_height), slice(left, left + new_width)
 
 
 def resize_with_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,14 +45,25 @@ def resize_with_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     if (height, width) == (size, size):
         mask[:] = True
         return image, mask
-    ratio = max(width / size, height / size)
-    new_height, new_width = int(height / ratio), int(width / ratio)
-    resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR))
-    top, left = (size - new_height) // 2, (size - new_width) // 2
+    rows, columns = letterbox_box(height, width, size)
+    resized_wh = (columns.stop - columns.start, rows.stop - rows.start)
+    resized = np.asarray(Image.fromarray(image).resize(resized_wh, Image.BILINEAR))
     padded = np.zeros((size, size, 3), dtype=np.uint8)
-    padded[top : top + new_height, left : left + new_width] = resized
-    mask[top : top + new_height, left : left + new_width] = True
+    padded[rows, columns] = resized
+    mask[rows, columns] = True
     return padded, mask
+
+
+def points_with_pad(points: np.ndarray, size: int) -> np.ndarray:
+    """A camera's point map ``[H, W, 3]`` (the pixels of its frame) placed as ``resize_with_pad`` places the frame:
+    bilinear to the resized frame's size, NaN over the letterbox padding (no geometry: the geometry teacher puts it
+    at the far corner of the workspace, and the alignment mask leaves it out)."""
+    height, width = points.shape[:2]
+    padded = np.full((size, size, 3), np.nan, dtype=np.float32)
+    rows, columns = letterbox_box(height, width, size)
+    resized_hw = (rows.stop - rows.start, columns.stop - columns.start)
+    padded[rows, columns] = points if (height, width) == resized_hw else resize_bilinear(points, resized_hw)
+    return padded
 
 
 def pad_last_dim(values: Tensor, size: int) -> Tensor:
@@ -85,6 +106,16 @@ class Pi0Processor:
         image_masks = torch.arange(cameras) < len(frames)
         return {"images": images, "image_masks": image_masks, "letterbox_masks": letterbox}
 
+    def camera_points(self, point_maps: Sequence[np.ndarray]) -> Tensor:
+        """``camera_points`` ``[N, S, S, 3]`` for the geometry teacher: the point maps of the first cameras (each
+        ``[H, W, 3]``, under its frame's pixels) placed as :meth:`images` places the frames; NaN for the padding
+        and for the config's remaining, absent cameras."""
+        size, cameras = self.config.image_size, self.config.num_cameras
+        points = torch.full((cameras, size, size, 3), float("nan"))
+        for index, point_map in enumerate(point_maps):
+            points[index] = torch.from_numpy(points_with_pad(np.asarray(point_map, dtype=np.float32), size))
+        return points
+
     def __call__(self, frames: Sequence[np.ndarray], prompt: str, state: np.ndarray | Tensor) -> dict[str, Tensor]:
         """One sample's inputs: the image tensors, ``lang_tokens``/``lang_masks`` ``[L]`` and the padded ``state``."""
         tokens, masks = self.tokenizer([prompt])
@@ -107,7 +138,9 @@ def observation_from_batch(batch: dict[str, Tensor], device: torch.device | str 
 class Pi0BatchTransform:
     """An RLDS / LeRobot frame (as ``RLDSBatchTransform`` takes it) -> one pi0 training sample: the third-person
     camera then the wrist cameras (the first ``num_images``), the instruction, the normalised proprio as the state,
-    and the normalised action chunk ``[C, A]`` padded to ``max_action_dim``."""
+    the normalised action chunk ``[C, A]`` padded to ``max_action_dim`` and, when the frame carries point maps,
+    their ``camera_points``. The frames are taken as the data pipeline gives them: for Spatial Forcing, un-augmented
+    (``check_pi0_flags`` refuses ``--image_aug True``), so the teacher sees what the model sees."""
 
     processor: Pi0Processor
     num_images: int
@@ -123,6 +156,10 @@ class Pi0BatchTransform:
             rlds_batch["task"]["language_instruction"].decode(),
             observation["proprio"][0],
         )
+        if "points_primary" in observation:  # --teacher geometry
+            sample["camera_points"] = self.processor.camera_points(
+                [observation[key.replace("image_", "points_", 1)][0] for key in keys]
+            )
         actions = torch.as_tensor(np.asarray(rlds_batch["action"], dtype=np.float32))
         sample["actions"] = pad_last_dim(actions, self.processor.config.max_action_dim)
         sample["dataset_name"] = rlds_batch["dataset_name"].decode()

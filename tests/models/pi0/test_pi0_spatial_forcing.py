@@ -16,6 +16,7 @@ from prismatic.models.pi0.spatial_forcing_pi0 import (
 )
 from prismatic.spatial_forcing import SpatialForcingAligner, TeacherFeatures, align_loss
 from prismatic.testing.golden import apply_pi0_golden_weights, assert_max_abs
+from prismatic.testing.pi0_tiny import pi0_training_batch
 
 TOLERANCE = 1e-5
 
@@ -67,31 +68,12 @@ def test_image_token_hidden_needs_hidden_states(golden_aligner, golden_config: P
         image_token_hidden(golden_aligner, without, golden_config)
 
 
-def small_batch(config: Pi0Config) -> dict:
-    """An observation with camera 1 of sample 0 absent, actions, noise and times for ``pi0_spatial_forcing_loss``."""
-    generator = torch.Generator().manual_seed(3)
-    batch, cameras, size = 2, config.num_cameras, config.image_size
-    observation = Pi0Observation(
-        images=torch.rand(batch, cameras, 3, size, size, generator=generator) * 2 - 1,
-        image_masks=torch.tensor([[True, False], [True, True]]),
-        lang_tokens=torch.randint(1, config.vocab_size, (batch, config.tokenizer_max_length), generator=generator),
-        lang_masks=torch.arange(config.tokenizer_max_length)[None] < torch.tensor([[3], [8]]),
-        state=torch.randn(batch, config.max_state_dim, generator=generator),
-    )
-    return {
-        "observation": observation,
-        "actions": torch.randn(batch, config.chunk_size, config.max_action_dim, generator=generator),
-        "noise": torch.randn(batch, config.chunk_size, config.max_action_dim, generator=generator),
-        "time": torch.tensor([0.3, 0.7]),
-    }
-
-
 def test_sf_training_loss_end_to_end(small_config: Pi0Config):
     config = Pi0Config(**{**small_config.to_dict(), "image_keys": ["base_0_rgb", "left_wrist_0_rgb"]})
     torch.manual_seed(0)
     model = Pi0Model(config).train()
     aligner = SpatialForcingAligner(pi0_align_config(config, tap_layer=1, vggt_dim=8))
-    batch = small_batch(config)
+    batch = pi0_training_batch(config)
     letterbox = torch.ones(2, 2, config.image_size, config.image_size, dtype=torch.bool)
     letterbox[:, 0, :14] = False  # the top patch row of camera 0 is padding
     features = torch.randn(2, 2, 5 + 4 * 4, 16, generator=torch.Generator().manual_seed(4))
@@ -125,7 +107,7 @@ def test_sf_training_loss_end_to_end(small_config: Pi0Config):
 
 def test_sf_loss_refuses_a_camera_count_other_than_the_configs(small_config: Pi0Config, small_model: Pi0Model):
     aligner = SpatialForcingAligner(pi0_align_config(small_config, tap_layer=1, vggt_dim=8))
-    batch = small_batch(Pi0Config(**{**small_config.to_dict(), "image_keys": ["a", "b"]}))
+    batch = pi0_training_batch(Pi0Config(**{**small_config.to_dict(), "image_keys": ["a", "b"]}))
     teacher = TeacherFeatures(torch.zeros(2, 2, 21, 16), 5, (56, 56))
     with pytest.raises(ValueError, match="The observation has 2 cameras; the config's image_keys name 1"):
         pi0_spatial_forcing_loss(small_model, aligner, teacher, **batch)
