@@ -55,7 +55,6 @@ from prismatic.vla.datasets.synthetic import ReachScene
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "vla-scripts"
 DATA_SOURCES = ("oracle", "synthetic")
-PRESET = "sf_mechanism_cpu"
 DONE_NAME = ".done.json"
 FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism.md"
 TOOL_ENV = {"USE_TF": "0", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
@@ -73,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--learning_rate",
         type=float,
-        default=get_preset(PRESET).settings["learning_rate"],
-        help=f"one rate for every variant (default: the {PRESET} preset's, chosen on the baseline)",
+        default=None,
+        help="one rate for every variant (default: the scale's preset's, chosen on the baseline)",
     )
     parser.add_argument("--parallel", type=int, default=1, help="training runs at a time (each needs ~2 GB of memory)")
     parser.add_argument(
@@ -105,9 +104,11 @@ def check_args(args: argparse.Namespace) -> None:
     args.variants = variants
     if args.parallel < 1:
         raise UserError(f"--parallel {args.parallel}: expected a whole number >= 1")
+    scale = SCALES[args.scale]
+    if args.learning_rate is None:
+        args.learning_rate = float(get_preset(scale.preset).settings["learning_rate"])
     if not args.learning_rate > 0:
         raise UserError(f"--learning_rate {args.learning_rate}: expected a value > 0")
-    scale = SCALES[args.scale]
     args.sizes = dataclasses.replace(
         scale, tasks=subset("--tasks", args.tasks, scale.tasks), seeds=subset("--seeds", args.seeds, scale.seeds)
     )
@@ -226,7 +227,7 @@ def train(
     script, teacher = VARIANTS[variant]
     run_root = out / "runs"
     flags = [
-        f"--preset={PRESET}",
+        f"--preset={scale.preset}",
         f"--vla_path={base['vla_path']}",
         f"--data_root_dir={data_root}",
         f"--dataset_name={DATASET_NAME}",
@@ -445,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         for task in scale.tasks
         for fraction in scale.fractions
+        for seed in scale.seeds  # seed-major: a run stopped early holds every variant of its first seeds
         for variant in args.variants
-        for seed in scale.seeds
     ]
 
     def train_unit(entry: dict) -> dict:
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
         "learning_rate": args.learning_rate,
         "closed_loop": closed_loop,
         "depth_probe": depth_probe,
-        "aligned_layer": aligned_layer(),
+        "aligned_layer": aligned_layer(scale),
         "groups": summarise(units, scale, args.variants),
         "units": units,
     }
@@ -539,9 +540,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
 
 
-def aligned_layer() -> int:
-    """The hidden-states index the SF variants align (the preset's ``vla_layers_align``)."""
-    return int(get_preset(PRESET).settings["vla_layers_align"])
+def aligned_layer(scale: Scale) -> int:
+    """The hidden-states index the SF variants align (the scale's preset's ``vla_layers_align``)."""
+    return int(get_preset(scale.preset).settings["vla_layers_align"])
 
 
 if __name__ == "__main__":
