@@ -177,6 +177,7 @@ PRESETS: dict[str, Preset] = {
             "image_aug": False,
             "batch_size": 16,
             "learning_rate": 5e-4,
+            "shuffle_buffer_size": 1_000,  # more than the medium scale's ~700 training frames (5 episodes)
         },
     ),
     "closed_loop_cpu": Preset(
