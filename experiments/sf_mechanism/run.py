@@ -247,13 +247,9 @@ def train(
     return {"run_dir": str(run_root / run_id), "checkpoint": str(run_root / run_id)}
 
 
-def l1_curve(run_dir: str) -> list[tuple[int, float]]:
-    """(step, held-out action L1) of a run's validation rounds."""
-    return [
-        (int(row["step"]), float(row["val_action_loss"]))
-        for row in read_metrics(Path(run_dir))
-        if "val_action_loss" in row
-    ]
+def val_curve(run_dir: str, name: str) -> list[tuple[int, float]]:
+    """(step, held-out value of metric ``name``) of a run's validation rounds (empty if the run logs no such value)."""
+    return [(int(row["step"]), float(row[name])) for row in read_metrics(Path(run_dir)) if name in row]
 
 
 def evaluate(out: Path, scale: Scale, checkpoint: str, task: int, run_id: str) -> dict:
@@ -477,11 +473,15 @@ def main(argv: list[str] | None = None) -> None:
         entry.update(future.result())
 
     for entry in units:
-        entry["l1_curve"] = unit(
+        curves = unit(
             out / "stages" / "l1" / entry["run_id"],
             f"held-out L1 {entry['run_id']}",
-            lambda e=entry: {"curve": l1_curve(e["run_dir"])},
-        )["curve"]
+            lambda e=entry: {
+                "curve": val_curve(e["run_dir"], "val_action_loss"),
+                "align_curve": val_curve(e["run_dir"], "val_align_loss"),
+            },
+        )
+        entry["l1_curve"], entry["align_curve"] = curves["curve"], curves.get("align_curve", [])
 
     if synthetic:
         closed_loop = "skipped: synthetic data has no simulator task"
