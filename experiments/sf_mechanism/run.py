@@ -5,6 +5,7 @@
     python experiments/sf_mechanism/run.py --out /tmp/sf --data_source synthetic --quick   # harness check, no sim
     python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 0 --seeds 0 --variants plain \
         --learning_rate 1e-3                                                   # one point of a baseline LR sweep
+    python experiments/sf_mechanism/run.py --out runs/sf_medium --scale medium   # the third run (task 3, 1000 steps)
 
 Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes;
 ``--parallel N`` trains N runs at a time):
@@ -75,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="one rate for every variant (default: the scale's preset's, chosen on the baseline)",
     )
-    parser.add_argument("--parallel", type=int, default=1, help="training runs at a time (each needs ~2 GB of memory)")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="training runs at a time (plain, rgb: ~2 GB of memory; geometry: ~6 GB)"
+    )
     parser.add_argument(
         "--report",
         type=Path,
