@@ -5,6 +5,7 @@
     python experiments/sf_mechanism/run.py --out /tmp/sf --data_source synthetic --quick   # harness check, no sim
     python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 0 --seeds 0 --variants plain \
         --learning_rate 1e-3                                                   # one point of a baseline LR sweep
+    python experiments/sf_mechanism/run.py --out runs/sf_medium --scale medium   # the third run (task 3, 1000 steps)
 
 Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes;
 ``--parallel N`` trains N runs at a time):
@@ -55,7 +56,6 @@ from prismatic.vla.datasets.synthetic import ReachScene
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "vla-scripts"
 DATA_SOURCES = ("oracle", "synthetic")
-PRESET = "sf_mechanism_cpu"
 DONE_NAME = ".done.json"
 FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism.md"
 TOOL_ENV = {"USE_TF": "0", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
@@ -73,10 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--learning_rate",
         type=float,
-        default=get_preset(PRESET).settings["learning_rate"],
-        help=f"one rate for every variant (default: the {PRESET} preset's, chosen on the baseline)",
+        default=None,
+        help="one rate for every variant (default: the scale's preset's, chosen on the baseline)",
     )
-    parser.add_argument("--parallel", type=int, default=1, help="training runs at a time (each needs ~2 GB of memory)")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="training runs at a time (plain, rgb: ~2 GB of memory; geometry: ~6 GB)"
+    )
     parser.add_argument(
         "--report",
         type=Path,
@@ -105,9 +107,11 @@ def check_args(args: argparse.Namespace) -> None:
     args.variants = variants
     if args.parallel < 1:
         raise UserError(f"--parallel {args.parallel}: expected a whole number >= 1")
+    scale = SCALES[args.scale]
+    if args.learning_rate is None:
+        args.learning_rate = float(get_preset(scale.preset).settings["learning_rate"])
     if not args.learning_rate > 0:
         raise UserError(f"--learning_rate {args.learning_rate}: expected a value > 0")
-    scale = SCALES[args.scale]
     args.sizes = dataclasses.replace(
         scale, tasks=subset("--tasks", args.tasks, scale.tasks), seeds=subset("--seeds", args.seeds, scale.seeds)
     )
@@ -226,7 +230,7 @@ def train(
     script, teacher = VARIANTS[variant]
     run_root = out / "runs"
     flags = [
-        f"--preset={PRESET}",
+        f"--preset={scale.preset}",
         f"--vla_path={base['vla_path']}",
         f"--data_root_dir={data_root}",
         f"--dataset_name={DATASET_NAME}",
@@ -246,13 +250,9 @@ def train(
     return {"run_dir": str(run_root / run_id), "checkpoint": str(run_root / run_id)}
 
 
-def l1_curve(run_dir: str) -> list[tuple[int, float]]:
-    """(step, held-out action L1) of a run's validation rounds."""
-    return [
-        (int(row["step"]), float(row["val_action_loss"]))
-        for row in read_metrics(Path(run_dir))
-        if "val_action_loss" in row
-    ]
+def val_curve(run_dir: str, name: str) -> list[tuple[int, float]]:
+    """(step, held-out value of metric ``name``) of a run's validation rounds (empty if the run logs no such value)."""
+    return [(int(row["step"]), float(row[name])) for row in read_metrics(Path(run_dir)) if name in row]
 
 
 def evaluate(out: Path, scale: Scale, checkpoint: str, task: int, run_id: str) -> dict:
@@ -445,8 +445,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         for task in scale.tasks
         for fraction in scale.fractions
+        for seed in scale.seeds  # seed-major: a run stopped early holds every variant of its first seeds
         for variant in args.variants
-        for seed in scale.seeds
     ]
 
     def train_unit(entry: dict) -> dict:
@@ -476,11 +476,15 @@ def main(argv: list[str] | None = None) -> None:
         entry.update(future.result())
 
     for entry in units:
-        entry["l1_curve"] = unit(
+        curves = unit(
             out / "stages" / "l1" / entry["run_id"],
             f"held-out L1 {entry['run_id']}",
-            lambda e=entry: {"curve": l1_curve(e["run_dir"])},
-        )["curve"]
+            lambda e=entry: {
+                "curve": val_curve(e["run_dir"], "val_action_loss"),
+                "align_curve": val_curve(e["run_dir"], "val_align_loss"),
+            },
+        )
+        entry["l1_curve"], entry["align_curve"] = curves["curve"], curves.get("align_curve", [])
 
     if synthetic:
         closed_loop = "skipped: synthetic data has no simulator task"
@@ -527,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         "learning_rate": args.learning_rate,
         "closed_loop": closed_loop,
         "depth_probe": depth_probe,
-        "aligned_layer": aligned_layer(),
+        "aligned_layer": aligned_layer(scale),
         "groups": summarise(units, scale, args.variants),
         "units": units,
     }
@@ -539,9 +543,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
 
 
-def aligned_layer() -> int:
-    """The hidden-states index the SF variants align (the preset's ``vla_layers_align``)."""
-    return int(get_preset(PRESET).settings["vla_layers_align"])
+def aligned_layer(scale: Scale) -> int:
+    """The hidden-states index the SF variants align (the scale's preset's ``vla_layers_align``)."""
+    return int(get_preset(scale.preset).settings["vla_layers_align"])
 
 
 if __name__ == "__main__":

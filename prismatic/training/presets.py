@@ -104,6 +104,19 @@ PI0_LIBERO: dict[str, object] = {
     "learning_rate": 2.5e-5,
 }
 
+# The mechanism experiment's reduced scale (the sf_mechanism_cpu preset; its medium scale builds on it).
+SF_MECHANISM_CPU: dict[str, object] = {
+    **TINY_CPU,
+    "shuffle_buffer_size": 500,
+    "use_val_set": True,
+    "val_set_fraction": 0.2,
+    "val_batches": 40,
+    "merge_lora_during_training": True,
+    "save_latest_checkpoint_only": True,
+    "teacher_width": 64,
+    "batch_size": 4,
+}
+
 PRESETS: dict[str, Preset] = {
     "paper_libero": Preset(
         "the paper's LIBERO setting: alignment after layer 24 with LayerNorm and positional embedding, 2 cameras + "
@@ -150,16 +163,21 @@ PRESETS: dict[str, Preset] = {
         "the episodes nearly in time order; the geometry teacher's point maps make each buffered frame ~1 MB), "
         "merged checkpoints for evaluation and probing, a 64-wide geometry/rgb teacher; one learning rate and "
         "schedule for every variant",
+        SF_MECHANISM_CPU,
+    ),
+    "sf_mechanism_medium_cpu": Preset(
+        "the mechanism experiment's medium scale (experiments/sf_mechanism, --scale medium): sf_mechanism_cpu's "
+        "validation and teacher in the regime where the tiny VLA leaves the mean-prediction plateau (closed_loop_cpu's "
+        "training: the whole VLA, no LoRA, third-person camera + proprio, no image augmentation, batch 16, lr 5e-4)",
         {
-            **TINY_CPU,
-            "shuffle_buffer_size": 500,
-            "use_val_set": True,
-            "val_set_fraction": 0.2,
-            "val_batches": 40,
-            "merge_lora_during_training": True,
-            "save_latest_checkpoint_only": True,
-            "teacher_width": 64,
-            "batch_size": 4,
+            **SF_MECHANISM_CPU,
+            "use_lora": False,
+            "merge_lora_during_training": False,
+            "num_images_in_input": 1,
+            "image_aug": False,
+            "batch_size": 16,
+            "learning_rate": 5e-4,
+            "shuffle_buffer_size": 1_000,  # more than the medium scale's ~700 training frames (5 episodes)
         },
     ),
     "closed_loop_cpu": Preset(

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from experiments.robot.results import wilson_interval
-from experiments.sf_mechanism.design import REDUCED, steps_to_reach
+from experiments.sf_mechanism.design import MEDIUM, REDUCED, steps_to_reach
 from experiments.sf_mechanism.report import write_figures, write_report
 from experiments.sf_mechanism.run import parse_args
 from prismatic.training.presets import PRESETS
@@ -79,6 +79,8 @@ def test_subsets_narrow_the_scale_and_the_rate_defaults_to_the_preset(tmp_path):
     args = parse_args(["--out", str(tmp_path / "exp"), "--scale", "reduced", "--tasks", "0", "--seeds", "1"])
     assert args.sizes == dataclasses.replace(REDUCED, tasks=(0,), seeds=(1,))
     assert args.learning_rate == PRESETS["sf_mechanism_cpu"].settings["learning_rate"]
+    medium = parse_args(["--out", str(tmp_path / "medium"), "--scale", "medium"])
+    assert medium.sizes == MEDIUM and medium.learning_rate == PRESETS[MEDIUM.preset].settings["learning_rate"] == 5e-4
 
 
 def test_a_folder_of_another_scale_is_refused(tmp_path):
@@ -121,6 +123,8 @@ def test_the_stage_graph_on_synthetic_data_writes_every_artefact_and_resumes(tmp
         assert unit["l1_curve"] == [
             [row["step"], row["val_action_loss"]] for row in metrics if "val_action_loss" in row
         ]
+        align = [[row["step"], row["val_align_loss"]] for row in metrics if "val_align_loss" in row]
+        assert unit["align_curve"] == align and (len(align) == 2) == (unit["variant"] == "sf_geometry")
     for name in ("learning_curves.png", "success.png", "probe_layers.png"):
         assert Image.open(out / "sf_mechanism_figures" / name).size[0] > 200
     report = (out / "sf_mechanism.md").read_text()
