@@ -315,7 +315,7 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
             "per_episode": per_mode[mode],
         }
     report["same_per_episode"] = per_mode["in-process"] == per_mode["server"] and bool(per_mode["server"])
-    in_process = eval_episodes(cfg, "eval")
+    in_process = sorted(eval_episodes(cfg, "eval"), key=lambda result: result.key)  # not the workers' finishing order
     shown = next((r for r in in_process if r.success and r.video), next((r for r in in_process if r.video), None))
     if shown is not None:
         write_rollout_strip(rollout_strip_path(cfg), Path(shown.video))
