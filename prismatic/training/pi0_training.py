@@ -81,7 +81,7 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
     if isinstance(cfg, AlignFinetuneConfig) and cfg.image_aug:
         raise UserError(
             "--model_family pi0 with Spatial Forcing: --image_aug True is not supported: expected False (the teacher "
-            "must see the un-augmented images; pi0's training applies no augmentation)"
+            "must see un-augmented frames, and pi0 keeps no un-augmented copy for it)"
         )
     read_checkpoint(cfg.vla_path)  # the family and layout, from the header
     config = read_folder_config(cfg.vla_path)
