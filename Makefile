@@ -27,11 +27,15 @@ closed-loop: $(STAMP)
 
 # The fast suite (within 15 minutes on 2 cores); the tests marked slow (long simulator runs, training runs, golden
 # parity of whole models) run in `make test-slow`. CI (.ci/run) runs both. Times per folder: docs/reference/test-times.md.
+# TEST_WORKERS pytest-xdist processes share the tests out a file at a time, each torch on one thread
+# (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP)
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PYTHON) -m pytest -m slow $(PYTEST_ARGS)
+	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
