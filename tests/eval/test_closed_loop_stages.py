@@ -98,6 +98,24 @@ def test_the_lerobot_copy_has_its_own_dataset_run_evaluations_and_report(tmp_pat
     assert (cfg.cache / "loss-lerobot.png").is_file() and not (cfg.cache / "results.json").exists()
 
 
+def test_another_seed_has_its_own_run_evaluations_and_report(tmp_path: Path, monkeypatch) -> None:
+    default_seed = _cache(tmp_path, kept=2, step=2 * SAVE)
+    cfg = ClosedLoopConfig(**{**vars(default_seed), "data_format": "lerobot", "seed": 1})
+    assert stage_done(default_seed, "train") and not stage_done(cfg, "train")
+    assert cfg.run_dir.name == "closed-loop-lerobot-seed1"
+    assert closed_loop.eval_run_id(cfg, "eval") == f"in-process-lerobot-seed1-step{2 * SAVE}"
+    commands: list[list[str]] = []
+    monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["train"]}))
+    assert "--seed=1" in commands[0] and "--run_id_override=closed-loop-lerobot-seed1" in commands[0]
+    run_stages(ClosedLoopConfig(**{**vars(default_seed), "max_steps": 4 * SAVE, "stages": ["train"]}))
+    assert f"--seed={closed_loop.SEED}" in commands[1] and "--run_id_override=closed-loop" in commands[1]
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["report"]}))
+    assert json.loads((cfg.cache / "results-lerobot-seed1.json").read_text())["seed"] == 1
+
+
 def test_report_has_per_episode_results_agreement_and_wilson_interval(tmp_path: Path) -> None:
     cfg = _cache(tmp_path, kept=2, step=9)
     (cfg.run_dir / "metrics.jsonl").write_text(

@@ -39,6 +39,7 @@ from experiments.robot.libero.demo_generation import DemoGenerationConfig
 from experiments.robot.results import EpisodeResult, EpisodeStore, wilson_interval
 from prismatic.testing.tiny_checkpoints import TINY_VLA_DIRNAME
 from prismatic.training import checkpointing as ckpt
+from prismatic.training.config import FinetuneConfig
 from prismatic.training.metrics import read_metrics
 from prismatic.training.presets import get_preset
 from prismatic.util.cli import UserError
@@ -53,6 +54,7 @@ EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
 PRESET = "closed_loop_cpu"
 SAVE_FREQ = int(get_preset(PRESET).settings["save_freq"])
+SEED = FinetuneConfig.seed  # the training scripts' default seed
 ROLLOUT_STRIP_FRAMES = 8  # frames of the rollout strip the report writes
 SERVER_LINE = re.compile(r"on ws://127\.0\.0\.1:(\d+) ")
 
@@ -69,6 +71,7 @@ class ClosedLoopConfig:
     episode_steps: int | None = None  # Cap on the policy steps of an episode (default: the suite's limit)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # Stages to run, in the order of STAGES
     data_format: str = "rlds"  # rlds | lerobot: which copy of the demonstrations trains the policy
+    seed: int = SEED  # Training seed (torch, data order); another seed gets its own run, evaluations and report
 
     @property
     def data_dir(self) -> Path:
@@ -76,8 +79,10 @@ class ClosedLoopConfig:
 
     @property
     def suffix(self) -> str:
-        """Tells the LeRobot copy's run, evaluations and report apart from the RLDS one's ("" for RLDS)."""
-        return "" if self.data_format == "rlds" else f"-{self.data_format}"
+        """Tells the LeRobot copy's and other seeds' runs, evaluations and reports apart from the RLDS one at the
+        default seed's ("")."""
+        format_part = "" if self.data_format == "rlds" else f"-{self.data_format}"
+        return format_part + ("" if self.seed == SEED else f"-seed{self.seed}")
 
     @property
     def dataset_name(self) -> str:
@@ -264,6 +269,7 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
                 f"--run_root_dir={cfg.run_dir.parent}",
                 f"--run_id_override={cfg.run_dir.name}",
                 f"--max_steps={last_step(cfg)}",
+                f"--seed={cfg.seed}",
                 f"--resume={resume}",
             ]
         )
@@ -292,6 +298,7 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
     report: dict[str, object] = {
         "task": f"{SUITE} {TASK_ID}",
         "data_format": cfg.data_format,
+        "seed": cfg.seed,
         "demonstrations": kept_demos(cfg),
         "training": {
             "checkpoint_step": trained_step(cfg.run_dir),
