@@ -191,7 +191,8 @@ def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) ->
     letterbox = batch["letterbox_masks"].to(device)
     image_size = cfg.vggt_image_size if cfg.teacher == "vggt" else observation.images.shape[-1]
     camera_points = batch.get("camera_points")
-    teacher_view = batch.get(IMAGES_BEFORE_COLOUR, batch["images"]).to(device)  # --image_aug: before colour
+    before_colour = batch.get(IMAGES_BEFORE_COLOUR)  # --image_aug True: the images before colour augmentation
+    teacher_view = observation.images if before_colour is None else before_colour.to(device)
     teacher = model.teacher(
         pi0_teacher_images(teacher_view, letterbox, image_size),
         None if camera_points is None else camera_points.to(device),

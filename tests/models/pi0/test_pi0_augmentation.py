@@ -1,14 +1,16 @@
 """pi0's training augmentation (openpi's, in pi0's collator): SF-pi0's colour-only variant keeps the teacher's copy
 bit for bit and the pixels in place, each camera draws once per batch within openpi's ranges, a batch's draw depends
-only on the run's seed, rank and the batch's index (so a resumed run draws the same), and the rgb and geometry
-teachers read the un-augmented frames."""
+only on the run's seed, rank and the batch's index (so a resumed run draws the same), the rotation samples openpi's
+grid, and the rgb and geometry teachers read the un-augmented frames."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import default_collate
 
@@ -18,7 +20,9 @@ from prismatic.models.pi0.augmentation_pi0 import (
     CROP_FRACTION,
     MAX_ROTATION_DEGREES,
     SATURATION_RANGE,
+    CameraDraw,
     Pi0Augmentation,
+    crop_and_rotate,
     draw_camera,
 )
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
@@ -152,3 +156,19 @@ def test_the_rgb_and_geometry_teachers_read_the_unaugmented_frames(teacher):
     [(images, camera_points)] = model.teacher.inputs
     expected = pi0_teacher_images(plain["images"], plain["letterbox_masks"], config.image_size)
     assert torch.equal(images, expected) and torch.equal(camera_points, plain["camera_points"])
+
+
+def test_the_rotation_samples_openpis_grid():
+    """openpi rotates by sampling at (x cos - y sin, x sin + y cos) for x, y on ``linspace(-1, 1, side)``, read with
+    ``align_corners=False``; the crop at (0, 0) is 53 of 56 pixels resized back bilinearly."""
+    images = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    angle = math.radians(3.0)
+    rows, columns = torch.meshgrid(torch.linspace(-1, 1, 56), torch.linspace(-1, 1, 56), indexing="ij")
+    rotated = torch.stack(
+        (columns * math.cos(angle) - rows * math.sin(angle), columns * math.sin(angle) + rows * math.cos(angle)), -1
+    )
+    cropped = F.interpolate(images[..., :53, :53], size=(56, 56), mode="bilinear", align_corners=False)
+    expected = F.grid_sample(cropped, rotated.expand(2, -1, -1, -1), mode="bilinear", align_corners=False)
+    draw = CameraDraw((0, 0), 3.0, 1.0, 1.0, 1.0)
+    torch.testing.assert_close(crop_and_rotate(images, draw), expected, rtol=0, atol=1e-6)
+    assert torch.equal(crop_and_rotate(images, CameraDraw((0, 0), 0.05, 1.0, 1.0, 1.0)), cropped)  # |angle| <= 0.1
