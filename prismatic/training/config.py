@@ -55,7 +55,7 @@ class FinetuneConfig:
     resume: bool = False                             # Continue from the run folder's latest checkpoint
     resume_step: int | None = None                   # With --resume: continue from this step's checkpoint
     overwrite_run: bool = False                      # Ours: replace an earlier run of the same run id (deletes it)
-    image_aug: bool = True                           # Training image augmentation
+    image_aug: bool = True                           # Training image augmentation (pi0: openpi's; colour only with SF)
     diffusion_sample_freq: int = 50                  # Log sampled-action L1 every N steps (diffusion)
     use_lora: bool = True                            # Train LoRA adapters (False: the whole VLA)
     lora_rank: int = 32                              # LoRA rank (alpha = min(rank, 16))

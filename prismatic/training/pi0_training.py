@@ -20,6 +20,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from prismatic.models.pi0.augmentation_pi0 import Pi0Augmentation, augmentation_record
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
 from prismatic.models.pi0.loading_pi0 import (
     EMBED_KEY,
@@ -30,7 +31,13 @@ from prismatic.models.pi0.loading_pi0 import (
     save_pi0_weights,
 )
 from prismatic.models.pi0.modeling_pi0 import Pi0Model
-from prismatic.models.pi0.processing_pi0 import TOKENIZER_NAME, Pi0Processor, observation_from_batch
+from prismatic.models.pi0.processing_pi0 import (
+    IMAGES_BEFORE_COLOUR,
+    TOKENIZER_NAME,
+    Pi0Collator,
+    Pi0Processor,
+    observation_from_batch,
+)
 from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
@@ -78,11 +85,6 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
     """Refuse, one line each and before any weight is read, the flags pi0 does not support and a ``--vla_path``
     that is not a pi0 fitting the data; returns the base's config."""
     check_pi0_training_flags(cfg)
-    if isinstance(cfg, AlignFinetuneConfig) and cfg.image_aug:
-        raise UserError(
-            "--model_family pi0 with Spatial Forcing: --image_aug True is not supported: expected False (the teacher "
-            "must see un-augmented frames, and pi0 keeps no un-augmented copy for it)"
-        )
     read_checkpoint(cfg.vla_path)  # the family and layout, from the header
     config = read_folder_config(cfg.vla_path)
     if config.chunk_size != platform.num_actions_chunk:
@@ -106,11 +108,27 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
     return config
 
 
-def as_pi0_policy_config(config: PolicyConfig) -> PolicyConfig:
+def as_pi0_policy_config(config: PolicyConfig, cfg: FinetuneConfig) -> PolicyConfig:
     """The run's ``policy_config.json`` (``trainer.training_policy_config``: inputs, embodiment, Spatial Forcing,
-    data, base) as pi0's: its family and flow-matching head, frames resized with padding (no center crop)."""
-    image = ImagePreprocessingConfig(center_crop=False)
-    return dataclasses.replace(config, model_family=PI0_FAMILY, action_head=PI0_ACTION_HEAD, image=image)
+    data, base) as pi0's: its family and flow-matching head, frames resized with padding (no center crop), the
+    training augmentation pi0's (:func:`augmentation_record`)."""
+    return dataclasses.replace(
+        config,
+        model_family=PI0_FAMILY,
+        action_head=PI0_ACTION_HEAD,
+        image=ImagePreprocessingConfig(center_crop=False),
+        training_augmentation=augmentation_record(cfg.image_aug, isinstance(cfg, AlignFinetuneConfig)),
+    )
+
+
+def pi0_collator(cfg: FinetuneConfig, config: Pi0Config, rank: int, train: bool, skip_samples: int) -> Pi0Collator:
+    """The collator of pi0's batches: for training with ``--image_aug True``, openpi's augmentation (SF-pi0's,
+    colour only, with Spatial Forcing), each batch's draw keyed by the run's seed, ``rank`` and the batch's index
+    (``skip_samples`` samples already consumed: a resumed run); the data pipeline's augmentation stays off."""
+    augmentation = None
+    if cfg.image_aug and train:
+        augmentation = Pi0Augmentation.for_run(config, cfg.seed, rank, isinstance(cfg, AlignFinetuneConfig))
+    return Pi0Collator(augmentation, next_batch=skip_samples // cfg.batch_size)
 
 
 def build_pi0(cfg: FinetuneConfig, device: torch.device) -> tuple[nn.Module, Pi0Processor]:
@@ -162,9 +180,9 @@ def pi0_token_counts(model: nn.Module) -> tuple[int, int]:
 
 def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     """One forward pass of pi0 (``model``: the trainer's ``Model``): ``loss``, ``action_loss`` and, with Spatial
-    Forcing, ``align_loss``. The teacher sees the letterboxed frames with white padding (VGGT at
-    ``--vggt_image_size``, the rgb control at pi0's image size) or, for ``--teacher geometry``, the point maps placed
-    as the frames are (``camera_points``)."""
+    Forcing, ``align_loss``. The teacher sees the letterboxed frames before colour augmentation, with white padding
+    (VGGT at ``--vggt_image_size``, the rgb control at pi0's image size) or, for ``--teacher geometry``, the point
+    maps placed as the frames are (``camera_points``)."""
     observation = observation_from_batch(batch, device)
     actions = batch["actions"].to(device)
     if model.aligner is None:
@@ -173,8 +191,10 @@ def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) ->
     letterbox = batch["letterbox_masks"].to(device)
     image_size = cfg.vggt_image_size if cfg.teacher == "vggt" else observation.images.shape[-1]
     camera_points = batch.get("camera_points")
+    before_colour = batch.get(IMAGES_BEFORE_COLOUR)  # --image_aug True: the images before colour augmentation
+    teacher_view = observation.images if before_colour is None else before_colour.to(device)
     teacher = model.teacher(
-        pi0_teacher_images(observation.images, letterbox, image_size),
+        pi0_teacher_images(teacher_view, letterbox, image_size),
         None if camera_points is None else camera_points.to(device),
     )
     losses = pi0_spatial_forcing_loss(model.vla, model.aligner, teacher, observation, actions, letterbox)

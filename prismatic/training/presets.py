@@ -99,7 +99,7 @@ PI0_LIBERO: dict[str, object] = {
     "use_film": False,
     "num_images_in_input": 2,
     "use_proprio": True,
-    "image_aug": False,
+    "image_aug": True,  # SF-pi0's: openpi's augmentation, colour only with Spatial Forcing
     "merge_lora_during_training": True,  # a pi0 LoRA checkpoint loads from its merged weights
     "learning_rate": 2.5e-5,
 }
@@ -147,8 +147,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "pi0_libero": Preset(
         "Spatial Forcing on pi0 (SF-pi0's alignment: entering LM layer 12, LayerNorm, VGGT PE, cosine x 0.5), pi0 "
-        "trained in full, 2 cameras + state, no image augmentation, learning rate 2.5e-5 (the default for "
-        "--model_family pi0 on LIBERO dataset names)",
+        "trained in full, 2 cameras + state, openpi's image augmentation (colour only with Spatial Forcing), learning "
+        "rate 2.5e-5 (the default for --model_family pi0 on LIBERO dataset names)",
         PI0_LIBERO,
     ),
     "pi0_tiny_cpu": Preset(

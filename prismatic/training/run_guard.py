@@ -36,7 +36,7 @@ from prismatic.util.io import STALE_TEMPORARY, file_sha256, remove_stale_tempora
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.registry import resolve_data_mix
 from prismatic.vla.datasets.statistics import statistics_to_json
-from prismatic.vla.policy_config import PolicyConfig, read_policy_config, training_flags
+from prismatic.vla.policy_config import NO_AUGMENTATION, PolicyConfig, read_policy_config, training_flags
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +112,12 @@ def _check_same_content(saved: dict[str, Any], current: dict[str, str], cfg: Fin
 
 def _flags_recorded_in_policy(policy: PolicyConfig) -> dict[str, Any]:
     """The training flags a checkpoint's ``policy_config.json`` records: the policy's choices (the table of
-    ``prismatic.vla.policy_config``), the alignment settings and the dataset."""
+    ``prismatic.vla.policy_config``), the alignment settings, the image augmentation and the dataset."""
     flags = training_flags(policy)
     if policy.spatial_forcing is not None:  # None in its record: not recorded
         flags |= {name: value for name, value in asdict(policy.spatial_forcing).items() if value is not None}
+    if policy.training_augmentation is not None:
+        flags["image_aug"] = policy.training_augmentation != NO_AUGMENTATION
     if (policy.data or {}).get("dataset_name"):
         flags["dataset_name"] = policy.data["dataset_name"]
     return flags

@@ -48,6 +48,7 @@ from prismatic.training.pi0_training import (
     PI0_FAMILY,
     as_pi0_policy_config,
     build_pi0,
+    pi0_collator,
     pi0_losses,
     pi0_token_counts,
     restore_pi0_weights,
@@ -75,6 +76,8 @@ from prismatic.util.io import atomic_output, file_sha256
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
 from prismatic.vla.policy_config import (
+    NO_AUGMENTATION,
+    OFT_AUGMENTATION,
     EmbodimentConfig,
     ImagePreprocessingConfig,
     PolicyConfig,
@@ -159,6 +162,7 @@ def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> 
         embodiment=EmbodimentConfig.from_platform(platform),
         # Training's random crops (image_aug) are matched at evaluation by the center crop of the same area.
         image=ImagePreprocessingConfig(center_crop=cfg.image_aug),
+        training_augmentation=OFT_AUGMENTATION if cfg.image_aug else NO_AUGMENTATION,
         data={"dataset_name": cfg.dataset_name},
         base_model=base_model_record(cfg.vla_path),
     )
@@ -221,7 +225,7 @@ def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, c
     with the aligner and the frozen teacher of Spatial Forcing."""
     vla, processor = build_pi0(cfg, ctx.device)
     llm_dim, num_patches = pi0_token_counts(vla)
-    policy_config = as_pi0_policy_config(training_policy_config(cfg, platform))
+    policy_config = as_pi0_policy_config(training_policy_config(cfg, platform), cfg)
     aligner = teacher = None
     if isinstance(cfg, AlignFinetuneConfig):
         aligner, teacher = build_alignment(cfg, llm_dim, ctx.device, image_size=processor.config.image_size)
@@ -293,8 +297,6 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     Training data is sharded over the ranks; the validation split is not (every rank reads all of it, so no rank
     can run out of batches and the ranks need not synchronise during validation).
     """
-    from torch.utils.data import default_collate
-
     from prismatic.models.pi0.processing_pi0 import Pi0BatchTransform
     from prismatic.vla.action_tokenizer import ActionTokenizer
     from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
@@ -302,10 +304,11 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
     from prismatic.vla.datasets.lerobot import is_lerobot_dataset
     from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags
 
-    if cfg.model_family == PI0_FAMILY:
+    rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
+    if cfg.model_family == PI0_FAMILY:  # --image_aug: pi0's own augmentation, in its collator
         batch_transform = Pi0BatchTransform(model.processor, cfg.num_images_in_input)
         resize_resolution = (model.processor.config.image_size,) * 2
-        collator = default_collate
+        collator = pi0_collator(cfg, model.processor.config, rank, train, skip_samples)
     else:
         tokenizer = model.processor.tokenizer
         batch_transform = RLDSBatchTransform(
@@ -319,11 +322,10 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
         collator = PaddedCollatorForActionPrediction(
             tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
         )
-    rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
     shared = dict(  # the fields both data sources take from the training flags
         resize_resolution=resize_resolution,
         train=train,
-        image_aug=cfg.image_aug and train,
+        image_aug=cfg.image_aug and train and cfg.model_family != PI0_FAMILY,
         image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
         val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
         num_images_in_input=cfg.num_images_in_input,

@@ -32,6 +32,12 @@ ACTION_HEADS = ("l1_regression", "diffusion", "discrete_tokens", "flow_matching"
 #             binarise to +-1 at 0.5 and invert (upstream's normalize_gripper_action + invert_gripper_action);
 #   "none":   actions are used as predicted (the robot's own units).
 GRIPPER_CONVENTIONS = ("libero", "none")
+# What --image_aug did to the training images (``PolicyConfig.training_augmentation``): nothing; the data pipeline's
+# random crop and colour jitter (OpenVLA-OFT, matched at evaluation by the center crop); openpi's crop and rotation of
+# the non-wrist cameras and colour (pi0); openpi's colour part only (pi0 with Spatial Forcing).
+NO_AUGMENTATION, OFT_AUGMENTATION = "none", "oft"
+OPENPI_AUGMENTATION, OPENPI_COLOUR_AUGMENTATION = "openpi", "openpi_colour"
+TRAINING_AUGMENTATIONS = (NO_AUGMENTATION, OFT_AUGMENTATION, OPENPI_AUGMENTATION, OPENPI_COLOUR_AUGMENTATION)
 
 
 @dataclass
@@ -109,6 +115,8 @@ class PolicyConfig:
     data: dict[str, Any] | None = None
     # The base model the adapter was trained on: its config fingerprint and checksums of a few tensors.
     base_model: dict[str, Any] | None = None
+    # One of TRAINING_AUGMENTATIONS; None: not recorded (written before this field).
+    training_augmentation: str | None = None
     format_version: int = POLICY_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -122,6 +130,10 @@ class PolicyConfig:
             raise ValueError(f"model_family {self.model_family!r}: expected one of {MODEL_FAMILIES}")
         if self.action_head not in ACTION_HEADS:
             raise ValueError(f"action_head {self.action_head!r}: expected one of {ACTION_HEADS}")
+        if self.training_augmentation not in (None, *TRAINING_AUGMENTATIONS):
+            raise ValueError(
+                f"training_augmentation {self.training_augmentation!r}: expected one of {TRAINING_AUGMENTATIONS}"
+            )
         if self.embodiment.gripper not in GRIPPER_CONVENTIONS:
             raise ValueError(f"embodiment.gripper {self.embodiment.gripper!r}: expected one of {GRIPPER_CONVENTIONS}")
 

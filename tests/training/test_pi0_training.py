@@ -1,21 +1,30 @@
 """``finetune_align.py --model_family pi0``: LoRA on both towers with merged weights that load as pi0; and under
 2-process torchrun on the tiny pi0 and the synthetic LIBERO data: Spatial Forcing lowers the loss, the checkpoint is
-a pi0 policy folder that loads for inference, and resume reproduces the uninterrupted run's next steps exactly."""
+a pi0 policy folder that loads for inference, and resume reproduces the uninterrupted run's next steps exactly (with
+the preset's image augmentation: SF-pi0's colour augmentation, drawn per batch); ``--image_aug`` is openpi's
+augmentation in pi0's collator, never the data pipeline's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import IterableDataset
 
+from prismatic.models.pi0.augmentation_pi0 import Pi0Augmentation
 from prismatic.models.pi0.loading_pi0 import load_pi0_folder
+from prismatic.models.pi0.processing_pi0 import Pi0Collator
 from prismatic.policy.pi0_policy import Pi0Policy
-from prismatic.testing.pi0_tiny import pi0_training_batch, write_tiny_pi0_checkpoint
+from prismatic.testing.pi0_tiny import pi0_training_batch, tiny_pi0_config, write_tiny_pi0_checkpoint
+from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.metrics import read_metrics
 from prismatic.training.pi0_training import PI0_HEADS, apply_pi0_lora, restore_pi0_weights, save_pi0_model
+from prismatic.training.trainer import build_dataloader
 
 from .conftest import DATASET_NAME, run_script
 
@@ -68,6 +77,42 @@ def test_pi0_lora_adapts_both_towers_and_saves_merged_weights_that_load_as_pi0(t
     restore_pi0_weights(base, tmp_path)  # --resume of a full fine-tune reads the same file
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(base.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+class RecordedDataset(IterableDataset):
+    """Stands for the RLDS dataset: keeps the config the trainer builds it with."""
+
+    def __init__(self, config, batch_transform):
+        self.config = config
+
+    def __iter__(self):
+        raise NotImplementedError("not read")
+
+
+@pytest.mark.parametrize(
+    "config_class, train, geometric_cameras",
+    [
+        (FinetuneConfig, True, (True, False, False)),
+        (AlignFinetuneConfig, True, (False, False, False)),
+        (None, False, None),
+    ],
+)
+def test_pi0s_image_aug_is_openpis_in_its_collator_and_not_the_pipelines(
+    config_class, train, geometric_cameras, monkeypatch
+):
+    monkeypatch.setattr("prismatic.vla.datasets.RLDSDataset", RecordedDataset)
+    cfg = (config_class or AlignFinetuneConfig)(model_family="pi0", image_aug=True, batch_size=2, seed=7)
+    model = SimpleNamespace(processor=SimpleNamespace(config=tiny_pi0_config()))  # pi0's three cameras
+    loader, dataset = build_dataloader(cfg, model, SimpleNamespace(rank=1, world_size=2), train, skip_samples=6)
+    assert dataset.config.image_aug is False  # the data pipeline's OFT augmentation stays off
+    collator = loader.collate_fn
+    assert isinstance(collator, Pi0Collator) and collator.next_batch == 3  # 6 samples consumed, batches of 2
+    expected = None if geometric_cameras is None else Pi0Augmentation(7, 1, geometric_cameras)
+    assert collator.augmentation == expected
+    no_aug = dataclasses.replace(cfg, image_aug=False)
+    assert (
+        build_dataloader(no_aug, model, SimpleNamespace(rank=1, world_size=2), train)[0].collate_fn.augmentation is None
+    )
 
 
 def _loss_and_gradients(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -136,6 +181,7 @@ def test_pi0_trains_with_spatial_forcing_saves_and_resumes_exactly(
     policy_config = json.loads((folder / "policy_config.json").read_text())
     assert (policy_config["model_family"], policy_config["action_head"]) == ("pi0", "flow_matching")
     assert policy_config["spatial_forcing"]["vla_layers_align"] == 1
+    assert policy_config["training_augmentation"] == "openpi_colour"  # the preset's --image_aug True, under SF
     policy = Pi0Policy.from_checkpoint(folder)
     frame = np.zeros((224, 224, 3), dtype=np.uint8)
     chunk = policy.predict_chunk({"full_image": frame, "wrist_image": frame, "state": np.zeros(8)}, "open the drawer")

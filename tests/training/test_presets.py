@@ -200,5 +200,5 @@ def test_naming_the_default_preset_on_resume_changes_nothing_that_is_refused():
 def test_model_family_pi0_on_a_libero_name_gets_pi0_libero(capsys):
     cfg = resolve_config(AlignFinetuneConfig, ["--model_family", "pi0", "--dataset_name", "libero_goal_no_noops"])
     assert alignment(cfg) == PI0_ALIGNMENT
-    assert (cfg.use_lora, cfg.image_aug, cfg.learning_rate) == (False, False, 2.5e-5)
+    assert (cfg.use_lora, cfg.image_aug, cfg.learning_rate) == (False, True, 2.5e-5)
     assert "preset pi0_libero:" in capsys.readouterr().out

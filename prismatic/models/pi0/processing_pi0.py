@@ -19,13 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import default_collate
 
+from prismatic.models.pi0.augmentation_pi0 import Pi0Augmentation
 from prismatic.models.pi0.configuration_pi0 import Pi0Config
 from prismatic.models.pi0.modeling_pi0 import Pi0Observation
 from prismatic.models.pi0.tokenization_pi0 import Pi0Tokenizer
 from prismatic.vla.image_utils import resize_bilinear
 
 TOKENIZER_NAME = "tokenizer.model"
+# The batch key of the images before colour augmentation (the Spatial Forcing teacher's), with --image_aug True.
+IMAGES_BEFORE_COLOUR = "images_before_colour"
 
 
 def letterbox_box(height: int, width: int, size: int) -> tuple[slice, slice]:
@@ -139,8 +143,8 @@ class Pi0BatchTransform:
     """An RLDS / LeRobot frame (as ``RLDSBatchTransform`` takes it) -> one pi0 training sample: the third-person
     camera then the wrist cameras (the first ``num_images``), the instruction, the normalised proprio as the state,
     the normalised action chunk ``[C, A]`` padded to ``max_action_dim`` and, when the frame carries point maps,
-    their ``camera_points``. The frames are taken as the data pipeline gives them: for Spatial Forcing, un-augmented
-    (``check_pi0_flags`` refuses ``--image_aug True``), so the teacher sees what the model sees."""
+    their ``camera_points``. The frames are taken as the data pipeline gives them (un-augmented: pi0's augmentation
+    is :class:`Pi0Collator`'s, on the collated batch)."""
 
     processor: Pi0Processor
     num_images: int
@@ -164,3 +168,21 @@ class Pi0BatchTransform:
         sample["actions"] = pad_last_dim(actions, self.processor.config.max_action_dim)
         sample["dataset_name"] = rlds_batch["dataset_name"].decode()
         return sample
+
+
+@dataclass
+class Pi0Collator:
+    """Collates :class:`Pi0BatchTransform` samples; with ``augmentation`` (``--image_aug True`` in training), each
+    batch's ``images`` augmented and their copy before colour augmentation as ``images_before_colour``. Batches are
+    counted from ``next_batch`` (a resumed run: the batches its checkpoint consumed), so batch k draws the same
+    augmentation in an interrupted and an uninterrupted run (the loader calls it in order: ``num_workers=0``)."""
+
+    augmentation: Pi0Augmentation | None = None
+    next_batch: int = 0
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(samples)
+        if self.augmentation is not None:
+            batch["images"], batch[IMAGES_BEFORE_COLOUR] = self.augmentation(batch["images"], self.next_batch)
+        self.next_batch += 1
+        return batch

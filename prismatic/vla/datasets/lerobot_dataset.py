@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from prismatic.util.cli import UserError
+from prismatic.util.seeds import derive_seed
 from prismatic.vla.constants import NormalizationType, PlatformConstants
 from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig, holdout_episodes
@@ -39,7 +40,6 @@ from prismatic.vla.datasets.lerobot import (
     resolve_mapping,
     split_episodes,
 )
-from prismatic.vla.datasets.pipeline import derive_seed
 from prismatic.vla.datasets.video import VideoFrameReader
 from prismatic.vla.image_utils import crop_and_resize_bilinear, resize_bilinear, resize_lanczos3, round_to_uint8
 from prismatic.vla.normalization import normalize

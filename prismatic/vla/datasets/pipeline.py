@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
-
+from prismatic.util.seeds import derive_seed
 from prismatic.vla.datasets.config import RLDSConfig
 from prismatic.vla.datasets.registry import RLDSDatasetSpec, resolve_data_mix
 from prismatic.vla.datasets.rlds import (
@@ -54,11 +53,6 @@ def load_sources(config: RLDSConfig) -> list[DatasetSource]:
     for source in sources:
         source.weight /= total
     return sources
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 31-bit seed from integers (base seed, rank, dataset index, purpose)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
 def build_dataset(config: RLDSConfig, sources: list[DatasetSource], rank: int, world_size: int) -> Any:
