@@ -98,8 +98,10 @@ MEDIUM = Scale(
     val_freq=100,
     eval_episodes=0,
     eval_max_steps=0,
-    probe_init_states=0,
-    probe_dpt_steps=0,
+    # The depth probe was added after the 9 training runs finished and before any probing (declared in the report):
+    # 10 benchmark init states of the task, the linear probe at every layer and a DPT probe of FULL's budget.
+    probe_init_states=10,
+    probe_dpt_steps=500,
     preset="sf_mechanism_medium_cpu",
 )
 # The harness's own check (pytest, synthetic data): every stage at the smallest sizes that still produce each artefact.

@@ -47,6 +47,7 @@ from experiments.sf_mechanism.design import (
 from experiments.sf_mechanism.report import write_figures, write_report
 from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, supported_task_names
 from prismatic.probing.data import FORMAT_VERSION, ScenePlan, write_meta, write_scene
+from prismatic.training.config import FinetuneConfig
 from prismatic.training.metrics import read_metrics
 from prismatic.training.presets import get_preset
 from prismatic.util.cli import UserError, run_cli
@@ -283,7 +284,7 @@ def evaluate(out: Path, scale: Scale, checkpoint: str, task: int, run_id: str) -
 def make_probe_data(out: Path, scale: Scale, data_source: str, task: int) -> dict:
     root = out / "probe_data" / f"task{task}"
     if data_source == "synthetic":
-        write_synthetic_probe_data(root, scenes=2 * scale.probe_init_states, seed=task)
+        write_synthetic_probe_data(root, scenes=2 * scale.probe_init_states, seed=task, center_crop=center_crop(scale))
     else:
         command = [
             sys.executable,
@@ -293,14 +294,15 @@ def make_probe_data(out: Path, scale: Scale, data_source: str, task: int) -> dic
             f"--task_ids=[{task}]",
             f"--num_init_states={scale.probe_init_states}",
             "--num_perturbations=1",
+            f"--center_crop={center_crop(scale)}",
         ]
         run_tool(command, out / "logs" / f"probe_data_task{task}.txt")
     return {"data": str(root)}
 
 
-def write_synthetic_probe_data(root: Path, scenes: int, seed: int) -> None:
+def write_synthetic_probe_data(root: Path, scenes: int, seed: int, center_crop: bool) -> None:
     """Depth-probe scenes of the synthetic reach task in make_depth_probe_data.py's format (224 px, both cameras,
-    the evaluation's 0.9-area centre crop recorded); the second half are test scenes."""
+    the policies' centre crop recorded); the second half are test scenes."""
     rng = np.random.default_rng(seed)
     plans = []
     for index in range(scenes):
@@ -320,7 +322,7 @@ def write_synthetic_probe_data(root: Path, scenes: int, seed: int) -> None:
             "scenes": scenes,
         },
         "cameras": ["agentview", "wrist"],
-        "preprocessing": {"image_size": 224, "center_crop": True, "crop_area": 0.9},
+        "preprocessing": {"image_size": 224, "center_crop": center_crop, "crop_area": 0.9},
         "depth_units": "metres along the optical axis",
         "scenes": scenes_meta,
     }
@@ -541,6 +543,12 @@ def main(argv: list[str] | None = None) -> None:
     figures = write_figures(results, report.parent / f"{report.stem}_figures")  # beside the page, committed with it
     write_report(results, figures, report)
     print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
+
+
+def center_crop(scale: Scale) -> bool:
+    """Whether the scale's checkpoints centre-crop their images (they do when trained with image augmentation); the
+    probe scenes are rendered to match, as probe_depth.py requires."""
+    return bool(get_preset(scale.preset).settings.get("image_aug", FinetuneConfig.image_aug))
 
 
 def aligned_layer(scale: Scale) -> int:

@@ -61,6 +61,10 @@ class ProbeData:
             [self.scenes[i] for i in indices], self.rgb[indices], self.depth[indices], self.state[indices], self.meta
         )
 
+    def leading_views(self, count: int) -> ProbeData:
+        """The first ``count`` cameras of every scene (primary first, as policies stack them)."""
+        return ProbeData(self.scenes, self.rgb[:, :count], self.depth[:, :count], self.state, self.meta)
+
     def subset(self, suite: str | None = None, split: str | None = None) -> ProbeData:
         """Scenes of ``suite`` (any when None) and ``split`` (any when None)."""
         keep = [

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prismatic.models.family import CheckedCheckpoint
 from prismatic.probing.data import load_probe_data
 from prismatic.probing.features import (
     PAPER_LAYERS,
@@ -112,6 +113,15 @@ def probe_checkpoint(
     return result, predictions
 
 
+def compared_camera_count(checked: list[CheckedCheckpoint]) -> int:
+    """The cameras every checkpoint reads (the probe data's leading views they are probed on); checkpoints that read
+    different numbers of cameras are refused, since their probes would not compare."""
+    counts = {str(c.path): c.policy_config.num_images_in_input for c in checked}
+    if len(set(counts.values())) > 1:
+        raise UserError(f"--checkpoint: the checkpoints read different numbers of cameras {counts}; expected one count")
+    return next(iter(counts.values()))
+
+
 def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
     """Probe every checkpoint on the data and write the metrics and figures; returns the metrics."""
     cfg.check()
@@ -128,6 +138,9 @@ def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
                 f"has {len(split['train'])} and {len(split['test'])}"
             )
         suite_indices[suite] = split
+    # every checkpoint, before the first one's tokens are extracted
+    checked = [check_probe_checkpoint(Path(path), data) for path in cfg.checkpoint]
+    data = data.leading_views(compared_camera_count(checked))
     targets = depth_targets(data.depth, cfg.probe.target_size)
     depth_full = torch.as_tensor(data.depth)
     names = checkpoint_names(cfg.checkpoint)
@@ -141,8 +154,6 @@ def run_probe_depth(cfg: ProbeDepthConfig) -> dict[str, Any]:
         "requested_layers": list(cfg.layers),
         "checkpoints": {},
     }
-    # every checkpoint, before the first one's tokens are extracted
-    checked = [check_probe_checkpoint(Path(path), data) for path in cfg.checkpoint]
     figure_predictions = {}
     for name, path, parsed in zip(names, cfg.checkpoint, checked, strict=True):
         model = load_probed_vla(path, name, data.suites, parsed)

@@ -194,7 +194,8 @@ def load_probed_vla(
 
 
 def check_preprocessing(policy_config: PolicyConfig, data: ProbeData, checkpoint_dir: str | Path) -> None:
-    """The data's images must be what this policy sees: same crop, both cameras."""
+    """The data's images must be what this policy sees: same crop, and at least the cameras it reads (a policy of
+    fewer cameras than the data is probed on the leading ones: the primary camera first)."""
     expected = data.meta["preprocessing"]
     image = policy_config.image
     if image.center_crop != expected["center_crop"] or (
@@ -205,10 +206,10 @@ def check_preprocessing(policy_config: PolicyConfig, data: ProbeData, checkpoint
             f"but --data was rendered with center_crop={expected['center_crop']} (area {expected['crop_area']}); "
             "render the data with the policy's preprocessing (make_depth_probe_data.py --center_crop ...)"
         )
-    if policy_config.num_images_in_input != data.rgb.shape[1]:
+    if policy_config.num_images_in_input > data.rgb.shape[1]:
         raise UserError(
             f"--checkpoint {checkpoint_dir}: the policy reads {policy_config.num_images_in_input} camera(s); "
-            f"the probe data has {data.rgb.shape[1]} views per scene"
+            f"the probe data has only {data.rgb.shape[1]} views per scene"
         )
 
 

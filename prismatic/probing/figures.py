@@ -110,20 +110,21 @@ def prediction_figure(
     """Rows: scenes (every suite's); per view (primary, then wrist): RGB, ground truth, each checkpoint's DPT
     prediction (columns titled with short labels, the table below), and a colour bar in metres.
 
-    ``rgb`` [S, 2, H, W, 3], ``depth`` [S, 2, H, W], ``predictions[name]`` [S, 2, H, W]; one depth colour scale per
-    scene and view, shared by ground truth and predictions.
+    ``rgb`` [S, V, H, W, 3], ``depth`` [S, V, H, W], ``predictions[name]`` [S, V, H, W] (V: 1 or 2 views); one depth
+    colour scale per scene and view, shared by ground truth and predictions.
     """
     labels = checkpoint_labels(list(predictions))
     columns_per_view = 2 + len(predictions)
+    num_views = rgb.shape[1]
     figure, axes = plt.subplots(
         len(names),
-        2 * columns_per_view,
-        figsize=(2.0 * 2 * columns_per_view + 1.0, 2.1 * len(names)),
+        num_views * columns_per_view,
+        figsize=(2.0 * num_views * columns_per_view + 1.0, 2.1 * len(names)),
         squeeze=False,
         layout="constrained",
     )
     for row, name in enumerate(names):
-        for view_index, view in enumerate(VIEWS):
+        for view_index, view in enumerate(VIEWS[:num_views]):
             column = view_index * columns_per_view
             low, high = float(depth[row, view_index].min()), float(depth[row, view_index].max())
             axes[row, column].imshow(rgb[row, view_index])

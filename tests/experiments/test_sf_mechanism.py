@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from experiments.robot.results import wilson_interval
+from experiments.sf_mechanism import run
 from experiments.sf_mechanism.design import MEDIUM, REDUCED, steps_to_reach
 from experiments.sf_mechanism.report import write_figures, write_report
 from experiments.sf_mechanism.run import parse_args
@@ -165,3 +166,15 @@ def test_a_scale_without_episodes_or_probe_scenes_reports_both_as_not_measured(t
     assert "| 3 | 100% | plain | 2 | 0.2000 | 20 | 1.00 |" in report
     assert "Not measured: skipped: the reduced scale runs no episodes." in report
     assert "Not measured: skipped: the reduced scale probes no scenes." in report and "![probe]" not in report
+
+
+@pytest.mark.parametrize("scale, expected", [(MEDIUM, False), (REDUCED, True)])
+def test_probe_scenes_are_rendered_with_the_checkpoints_centre_crop(tmp_path, monkeypatch, scale, expected):
+    commands: list[list[str]] = []
+    monkeypatch.setattr(run, "run_tool", lambda command, log: commands.append(command))
+    run.make_probe_data(tmp_path, scale, "oracle", 3)
+    assert f"--center_crop={expected}" in commands[0]
+    assert PRESETS[scale.preset].settings.get("image_aug", True) is expected
+    run.make_probe_data(tmp_path, scale, "synthetic", 3)
+    meta = json.loads((tmp_path / "probe_data" / "task3" / "meta.json").read_text())
+    assert meta["preprocessing"]["center_crop"] is expected
