@@ -61,7 +61,8 @@ MAX_TRIALS = 50  # the benchmark's initial states per task
 PRESETS = {"openvla": "closed_loop_cpu", "pi0": "closed_loop_pi0_cpu"}
 BASE_DIRNAMES = {"openvla": TINY_VLA_DIRNAME, "pi0": TINY_PI0_DIRNAME}
 # The tiny pi0 the base stage writes (the rest as prismatic.testing.pi0_tiny.tiny_pi0_config): the third-person
-# camera only, 112 px images (64 tokens), PI0_SIZES_NOTE
+# camera only, 112 px images (64 tokens; a step of batch 16 took 0.05 s here against 0.3 s at 224 px), loss over
+# the 7 real action dims
 PI0_BASE_SIZES: dict[str, object] = {
     "image_keys": ["base_0_rgb"],
     "action_loss_dims": "real",
