@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo closed-loop experiment test test-slow lint setup clean-venv
+.PHONY: demo closed-loop closed-loop-pi0 experiment test test-slow lint setup clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ CLOSED_LOOP_ARGS ?=
 closed-loop: $(STAMP)
 	$(PYTHON) scripts/closed_loop.py $(CLOSED_LOOP_ARGS)
 	$(PYTHON) scripts/closed_loop.py --data_format lerobot $(CLOSED_LOOP_ARGS)
+
+# The same closed loop with a tiny pi0 (flow matching) in place of the tiny VLA, from the RLDS copy
+closed-loop-pi0: $(STAMP)
+	$(PYTHON) scripts/closed_loop.py --model_family pi0 $(CLOSED_LOOP_ARGS)
 
 # The fast suite (within 15 minutes on 2 cores); the tests marked slow (long simulator runs, training runs, golden
 # parity of whole models) run in `make test-slow`. CI (.ci/run) runs both. Times per folder: docs/reference/test-times.md.

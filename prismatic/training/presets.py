@@ -117,6 +117,28 @@ SF_MECHANISM_CPU: dict[str, object] = {
     "batch_size": 4,
 }
 
+# scripts/closed_loop.py's training (``make closed-loop``): the whole tiny model from scratch on oracle demonstrations.
+CLOSED_LOOP_CPU: dict[str, object] = {
+    "use_l1_regression": True,
+    "use_diffusion": False,
+    "use_film": False,
+    "num_images_in_input": 1,
+    "use_proprio": True,
+    "use_lora": False,
+    "image_aug": False,
+    "batch_size": 16,
+    "learning_rate": 5e-4,
+    "num_steps_before_decay": 4000,
+    "max_steps": 5000,
+    "save_freq": 500,
+    "save_latest_checkpoint_only": True,
+    "merge_lora_during_training": False,
+    "shuffle_buffer_size": 2_000,
+    "dataset_name": "libero_spatial_no_noops",
+    "use_wandb": False,
+    "wandb_log_freq": 1,
+}
+
 PRESETS: dict[str, Preset] = {
     "paper_libero": Preset(
         "the paper's LIBERO setting: alignment after layer 24 with LayerNorm and positional embedding, 2 cameras + "
@@ -184,25 +206,18 @@ PRESETS: dict[str, Preset] = {
         "a small VLA trained from scratch on CPU for `make closed-loop` (scripts/closed_loop.py): the whole tiny "
         "VLA (make_tiny_checkpoints.py, no LoRA), third-person camera + proprio, L1 head, no image augmentation, "
         "batch 16, lr 5e-4 (x0.1 after step 4000), 5000 steps, latest checkpoint every 500",
+        CLOSED_LOOP_CPU,
+    ),
+    "closed_loop_pi0_cpu": Preset(
+        "closed_loop_cpu's training for a tiny pi0 (scripts/closed_loop.py --model_family pi0, its base stage writes "
+        "the base): flow matching, no alignment, third-person camera + state, batch 16, lr 5e-4 (x0.1 after step "
+        "6500), 8000 steps, latest checkpoint every 500",
         {
-            "use_l1_regression": True,
-            "use_diffusion": False,
-            "use_film": False,
-            "num_images_in_input": 1,
-            "use_proprio": True,
-            "use_lora": False,
-            "image_aug": False,
-            "batch_size": 16,
-            "learning_rate": 5e-4,
-            "num_steps_before_decay": 4000,
-            "max_steps": 5000,
-            "save_freq": 500,
-            "save_latest_checkpoint_only": True,
-            "merge_lora_during_training": False,
-            "shuffle_buffer_size": 2_000,
-            "dataset_name": "libero_spatial_no_noops",
-            "use_wandb": False,
-            "wandb_log_freq": 1,
+            **CLOSED_LOOP_CPU,
+            "model_family": "pi0",
+            "use_l1_regression": False,
+            "num_steps_before_decay": 6500,
+            "max_steps": 8000,
         },
     ),
 }

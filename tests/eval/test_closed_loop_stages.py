@@ -153,6 +153,7 @@ def test_wilson_interval_matches_the_textbook_values() -> None:
         ({"stages": ["fly"]}, "--stages ['fly']: expected a non-empty list of"),
         ({"max_steps": SAVE + 5}, f"--max_steps {SAVE + 5}: expected a positive multiple of {SAVE}"),
         ({"data_format": "hdf5"}, "--data_format 'hdf5': expected one of ['rlds', 'lerobot']"),
+        ({"model_family": "octo"}, "--model_family 'octo': expected one of ['openvla', 'pi0']"),
     ],
 )
 def test_bad_flags_are_refused_before_writing(flags: dict, message: str, tmp_path: Path) -> None:
@@ -193,3 +194,58 @@ def test_rollout_strip_shows_the_first_successful_episode(tmp_path: Path) -> Non
     assert strip.shape == (16, 16 * closed_loop.ROLLOUT_STRIP_FRAMES, 3)
     first, last = strip[8, 8].astype(int), strip[8, -8].astype(int)  # episode 1's frames 0 and 11: grey 10 and 21
     assert abs(first.mean() - 10) < 3 and abs(last.mean() - 21) < 3
+
+
+def test_pi0_has_its_own_base_preset_run_evaluations_and_report(tmp_path: Path, monkeypatch) -> None:
+    oft = _cache(tmp_path, kept=2, step=2 * SAVE)
+    cfg = ClosedLoopConfig(**{**vars(oft), "model_family": "pi0"})
+    assert stage_done(cfg, "demos") and not stage_done(cfg, "train")  # the same demonstrations, its own run
+    assert cfg.vla_dir == cfg.cache / "base" / "tiny-pi0" and cfg.run_dir == cfg.cache / "runs" / "closed-loop-pi0"
+    assert closed_loop.eval_run_id(cfg, "eval") == f"in-process-pi0-step{2 * SAVE}"
+    lerobot = ClosedLoopConfig(**{**vars(cfg), "data_format": "lerobot"})
+    assert closed_loop.eval_run_id(lerobot, "serve_eval") == f"server-pi0-lerobot-step{2 * SAVE}"
+    preset = closed_loop.get_preset("closed_loop_pi0_cpu").settings
+    assert preset["model_family"] == "pi0" and preset["save_freq"] == SAVE and not preset["use_l1_regression"]
+    assert closed_loop.last_step(ClosedLoopConfig(model_family="pi0", max_steps=None)) == preset["max_steps"]
+
+    written: list[tuple[Path, dict]] = []
+
+    def fake_writer(out_dir: Path, **sizes: object) -> Path:  # the real writer takes seconds (a SentencePiece model)
+        written.append((out_dir, sizes))
+        folder = out_dir / "tiny-pi0"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        return folder
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(closed_loop, "write_tiny_pi0_checkpoint", fake_writer)
+    monkeypatch.setattr(closed_loop, "run", lambda command: commands.append([str(part) for part in command]))
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["base", "train", "eval"]}))
+    assert written[0][1] == closed_loop.PI0_BASE_SIZES and stage_done(cfg, "base")
+    assert sorted(path.name for path in cfg.vla_dir.parent.iterdir()) == ["tiny-pi0"]  # no temporary left
+    train, evaluation = commands
+    assert Path(train[1]).name == "finetune.py" and "--preset=closed_loop_pi0_cpu" in train
+    assert f"--vla_path={cfg.vla_dir}" in train and "--run_id_override=closed-loop-pi0" in train
+    assert "--resume=False" in train
+    assert "--model_family=pi0" in evaluation and f"--pretrained_checkpoint={cfg.run_dir}" in evaluation
+    assert f"--run_id=in-process-pi0-step{2 * SAVE}" in evaluation
+
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.2}) + "\n")
+    _episodes(cfg, "eval", [False, True])
+    run_stages(ClosedLoopConfig(**{**vars(cfg), "stages": ["report"]}))
+    report = json.loads((cfg.cache / "results-pi0.json").read_text())
+    assert report["model_family"] == "pi0" and report["in-process"]["successes"] == 1
+    assert (cfg.cache / "loss-pi0.png").is_file() and not (cfg.cache / "results.json").exists()
+
+
+def test_the_pi0_base_loads_as_the_trainer_loads_it(tmp_path: Path) -> None:
+    from prismatic.models.pi0.loading_pi0 import load_pi0_folder
+    from prismatic.models.pi0.processing_pi0 import TOKENIZER_NAME
+
+    folder = tmp_path / "base" / "tiny-pi0"
+    closed_loop.write_pi0_base(folder)
+    model, _ = load_pi0_folder(folder)
+    assert model.config.image_keys == ["base_0_rgb"] and model.config.image_size == 112
+    assert model.config.vlm_width == 64 and model.config.action_loss_dims == "real"
+    assert (folder / TOKENIZER_NAME).is_file() and sorted(path.name for path in folder.parent.iterdir()) == ["tiny-pi0"]

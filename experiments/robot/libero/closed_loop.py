@@ -6,17 +6,21 @@ Stages, each skipped when its work is already in the cache (``--cache``, default
 1. ``demos``: ``generate_libero_demos.py`` (libero_spatial task 0, the scripted oracle) into ``data/``, as RLDS or
    (``--data_format lerobot``) LeRobot v3.0; both copies come from the same oracle attempts, so the second format
    only writes its dataset;
-2. ``base``: ``make_tiny_checkpoints.py`` into ``base/`` (a randomly initialised tiny OpenVLA);
-3. ``train``: ``finetune.py --preset closed_loop_cpu`` (the whole VLA from scratch) into ``runs/closed-loop/``
-   (``runs/closed-loop-lerobot/`` from the LeRobot copy), resumed from its latest checkpoint;
+2. ``base``: ``make_tiny_checkpoints.py`` into ``base/`` (a randomly initialised tiny OpenVLA); with
+   ``--model_family pi0``, a randomly initialised tiny pi0 of ``PI0_BASE_SIZES`` with the tiny SentencePiece
+   tokenizer into ``base/tiny-pi0/``;
+3. ``train``: ``finetune.py --preset closed_loop_cpu`` (``closed_loop_pi0_cpu`` for pi0; the whole model from
+   scratch) into ``runs/closed-loop/`` (``runs/closed-loop-lerobot/`` from the LeRobot copy,
+   ``runs/closed-loop-pi0/`` for pi0), resumed from its latest checkpoint;
 4. ``eval``: ``run_libero_eval.py`` in process on the benchmark's initial states 0..N-1 (held out: the
    demonstrations come from seeded resets), resumed by its run id
-   (``in-process-step<max_steps>``; ``in-process-lerobot-step<max_steps>`` from the LeRobot copy);
+   (``in-process-step<max_steps>``; ``in-process-lerobot-step<max_steps>`` from the LeRobot copy,
+   ``in-process-pi0-step<max_steps>`` for pi0);
 5. ``serve_eval``: the same episodes through ``serve_policy.py`` (a loopback server, ``--policy_server``);
 6. ``report``: ``results.json`` (success per episode of both, their agreement, Wilson 95 % interval),
    ``loss.png`` (the training loss curve) and ``rollout.png`` (8 frames of the first successful in-process episode's
    video, else of the first episode's); ``results-lerobot.json``, ``loss-lerobot.png`` and ``rollout-lerobot.png``
-   from the LeRobot copy.
+   from the LeRobot copy (``-pi0`` for pi0, ``-pi0-lerobot`` for both).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -37,6 +42,7 @@ from matplotlib.figure import Figure
 
 from experiments.robot.libero.demo_generation import DemoGenerationConfig
 from experiments.robot.results import EpisodeResult, EpisodeStore, wilson_interval
+from prismatic.testing.pi0_tiny import TINY_PI0_DIRNAME, write_tiny_pi0_checkpoint
 from prismatic.testing.tiny_checkpoints import TINY_VLA_DIRNAME
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import FinetuneConfig
@@ -52,8 +58,28 @@ SUITE, TASK_ID = "libero_spatial", 0
 DATA_FORMATS = ("rlds", "lerobot")
 EVAL_MODES = {"eval": "in-process", "serve_eval": "server"}
 MAX_TRIALS = 50  # the benchmark's initial states per task
-PRESET = "closed_loop_cpu"
-SAVE_FREQ = int(get_preset(PRESET).settings["save_freq"])
+# --model_family (run_libero_eval.py's names) -> the training preset and the base folder's name under base/
+PRESETS = {"openvla": "closed_loop_cpu", "pi0": "closed_loop_pi0_cpu"}
+BASE_DIRNAMES = {"openvla": TINY_VLA_DIRNAME, "pi0": TINY_PI0_DIRNAME}
+# The tiny pi0 the base stage writes (the rest as prismatic.testing.pi0_tiny.tiny_pi0_config): the third-person
+# camera only, 112 px images (64 tokens; a step of batch 16 took 0.05 s here against 0.3 s at 224 px), loss over
+# the 7 real action dims
+PI0_BASE_SIZES: dict[str, object] = {
+    "image_keys": ["base_0_rgb"],
+    "action_loss_dims": "real",
+    "image_size": 112,
+    "vision_hidden_size": 32,
+    "vision_num_layers": 2,
+    "vision_num_heads": 2,
+    "vision_intermediate_size": 64,
+    "vlm_width": 64,
+    "vlm_mlp_dim": 128,
+    "expert_width": 32,
+    "expert_mlp_dim": 64,
+    "num_heads": 4,
+    "head_dim": 16,
+}
+SAVE_FREQ = int(get_preset(PRESETS["openvla"]).settings["save_freq"])
 SEED = FinetuneConfig.seed  # the training scripts' default seed
 ROLLOUT_STRIP_FRAMES = 8  # frames of the rollout strip the report writes
 SERVER_LINE = re.compile(r"on ws://127\.0\.0\.1:(\d+) ")
@@ -71,6 +97,7 @@ class ClosedLoopConfig:
     episode_steps: int | None = None  # Cap on the policy steps of an episode (default: the suite's limit)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # Stages to run, in the order of STAGES
     data_format: str = "rlds"  # rlds | lerobot: which copy of the demonstrations trains the policy
+    model_family: str = "openvla"  # openvla (a tiny OpenVLA-OFT, L1 head) | pi0 (a tiny pi0, flow matching)
     seed: int = SEED  # Training seed (torch, data order); another seed gets its own run, evaluations and report
 
     @property
@@ -79,10 +106,15 @@ class ClosedLoopConfig:
 
     @property
     def suffix(self) -> str:
-        """Tells the LeRobot copy's and other seeds' runs, evaluations and reports apart from the RLDS one at the
-        default seed's ("")."""
-        format_part = "" if self.data_format == "rlds" else f"-{self.data_format}"
-        return format_part + ("" if self.seed == SEED else f"-seed{self.seed}")
+        """Tells pi0's, the LeRobot copy's and other seeds' runs, evaluations and reports apart from the OpenVLA-OFT
+        on RLDS one's at the default seed ("" for that one)."""
+        family = "" if self.model_family == "openvla" else f"-{self.model_family}"
+        data_format = "" if self.data_format == "rlds" else f"-{self.data_format}"
+        return family + data_format + ("" if self.seed == SEED else f"-seed{self.seed}")
+
+    @property
+    def preset(self) -> str:
+        return PRESETS[self.model_family]
 
     @property
     def dataset_name(self) -> str:
@@ -91,7 +123,7 @@ class ClosedLoopConfig:
 
     @property
     def vla_dir(self) -> Path:
-        return self.cache / "base" / TINY_VLA_DIRNAME
+        return self.cache / "base" / BASE_DIRNAMES[self.model_family]
 
     @property
     def run_dir(self) -> Path:
@@ -110,9 +142,12 @@ def check_config(cfg: ClosedLoopConfig) -> None:
     for name in ("num_demos", "num_workers"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} {getattr(cfg, name)}: expected a positive integer")
-    if cfg.max_steps is not None and (cfg.max_steps < 1 or cfg.max_steps % SAVE_FREQ):
+    if cfg.model_family not in PRESETS:
+        raise UserError(f"--model_family {cfg.model_family!r}: expected one of {list(PRESETS)}")
+    save_freq = int(get_preset(cfg.preset).settings["save_freq"])
+    if cfg.max_steps is not None and (cfg.max_steps < 1 or cfg.max_steps % save_freq):
         raise UserError(
-            f"--max_steps {cfg.max_steps}: expected a positive multiple of {SAVE_FREQ} (the {PRESET} preset's "
+            f"--max_steps {cfg.max_steps}: expected a positive multiple of {save_freq} (the {cfg.preset} preset's "
             "--save_freq, so that the last step is saved)"
         )
     if not 1 <= cfg.episodes <= MAX_TRIALS:
@@ -147,7 +182,7 @@ def trained_step(run_dir: Path) -> int | None:
 
 
 def last_step(cfg: ClosedLoopConfig) -> int:
-    return int(get_preset(PRESET).settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
+    return int(get_preset(cfg.preset).settings["max_steps"]) if cfg.max_steps is None else cfg.max_steps
 
 
 def eval_run_id(cfg: ClosedLoopConfig, stage: str) -> str:
@@ -200,7 +235,8 @@ def script(name: str) -> list[object]:
 
 def eval_command(cfg: ClosedLoopConfig, stage: str) -> list[object]:
     command = [sys.executable, REPO_ROOT / "experiments" / "robot" / "libero" / "run_libero_eval.py"]
-    command += [f"--pretrained_checkpoint={cfg.run_dir}", f"--task_suite_name={SUITE}", f"--task_ids=[{TASK_ID}]"]
+    command += [f"--model_family={cfg.model_family}", f"--pretrained_checkpoint={cfg.run_dir}"]
+    command += [f"--task_suite_name={SUITE}", f"--task_ids=[{TASK_ID}]"]
     command += [f"--num_trials_per_task={cfg.episodes}", f"--local_log_dir={cfg.eval_dir}"]
     command += [f"--run_id={eval_run_id(cfg, stage)}", f"--save_videos={stage == 'eval'}"]
     command.append(f"--num_workers={cfg.num_workers}")
@@ -255,6 +291,8 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
                 f"--num_workers={cfg.num_workers}",
             ]
         )
+    elif stage == "base" and cfg.model_family == "pi0":
+        write_pi0_base(cfg.vla_dir)
     elif stage == "base":
         run([*script("make_tiny_checkpoints.py"), f"--out_dir={cfg.vla_dir.parent}"])
     elif stage == "train":
@@ -262,7 +300,7 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
         run(
             [
                 *script("finetune.py"),
-                f"--preset={PRESET}",
+                f"--preset={cfg.preset}",
                 f"--vla_path={cfg.vla_dir}",
                 f"--data_root_dir={cfg.data_dir}",
                 f"--dataset_name={cfg.dataset_name}",
@@ -282,6 +320,15 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
         write_report(cfg)
 
 
+def write_pi0_base(folder: Path) -> None:
+    """A randomly initialised tiny pi0 of ``PI0_BASE_SIZES`` with the tiny tokenizer, as a pi0 folder, atomically."""
+    print(f"tiny pi0 {PI0_BASE_SIZES} -> {folder}", flush=True)
+    temporary = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.replace(write_tiny_pi0_checkpoint(temporary, **PI0_BASE_SIZES), folder)
+    temporary.rmdir()
+
+
 # --- the report ---------------------------------------------------------------------------------------------------
 def episode_rows(results: list[EpisodeResult]) -> list[dict[str, object]]:
     return [
@@ -298,6 +345,7 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
     report: dict[str, object] = {
         "task": f"{SUITE} {TASK_ID}",
         "data_format": cfg.data_format,
+        "model_family": cfg.model_family,
         "seed": cfg.seed,
         "demonstrations": kept_demos(cfg),
         "training": {
@@ -328,7 +376,7 @@ def write_report(cfg: ClosedLoopConfig) -> dict[str, object]:
         write_rollout_strip(rollout_strip_path(cfg), Path(shown.video))
         report["rollout_strip"] = {"episode": shown.episode, "success": shown.success, "video": shown.video}
     write_json_atomic(report_path(cfg), report)
-    plot_loss(loss_plot_path(cfg), metrics, cfg.data_format)
+    plot_loss(loss_plot_path(cfg), metrics, cfg)
     return report
 
 
@@ -340,13 +388,19 @@ def write_rollout_strip(path: Path, video: Path, frames: int = ROLLOUT_STRIP_FRA
         imageio.imwrite(temporary, np.concatenate(picked, axis=1), format="png")
 
 
-def plot_loss(path: Path, metrics: list[dict[str, float]], data_format: str) -> None:
+# What each family's training loss is (the curve's label) and what the curve's title calls the model
+LOSS_LABELS = {"openvla": "loss (L1, normalised actions)", "pi0": "loss (flow matching MSE, normalised actions)"}
+MODEL_NAMES = {"openvla": "tiny VLA", "pi0": "tiny pi0"}
+
+
+def plot_loss(path: Path, metrics: list[dict[str, float]], cfg: ClosedLoopConfig) -> None:
     figure = Figure(figsize=(6, 3.5))
     axes = figure.subplots()
-    axes.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label="loss (L1, normalised actions)")
+    axes.plot([m["step"] for m in metrics], [m["loss"] for m in metrics], label=LOSS_LABELS[cfg.model_family])
     axes.set_xlabel("step")
     axes.set_yscale("log")
-    axes.set_title(f"closed loop: {SUITE} {TASK_ID}, tiny VLA from scratch, {data_format} data")
+    model = MODEL_NAMES[cfg.model_family]
+    axes.set_title(f"closed loop: {SUITE} {TASK_ID}, {model} from scratch, {cfg.data_format} data")
     axes.legend()
     figure.tight_layout()
     with atomic_output(path) as temporary:
