@@ -9,18 +9,23 @@ class to inherit) and is named by one line of the registry, ``prismatic.policy.f
   (:class:`CheckedCheckpoint`, so the folder is read once);
 - ``preprocess(observation, instruction)``: model inputs for one query (CPU work a server runs off the model thread);
 - ``predict_chunk(observation, instruction)``: un-normalised actions ``[chunk, action_dim]``;
-- ``training_loss(batch)``: the loss of one batch, computed by the family's heads (:class:`TrainingOutput`; the
-  trainer adds Spatial Forcing's alignment and never branches on the head type);
+- ``training_loss(batch)``: the loss of one batch, computed by the family's heads, with the hidden states Spatial
+  Forcing taps (:class:`TrainingOutput`; the fine-tuning loop goes through the training half below);
 - ``visual_token_tap(layer)``: where Spatial Forcing reads the visual tokens (:class:`VisualTokenTap`).
 
 This module lives on the models floor so that a family folder (``prismatic/models/<family>/``) can name these types
 without importing upward; it depends on torch, numpy and the policy specification only. The signatures are stable:
 other families implement them. A new family also adds its name to ``prismatic.vla.policy_config.MODEL_FAMILIES``
-(which ``policy_config.json`` is validated against). Today OpenVLA-OFT's ``VLAPolicy`` implements the inference
-half (``load``, ``preprocess``, ``predict_chunk``, ``visual_token_tap``); its training still runs through
-``prismatic.training.trainer``, whose heads own their loss (``training_inputs`` + ``loss``). pi0's ``Pi0Policy``
-(``prismatic/policy/pi0_policy.py``) implements all six parts; the trainer still runs pi0's steps through
-``prismatic.training.pi0_training``.
+(which ``policy_config.json`` is validated against).
+
+Training goes through the training half beside this protocol, on the training floor because it builds with LoRA,
+quantisation and the training flags: ``prismatic.training.training_family.TrainingFamily`` (check the base, build
+the trainable model, the batch format, the losses of a batch with the heads' own loss and Spatial Forcing's
+alignment, the model files of a checkpoint), one line per family in ``prismatic.training.families.TRAINING_FAMILIES``;
+the loop (``prismatic.training.trainer``) never branches on the family or the head. Today OpenVLA-OFT's
+``VLAPolicy`` implements the inference half (``load``, ``preprocess``, ``predict_chunk``, ``visual_token_tap``) and
+``prismatic.training.oft_training.OFTTraining`` its training; pi0's ``Pi0Policy`` (``prismatic/policy/pi0_policy.py``)
+implements all six parts here and ``prismatic.training.pi0_training.Pi0Training`` its training.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from prismatic.spatial_forcing.config import AlignConfig
 SCHEDULERS = ("MultiStepLR", "CosineAnnealingLR")
 STRATEGIES = ("ddp", "fsdp")
 QUANTIZATIONS = ("none", "int8", "nf4")
-TRAINABLE_FAMILIES = ("openvla-oft", "pi0")
 TEACHER_DTYPES = ("float32", "bfloat16")
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 from prismatic.spatial_forcing.teachers import check_teacher
-from prismatic.training.config import QUANTIZATIONS, SCHEDULERS, TRAINABLE_FAMILIES, AlignFinetuneConfig, FinetuneConfig
+from prismatic.training.config import QUANTIZATIONS, SCHEDULERS, AlignFinetuneConfig, FinetuneConfig
 from prismatic.util.cli import UserError
-from prismatic.util.file_checks import check_folder, check_model_weights, check_weights_file, refused_pickle_message
+from prismatic.util.file_checks import check_weights_file, refused_pickle_message
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.lerobot import is_lerobot_dataset
 from prismatic.vla.datasets.lerobot_dataset import lerobot_platform, mapping_from_flags, missing_depth_message
@@ -22,22 +21,6 @@ def _positive(cfg: FinetuneConfig, *names: str) -> None:
         value = getattr(cfg, name)
         if value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}.")
-
-
-def _llm_num_layers(vla_path: Path) -> int:
-    check_folder(vla_path, "--vla_path", "a local OpenVLA folder in the released layout (e.g. ckpts/openvla-7b)")
-    config_path = vla_path / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"--vla_path {vla_path}: no config.json there. Expected a local OpenVLA folder in the released layout "
-            f"(download openvla/openvla-7b into ckpts/openvla-7b)."
-        )
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--vla_path: {config_path} is not valid JSON ({error}).") from error
-    # openvla-7b's config.json stores only a few text_config keys; Llama-2-7B's 32 layers are the default.
-    return int(config.get("text_config", {}).get("num_hidden_layers", 32))
 
 
 def check_vggt(cfg: AlignFinetuneConfig) -> None:
@@ -67,10 +50,10 @@ def check_vggt(cfg: AlignFinetuneConfig) -> None:
 def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
     """Validates ``cfg`` against the files it names; returns the platform constants of its dataset."""
     from prismatic.models.attention import check_attn_implementation
+    from prismatic.training.families import training_family
     from prismatic.vla.datasets.registry import resolve_data_mix
 
-    if cfg.model_family not in TRAINABLE_FAMILIES:
-        raise ValueError(f"--model_family {cfg.model_family!r}: expected one of {list(TRAINABLE_FAMILIES)}")
+    family = training_family(cfg.model_family)
     _positive(cfg, "batch_size", "grad_accumulation_steps", "max_steps", "save_freq", "wandb_log_freq")
     _positive(cfg, "shuffle_buffer_size", "num_steps_before_decay")
     if not cfg.learning_rate > 0:
@@ -121,13 +104,7 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
             )
         check_rlds_files(Path(cfg.data_root_dir), spec.name)
 
-    if cfg.model_family == "pi0":
-        from prismatic.training.pi0_training import check_pi0_flags
-
-        num_layers = check_pi0_flags(cfg, platform).depth
-    else:
-        num_layers = _llm_num_layers(Path(cfg.vla_path))
-        check_model_weights(Path(cfg.vla_path), "--vla_path")
+    num_layers = family.check_base_model(cfg, platform)
     if isinstance(cfg, AlignFinetuneConfig):
         from prismatic.spatial_forcing.losses import check_align_loss_type
         from prismatic.spatial_forcing.targets import check_pooling_func

@@ -252,9 +252,9 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
     from functools import partial
 
     from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
-    from prismatic.training.trainer import fixed_teacher
+    from prismatic.training.alignment import fixed_teacher
+    from prismatic.training.oft_training import oft_teacher_images
     from vggt.models.vggt import VGGT
-    from vggt.utils.load_fn import vla_pixels_to_vggt_images
 
     platform = constants_for(cfg.dataset_name)
     config = read_base_config(cfg.vla_path)
@@ -279,15 +279,14 @@ def build_meta_modules(cfg: MemoryEstimateConfig, dtype: torch.dtype):
         aligner = teacher = None
         if cfg.spatial_forcing and cfg.teacher != "vggt":  # buffers only: drawn on the CPU, traced on meta
             with torch.device("cpu"):
-                teacher = fixed_teacher(cfg, config.image_sizes[0]).to("meta")
+                prepare_images = oft_teacher_images(cfg.num_images_in_input)
+                teacher = fixed_teacher(cfg, config.image_sizes[0], prepare_images).to("meta")
             aligner = SpatialForcingAligner(cfg.align_config(llm_dim, cfg.teacher_width // 2, cfg.teacher_patch_size))
         elif cfg.spatial_forcing:
             vggt = VGGT(**_teacher_kwargs(cfg.vggt_path))
             teacher = VGGTTeacher(
                 vggt,
-                prepare_images=partial(
-                    vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=cfg.vggt_image_size
-                ),
+                prepare_images=partial(oft_teacher_images(cfg.num_images_in_input), target_size=cfg.vggt_image_size),
                 layer=cfg.vggt_layers_align,
             )  # traced in float32 (an upper bound of its bf16-autocast activations); weights counted per vggt_dtype
             aligner = SpatialForcingAligner(cfg.align_config(llm_dim, vggt.embed_dim, vggt.patch_size))

@@ -1,5 +1,6 @@
-"""``--model_family pi0`` in the fine-tuning scripts: what the trainer needs from pi0 (build, batches, losses, the
-checkpoint's model files), the rest of the loop (optimizer, schedule, data position, save, resume) being shared.
+"""``--model_family pi0`` in the fine-tuning scripts: the training half of pi0 (:class:`Pi0Training`, a
+:class:`prismatic.training.training_family.TrainingFamily`: checks, build, batches, losses, the checkpoint's model
+files), the rest of the loop (optimizer, schedule, data position, distribution, save, resume) being shared.
 
 pi0 is fine-tuned in full or with LoRA (``--use_lora True``: :func:`apply_pi0_lora`; the checkpoints hold the merged
 weights), with or without gradient checkpointing, under DDP or FSDP (``Pi0Model.fsdp_units``), from a pi0 folder
@@ -34,15 +35,18 @@ from prismatic.models.pi0.modeling_pi0 import Pi0Model
 from prismatic.models.pi0.processing_pi0 import (
     IMAGES_BEFORE_COLOUR,
     TOKENIZER_NAME,
+    Pi0BatchTransform,
     Pi0Collator,
     Pi0Processor,
     observation_from_batch,
 )
 from prismatic.models.pi0.spatial_forcing_pi0 import pi0_spatial_forcing_loss, pi0_teacher_images
 from prismatic.training import checkpointing as ckpt
+from prismatic.training.alignment import build_alignment
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.lora import ADAPTER_NAME, apply_lora, merged_lora_state_dict
 from prismatic.training.strategy import load_full_state_dict
+from prismatic.training.training_family import BatchFormat, TrainingModel, training_policy_config
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.policy_config import ImagePreprocessingConfig, PolicyConfig
@@ -109,8 +113,8 @@ def check_pi0_flags(cfg: FinetuneConfig, platform: PlatformConstants) -> Pi0Conf
 
 
 def as_pi0_policy_config(config: PolicyConfig, cfg: FinetuneConfig) -> PolicyConfig:
-    """The run's ``policy_config.json`` (``trainer.training_policy_config``: inputs, embodiment, Spatial Forcing,
-    data, base) as pi0's: its family and flow-matching head, frames resized with padding (no center crop), the
+    """The run's ``policy_config.json`` (``training_family.training_policy_config``: inputs, embodiment, Spatial
+    Forcing, data, base) as pi0's: its family and flow-matching head, frames resized with padding (no center crop), the
     training augmentation pi0's (:func:`augmentation_record`)."""
     return dataclasses.replace(
         config,
@@ -179,7 +183,7 @@ def pi0_token_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def pi0_losses(cfg: FinetuneConfig, model, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """One forward pass of pi0 (``model``: the trainer's ``Model``): ``loss``, ``action_loss`` and, with Spatial
+    """One forward pass of pi0 (``model``: :meth:`Pi0Training.build`'s): ``loss``, ``action_loss`` and, with Spatial
     Forcing, ``align_loss``. The teacher sees the letterboxed frames before colour augmentation, with white padding
     (VGGT at ``--vggt_image_size``, the rgb control at pi0's image size) or, for ``--teacher geometry``, the point
     maps placed as the frames are (``camera_points``)."""
@@ -219,3 +223,48 @@ def restore_pi0_weights(model: nn.Module, folder: Path) -> None:
     state = ckpt.read_saved_weights(folder)
     state[EMBED_KEY] = state[LM_HEAD_KEY]
     load_full_state_dict(model, state, strict=True)
+
+
+class Pi0Training:
+    """pi0 as the fine-tuning loop trains it: the base trained in full or with LoRA (its state projection and action
+    heads are inside it, so no separate heads), with the aligner and the frozen teacher of Spatial Forcing."""
+
+    family_name = PI0_FAMILY
+
+    def check_base_model(self, cfg: FinetuneConfig, platform: PlatformConstants) -> int:
+        return check_pi0_flags(cfg, platform).depth
+
+    def build(self, cfg: FinetuneConfig, platform: PlatformConstants, device: torch.device) -> TrainingModel:
+        vla, processor = build_pi0(cfg, device)
+        llm_dim, num_patches = pi0_token_counts(vla)
+        policy_config = as_pi0_policy_config(training_policy_config(cfg, platform), cfg)
+        # pi0_losses passes the teacher its letterboxed frames (no conversion of pixel values)
+        aligner, teacher = build_alignment(
+            cfg, policy_config, llm_dim, device, image_size=processor.config.image_size, prepare_images=None
+        )
+        return TrainingModel(vla, {}, processor, num_patches, policy_config, aligner, teacher)
+
+    def batch_format(
+        self, cfg: FinetuneConfig, model: TrainingModel, *, rank: int, train: bool, skip_samples: int
+    ) -> BatchFormat:
+        """pi0's inputs letterboxed to its image size; ``--image_aug`` is openpi's, in the collator
+        (:func:`pi0_collator`), never the data pipeline's."""
+        return BatchFormat(
+            Pi0BatchTransform(model.processor, cfg.num_images_in_input),
+            resize_resolution=(model.processor.config.image_size,) * 2,
+            collate=pi0_collator(cfg, model.processor.config, rank, train, skip_samples),
+            pipeline_image_aug=False,
+        )
+
+    def losses(
+        self, cfg: FinetuneConfig, model: TrainingModel, batch: dict, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        return pi0_losses(cfg, model, batch, device)
+
+    def save_model_files(
+        self, cfg: FinetuneConfig, model: TrainingModel, folder: Path, vla_state: dict[str, torch.Tensor]
+    ) -> None:
+        save_pi0_model(model.vla, folder, vla_state)
+
+    def restore_full_weights(self, model: TrainingModel, folder: Path) -> None:
+        restore_pi0_weights(ckpt.unwrap(model.vla), folder)

@@ -1,8 +1,12 @@
-"""The fine-tuning loop shared by finetune.py (OpenVLA-OFT) and finetune_align.py (+ Spatial Forcing).
+"""The fine-tuning loop shared by finetune.py and finetune_align.py (+ Spatial Forcing), for every model family.
 
-Reads top to bottom: validate the config, build the model, heads and data, then loop over optimizer steps; the
-Spatial Forcing alignment is one clearly marked addition to the step (``compute_losses``), present only when the
-config is an ``AlignFinetuneConfig``.
+Reads top to bottom: validate the config, build the model and data, then loop over optimizer steps. What differs
+between families (OpenVLA-OFT, pi0) goes through ``--model_family``'s
+:class:`prismatic.training.training_family.TrainingFamily` (registry ``prismatic.training.families``): the base,
+heads, aligner and teacher it builds, its batch format, the losses of a batch (heads own their loss; Spatial
+Forcing's alignment is added there when the config is an ``AlignFinetuneConfig``) and its model files in a
+checkpoint. The loop itself (optimizer, schedule, distribution, data position, checkpoint folder, resume) never
+branches on the family or the head.
 """
 
 from __future__ import annotations
@@ -12,26 +16,14 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from prismatic.models.quantization import quantize_base
-from prismatic.policy.base_model_record import base_model_record, write_base_model_record
-from prismatic.policy.components import (
-    build_heads,
-    component_names,
-    component_path,
-    load_component_state_dict,
-    save_components,
-)
-from prismatic.spatial_forcing.config import AlignConfig
+from prismatic.policy.base_model_record import write_base_model_record
+from prismatic.policy.components import component_path, load_component_state_dict, save_components
 from prismatic.training import checkpointing as ckpt
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.config_checks import check_quantization_flags, validate_config
@@ -42,18 +34,8 @@ from prismatic.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from prismatic.training.lora import apply_lora, merge_lora
+from prismatic.training.families import training_family
 from prismatic.training.metrics import MetricsLogger
-from prismatic.training.pi0_training import (
-    PI0_FAMILY,
-    as_pi0_policy_config,
-    build_pi0,
-    pi0_collator,
-    pi0_losses,
-    pi0_token_counts,
-    restore_pi0_weights,
-    save_pi0_model,
-)
 from prismatic.training.run_guard import (
     check_run_folder,
     check_same_statistics,
@@ -68,56 +50,14 @@ from prismatic.training.strategy import (
     load_adapter,
     load_full_state_dict,
     load_optimizer_state_dict,
-    prepare_for_training,
 )
+from prismatic.training.training_family import TrainingModel
 from prismatic.util.checkpoint_files import ADAPTER_WEIGHTS_NAME, DATASET_STATISTICS_NAME, LORA_ADAPTER_DIR
 from prismatic.util.cli import UserError, user_errors, writing
-from prismatic.util.io import atomic_output, file_sha256
+from prismatic.util.io import atomic_output
 from prismatic.vla.constants import PlatformConstants
 from prismatic.vla.datasets.statistics import save_dataset_statistics
-from prismatic.vla.policy_config import (
-    NO_AUGMENTATION,
-    OFT_AUGMENTATION,
-    EmbodimentConfig,
-    ImagePreprocessingConfig,
-    PolicyConfig,
-    SpatialForcingRecord,
-    apply_training_flags,
-    write_policy_config,
-)
-
-
-@dataclass
-class Model:
-    """Everything trained (and the frozen teacher), as built for one rank."""
-
-    vla: nn.Module  # PeftModel (or the bare VLA without LoRA), DDP-wrapped or FSDP-sharded when distributed
-    action_head: nn.Module | None  # L1 regression or diffusion head; None for discrete action tokens
-    proprio_projector: nn.Module | None
-    noisy_action_projector: nn.Module | None
-    aligner: nn.Module | None  # SpatialForcingAligner; its .projector is wrapped like the VLA when distributed
-    teacher: nn.Module | None  # VGGTTeacher, GeometryTeacher or RGBTeacher (frozen)
-    processor: object
-    num_patches: int  # visual tokens of all cameras
-    policy_config: PolicyConfig  # what is saved as policy_config.json; selects the components below
-
-    def components(self) -> dict[str, nn.Module]:
-        """The policy's component modules (``prismatic.policy.components``; DDP unwrapped), by file name."""
-        available = {
-            "action_head": self.action_head,
-            "proprio_projector": self.proprio_projector,
-            "noisy_action_projector": self.noisy_action_projector,
-            "vision_backbone": ckpt.unwrap(self.vla).vision_backbone if self.policy_config.use_film else None,
-            "align_projector": self.aligner.projector if self.aligner is not None else None,
-        }
-        return {name: ckpt.unwrap(available[name]) for name in component_names(self.policy_config)}
-
-    def trainable_modules(self) -> list[nn.Module]:
-        extras = (self.action_head, self.proprio_projector, self.noisy_action_projector)
-        modules = [self.vla, *[m for m in extras if m is not None]]
-        if self.aligner is not None:
-            modules.append(self.aligner.projector)
-        return modules
+from prismatic.vla.policy_config import write_policy_config
 
 
 def run_id(cfg: FinetuneConfig) -> str:
@@ -141,191 +81,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def spatial_forcing_record(cfg: AlignFinetuneConfig, align_config: AlignConfig) -> SpatialForcingRecord:
-    """``policy_config.json``'s Spatial Forcing settings: the aligner's ``align_config`` and the teacher's flags."""
-    teacher: dict[str, Any] = {"teacher": cfg.teacher, "vggt_image_size": cfg.vggt_image_size}
-    if cfg.teacher == "vggt":  # the teacher file, for tools that load it again
-        teacher["vggt_sha256"] = file_sha256(cfg.vggt_path)
-    else:
-        teacher |= {name: getattr(cfg, name) for name in ("teacher_width", "teacher_patch_size", "teacher_seed")}
-    if cfg.teacher == "geometry":
-        teacher |= {name: list(getattr(cfg, name)) for name in ("geometry_workspace_min", "geometry_workspace_max")}
-    return SpatialForcingRecord(**asdict(align_config), **teacher)
+def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> TrainingModel:
+    """The trainable model of ``cfg``'s family (base, heads, aligner, frozen teacher) on this rank's device, the
+    trained modules distributed as ``--strategy`` says."""
+    model = training_family(cfg.model_family).build(cfg, platform, ctx.device)
+    model.heads = {name: distribute(module, ctx, cfg.strategy) for name, module in model.heads.items()}
+    if model.aligner is not None:
+        model.aligner.projector = distribute(model.aligner.projector, ctx, cfg.strategy)
+    model.vla = distribute(model.vla, ctx, cfg.strategy)
+    return model
 
 
-def training_policy_config(cfg: FinetuneConfig, platform: PlatformConstants) -> PolicyConfig:
-    """The ``policy_config.json`` of this run's checkpoints: the choices the table of ``prismatic.vla.policy_config``
-    takes from the flags, embodiment, data and base (a Spatial Forcing run's alignment settings are added once its
-    aligner is built: :func:`spatial_forcing_record`)."""
-    config = PolicyConfig(
-        unnorm_key=cfg.dataset_name,
-        embodiment=EmbodimentConfig.from_platform(platform),
-        # Training's random crops (image_aug) are matched at evaluation by the center crop of the same area.
-        image=ImagePreprocessingConfig(center_crop=cfg.image_aug),
-        training_augmentation=OFT_AUGMENTATION if cfg.image_aug else NO_AUGMENTATION,
-        data={"dataset_name": cfg.dataset_name},
-        base_model=base_model_record(cfg.vla_path),
-    )
-    return apply_training_flags(config, vars(cfg))
-
-
-def build_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
-    """Loads the base VLA (+ LoRA), creates the heads, the aligner and the frozen teacher, on this rank's device."""
-    if cfg.model_family == PI0_FAMILY:
-        return build_pi0_training_model(cfg, platform, ctx)
-    from transformers import AutoModelForVision2Seq, AutoProcessor
-
-    dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
-    processor = AutoProcessor.from_pretrained(cfg.vla_path)
-    vla = AutoModelForVision2Seq.from_pretrained(
-        cfg.vla_path, dtype=dtype, attn_implementation=cfg.attn_implementation, low_cpu_mem_usage=True
-    )
-    vla.set_num_images_in_input(cfg.num_images_in_input)
-    vla.config.set_platform(platform)
-    num_patches = vla.vision_backbone.get_num_patches() * vla.vision_backbone.get_num_images_in_input()
-    llm_dim = vla.config.text_config.hidden_size
-    vla = quantize_base(vla, cfg.quantize_base, ctx.device, dtype)  # "none": only moves it to the device
-    if cfg.use_lora:
-        vla = apply_lora(vla, cfg.lora_rank, cfg.lora_dropout, fp32_adapters=cfg.lora_fp32)
-    if cfg.use_film:  # as upstream, after LoRA: the new FiLM layers (fp32) are trained in full, without adapters
-        ckpt.unwrap_peft(vla).enable_film()
-        vla.to(ctx.device)  # the new FiLM layers
-    prepare_for_training(vla, cfg)
-
-    policy_config = training_policy_config(cfg, platform)
-    heads = build_heads(policy_config, llm_dim)
-    heads = {name: module.to(ctx.device) for name, module in heads.items()}
-    if "action_head" in heads:  # upstream keeps the action head in bf16 on GPU, the projectors in fp32
-        heads["action_head"] = heads["action_head"].to(dtype)
-    heads = {name: distribute(module, ctx, cfg.strategy) for name, module in heads.items()}
-
-    aligner = teacher = None
-    if isinstance(cfg, AlignFinetuneConfig):
-        aligner, teacher = build_alignment(
-            cfg, llm_dim, ctx.device, image_size=processor.image_processor.input_sizes[0][-1]
-        )
-        aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
-        policy_config.spatial_forcing = spatial_forcing_record(cfg, aligner.config)
-
-    return Model(
-        vla=distribute(vla, ctx, cfg.strategy),
-        action_head=heads.get("action_head"),
-        proprio_projector=heads.get("proprio_projector"),
-        noisy_action_projector=heads.get("noisy_action_projector"),
-        aligner=aligner,
-        teacher=teacher,
-        processor=processor,
-        num_patches=num_patches,
-        policy_config=policy_config,
-    )
-
-
-def build_pi0_training_model(cfg: FinetuneConfig, platform: PlatformConstants, ctx: DistributedContext) -> Model:
-    """``--model_family pi0``: the base pi0 trained in full (its state projection and action heads are inside it),
-    with the aligner and the frozen teacher of Spatial Forcing."""
-    vla, processor = build_pi0(cfg, ctx.device)
-    llm_dim, num_patches = pi0_token_counts(vla)
-    policy_config = as_pi0_policy_config(training_policy_config(cfg, platform), cfg)
-    aligner = teacher = None
-    if isinstance(cfg, AlignFinetuneConfig):
-        aligner, teacher = build_alignment(cfg, llm_dim, ctx.device, image_size=processor.config.image_size)
-        aligner.projector = distribute(aligner.projector, ctx, cfg.strategy)
-        policy_config.spatial_forcing = spatial_forcing_record(cfg, aligner.config)
-    return Model(
-        vla=distribute(vla, ctx, cfg.strategy),
-        action_head=None,
-        proprio_projector=None,
-        noisy_action_projector=None,
-        aligner=aligner,
-        teacher=teacher,
-        processor=processor,
-        num_patches=num_patches,
-        policy_config=policy_config,
-    )
-
-
-def fixed_teacher(cfg: AlignFinetuneConfig, image_size: int) -> nn.Module:
-    """The frozen ``geometry`` or ``rgb`` teacher of ``cfg`` on the CPU (``image_size``: the side of the VLA's
-    square input images, which the rgb control reads at their own size in [0, 1])."""
-    from prismatic.spatial_forcing import GeometryTeacher, RGBTeacher
-    from vggt.utils.load_fn import vla_pixels_to_vggt_images
-
-    if cfg.teacher == "geometry":
-        return GeometryTeacher(
-            cfg.teacher_width,
-            cfg.teacher_patch_size,
-            cfg.geometry_workspace_min,
-            cfg.geometry_workspace_max,
-            cfg.teacher_seed,
-        )
-    prepare_images = None  # pi0 passes its teacher images
-    if cfg.model_family != PI0_FAMILY:
-        prepare_images = partial(vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=image_size)
-    return RGBTeacher(cfg.teacher_width, cfg.teacher_patch_size, prepare_images, cfg.teacher_seed)
-
-
-def build_alignment(
-    cfg: AlignFinetuneConfig, llm_dim: int, device: torch.device, image_size: int
-) -> tuple[nn.Module, nn.Module]:
-    """Spatial Forcing: the trainable aligner (AlignProjector inside) and the frozen teacher of ``--teacher``
-    (``image_size``: the side of the VLA's square input images)."""
-    from prismatic.spatial_forcing import SpatialForcingAligner, VGGTTeacher
-    from vggt.models.vggt import VGGT
-    from vggt.utils.load_fn import vla_pixels_to_vggt_images
-
-    if cfg.teacher != "vggt":
-        align_config = cfg.align_config(llm_dim, cfg.teacher_width // 2, cfg.teacher_patch_size)
-        return SpatialForcingAligner(align_config).to(device), fixed_teacher(cfg, image_size).to(device)
-
-    vggt = VGGT.from_checkpoint(cfg.vggt_path).to(device)
-    prepare_images = partial(
-        vla_pixels_to_vggt_images, num_images=cfg.num_images_in_input, target_size=cfg.vggt_image_size
-    )
-    teacher = VGGTTeacher(
-        vggt,
-        weights_dtype=getattr(torch, cfg.vggt_dtype),
-        prepare_images=None if cfg.model_family == PI0_FAMILY else prepare_images,  # pi0 passes teacher images
-        layer=cfg.vggt_layers_align,
-    )
-    align_config = cfg.align_config(llm_dim, vggt.embed_dim, vggt.patch_size)
-    return SpatialForcingAligner(align_config).to(device), teacher
-
-
-def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext, train: bool, skip_samples: int = 0):
+def build_dataloader(
+    cfg: FinetuneConfig, model: TrainingModel, ctx: DistributedContext, train: bool, skip_samples: int = 0
+):
     """The RLDS stream of this rank, collated into upstream's batches; returns (loader, dataset).
 
     Training data is sharded over the ranks; the validation split is not (every rank reads all of it, so no rank
     can run out of batches and the ranks need not synchronise during validation).
     """
-    from prismatic.models.pi0.processing_pi0 import Pi0BatchTransform
-    from prismatic.vla.action_tokenizer import ActionTokenizer
-    from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSConfig, RLDSDataset
+    from prismatic.vla.datasets import RLDSConfig, RLDSDataset
     from prismatic.vla.datasets.config import ImageAugConfig
     from prismatic.vla.datasets.lerobot import is_lerobot_dataset
     from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset, mapping_from_flags
 
     rank, world_size = (ctx.rank, ctx.world_size) if train else (0, 1)
-    if cfg.model_family == PI0_FAMILY:  # --image_aug: pi0's own augmentation, in its collator
-        batch_transform = Pi0BatchTransform(model.processor, cfg.num_images_in_input)
-        resize_resolution = (model.processor.config.image_size,) * 2
-        collator = pi0_collator(cfg, model.processor.config, rank, train, skip_samples)
-    else:
-        tokenizer = model.processor.tokenizer
-        batch_transform = RLDSBatchTransform(
-            ActionTokenizer(tokenizer),
-            tokenizer,
-            image_transform=model.processor.image_processor.apply_transform,
-            use_wrist_image=cfg.num_images_in_input > 1,
-            use_proprio=cfg.use_proprio,
-        )
-        resize_resolution = tuple(model.processor.image_processor.input_sizes[0][1:])
-        collator = PaddedCollatorForActionPrediction(
-            tokenizer.model_max_length, tokenizer.pad_token_id, padding_side="right"
-        )
+    batch_format = training_family(cfg.model_family).batch_format(
+        cfg, model, rank=rank, train=train, skip_samples=skip_samples
+    )
     shared = dict(  # the fields both data sources take from the training flags
-        resize_resolution=resize_resolution,
+        resize_resolution=batch_format.resize_resolution,
         train=train,
-        image_aug=cfg.image_aug and train and cfg.model_family != PI0_FAMILY,
+        image_aug=batch_format.pipeline_image_aug,
         image_aug_config=ImageAugConfig(crop_independent_draws=cfg.crop_independent_draws),
         val_fraction=cfg.val_set_fraction if cfg.use_val_set else 0.0,
         num_images_in_input=cfg.num_images_in_input,
@@ -344,7 +131,7 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
             num_actions_chunk=cfg.num_actions_chunk,
             **shared,
         )
-        dataset = LeRobotDataset(config, batch_transform)
+        dataset = LeRobotDataset(config, batch_format.transform)
     else:
         config = RLDSConfig(
             data_root_dir=cfg.data_root_dir,
@@ -352,71 +139,16 @@ def build_dataloader(cfg: FinetuneConfig, model: Model, ctx: DistributedContext,
             shuffle_buffer_size=cfg.shuffle_buffer_size,
             **shared,
         )
-        dataset = RLDSDataset(config, batch_transform)
-    return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=collator, num_workers=0), dataset
-
-
-def _action_head_input(model: Model, output, labels: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Final-layer hidden states of the action slots [B, chunk * action_dim, D], in the head's dtype."""
-    from prismatic.models.action_masks import gather_action_hidden_states
-
-    actions_hidden = gather_action_hidden_states(output.hidden_states[-1], labels, num_prefix_tokens)
-    return actions_hidden.to(next(ckpt.unwrap(model.action_head).parameters()).dtype)
+        dataset = RLDSDataset(config, batch_format.transform)
+    return DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=batch_format.collate, num_workers=0), dataset
 
 
 def compute_losses(
-    cfg: FinetuneConfig, model: Model, batch: dict, platform: PlatformConstants, device: torch.device
+    cfg: FinetuneConfig, model: TrainingModel, batch: dict, platform: PlatformConstants, device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """One forward pass. Returns ``loss`` (to back-propagate) and the logged parts (all scalars)."""
-    if cfg.model_family == PI0_FAMILY:
-        return pi0_losses(cfg, model, batch, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    labels = batch["labels"].to(device)
-    actions = batch["actions"].to(device)  # [B, chunk, action_dim], normalised
-    proprio = batch["proprio"].to(device) if cfg.use_proprio else None
-    # A continuous head owns its loss (and the extra VLA inputs it trains on); without one, the LM's next-token loss
-    # on the action ids is OpenVLA's discrete action tokens.
-    head = ckpt.unwrap(model.action_head) if model.action_head is not None else None
-    head_inputs = head.training_inputs(actions) if head is not None else {}
-
-    with autocast:
-        output = model.vla(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            pixel_values=batch["pixel_values"].to(device),
-            labels=labels,
-            output_hidden_states=True,
-            proprio=proprio,
-            proprio_projector=model.proprio_projector,
-            noisy_actions=head_inputs.get("noisy_actions"),
-            noisy_action_projector=model.noisy_action_projector,
-            diffusion_timestep_embeddings=head_inputs.get("diffusion_timestep_embeddings"),
-            use_film=cfg.use_film,
-            return_lm_logits=head is None,
-        )
-        num_prefix_tokens = output.projector_features.shape[1]
-        if head is None:
-            losses = {"action_loss": output.loss}
-        else:
-            predicted = model.action_head(_action_head_input(model, output, labels, num_prefix_tokens))
-            losses = head.loss(predicted, head_inputs["target"])
-    loss = losses["action_loss"]
-
-    # --- Spatial Forcing: align the visual tokens of layer vla_layers_align with frozen-VGGT features ---
-    if model.aligner is not None:
-        visual_hidden = model.aligner.select_vision_tokens(
-            output.hidden_states, num_prefix_tokens=1, num_vision_tokens=model.num_patches
-        )  # [B, num_patches, D]; position 0 is BOS
-        camera_points = batch.get("camera_points")  # [B, S, H, W, 3] with --teacher geometry
-        teacher_features = model.teacher(
-            batch["pixel_values"].to(device), None if camera_points is None else camera_points.to(device)
-        )
-        with autocast:
-            align_loss = model.aligner(visual_hidden, *teacher_features)
-        losses["align_loss"] = align_loss
-        loss = loss + cfg.align_loss_coeff * align_loss
-    losses["loss"] = loss
-    return losses
+    """One forward pass by ``cfg``'s family (its heads own their loss). Returns ``loss`` (to back-propagate) and the
+    logged parts (all scalars)."""
+    return training_family(cfg.model_family).losses(cfg, model, batch, device)
 
 
 def train(cfg: FinetuneConfig) -> Path:
@@ -560,7 +292,9 @@ def _final_message(cfg: FinetuneConfig, run_dir: Path, last_checkpoint: Path | N
 
 
 @torch.no_grad()
-def run_validation(cfg: FinetuneConfig, model: Model, platform: PlatformConstants, ctx: DistributedContext) -> dict:
+def run_validation(
+    cfg: FinetuneConfig, model: TrainingModel, platform: PlatformConstants, ctx: DistributedContext
+) -> dict:
     """Mean losses on the val split, within ``val_time_limit`` seconds and ``val_batches`` batches (rank 0's are
     logged; the ranks do not synchronise here)."""
     loader, _ = build_dataloader(cfg, model, ctx, train=False)
@@ -594,7 +328,7 @@ def save_checkpoint(
     cfg: FinetuneConfig,
     run_dir: Path,
     step: int,
-    model: Model,
+    model: TrainingModel,
     optimizer: torch.optim.Optimizer,
     scheduler,
     dataset,
@@ -618,14 +352,7 @@ def save_checkpoint(
         if cfg.use_lora:
             vla.save_pretrained(folder / LORA_ADAPTER_DIR, state_dict=states.model["vla"])
         save_components(folder, components, file_step, state_dicts=states.model)
-        if cfg.model_family == PI0_FAMILY:
-            save_pi0_model(vla, folder, states.model["vla"])
-        elif not cfg.use_lora:
-            vla.save_pretrained(folder, state_dict=states.model["vla"])
-        elif cfg.merge_lora_during_training:
-            merged = merge_lora(cfg.vla_path, folder / LORA_ADAPTER_DIR, next(ckpt.unwrap_peft(vla).parameters()).dtype)
-            merged.save_pretrained(folder)
-            del merged
+        training_family(cfg.model_family).save_model_files(cfg, model, folder, states.model["vla"])
         torch.save(
             {
                 "step": step,
@@ -645,7 +372,7 @@ def save_checkpoint(
 def load_training_state(
     cfg: FinetuneConfig,
     run_dir: Path,
-    model: Model,
+    model: TrainingModel,
     optimizer: torch.optim.Optimizer,
     scheduler,
     ctx: DistributedContext,
@@ -662,14 +389,11 @@ def load_training_state(
             f"--resume: {folder} was trained on {state['world_size']} processes, this run has {ctx.world_size}; "
             f"exact resumption needs the same number."
         )
-    vla = ckpt.unwrap(model.vla)
     if cfg.use_lora:
         adapter = load_file(str(folder / LORA_ADAPTER_DIR / ADAPTER_WEIGHTS_NAME), device=str(ctx.device))
-        load_adapter(vla, adapter)
-    elif cfg.model_family == PI0_FAMILY:
-        restore_pi0_weights(vla, folder)
-    else:  # a full fine-tune: the whole VLA as saved_pretrained wrote it
-        load_full_state_dict(model.vla, ckpt.read_saved_weights(folder), strict=True)
+        load_adapter(ckpt.unwrap(model.vla), adapter)
+    else:  # a full fine-tune: the family's model files
+        training_family(cfg.model_family).restore_full_weights(model, folder)
     components = model.components()
     for name, module in components.items():
         state_dict = load_component_state_dict(component_path(folder, name, file_step))

@@ -24,10 +24,11 @@ from prismatic.probing.data import META_NAME, scene_path
 from prismatic.testing.probe_data import SCENES, write_probe_folder, write_scene_arrays
 from prismatic.testing.tiny_checkpoints import tiny_finetune_flags, write_tiny_base_checkpoints
 from prismatic.testing.tiny_vla import save_tiny_vla_checkpoint
+from prismatic.training.alignment import spatial_forcing_record
 from prismatic.training.config import AlignFinetuneConfig
 from prismatic.training.lora import apply_lora
 from prismatic.training.run_guard import CONTENT_KEY, content_digests, flags_as_dict
-from prismatic.training.trainer import spatial_forcing_record, training_policy_config
+from prismatic.training.training_family import training_policy_config
 from prismatic.util.checkpoint_files import TRAINING_CONFIG_NAME
 from prismatic.vla.constants import constants_for
 from prismatic.vla.policy_config import write_policy_config

@@ -13,7 +13,7 @@ from experiments.robot.libero.config import GenerateConfig
 from prismatic.training.config import AlignFinetuneConfig, FinetuneConfig
 from prismatic.training.pi0_training import as_pi0_policy_config
 from prismatic.training.run_guard import _check_flags_against_policy
-from prismatic.training.trainer import training_policy_config
+from prismatic.training.training_family import training_policy_config
 from prismatic.util.cli import UserError
 from prismatic.vla.constants import constants_for
 from prismatic.vla.policy_config import (
