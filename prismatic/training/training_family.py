@@ -9,7 +9,8 @@ keyed by ``--model_family``) provides the five parts that differ:
 - ``build``: the base with LoRA, strategy preparation and its new heads, the Spatial Forcing aligner and teacher
   (``prismatic.training.alignment.build_alignment``) and the run's ``policy_config.json``, as a
   :class:`TrainingModel` on one device, not yet distributed;
-- ``batch_format``: the batch transform, image size and collator of the data pipeline;
+- ``batch_format``: the batch transform, image size and collator of the data pipeline, and whether the pipeline's
+  ``--image_aug`` applies (a family may augment in its collator instead);
 - ``losses``: one batch's ``loss`` and its logged parts, computed by the family's own heads (Spatial Forcing's
   alignment included: where the visual tokens sit and what the teacher sees are the family's);
 - ``save_model_files`` / ``restore_full_weights``: the model files of a checkpoint folder and, for ``--resume`` of a
