@@ -17,17 +17,24 @@ $(STAMP): pyproject.toml requirements-cpu.txt scripts/setup_env.sh
 demo: $(STAMP)
 	USE_TF=0 $(PYTHON) scripts/demo.py
 
-# Oracle demonstrations -> a tiny VLA trained from scratch -> LIBERO in process and through the server, then the same
-# from the LeRobot copy of the demonstrations; resumable, cached in ~/.cache/spatial_forcing/closed_loop
-# (CLOSED_LOOP_ARGS: e.g. --num_demos 10 --max_steps 1000).
+# Oracle demonstrations -> a tiny VLA trained from scratch -> LIBERO in process and through the server, from the RLDS
+# copy and from the LeRobot copy of the demonstrations; after the shared stages (demonstrations in both formats, the
+# base model) the two copies train and evaluate side by side, one process each (one torch thread each); resumable,
+# cached in ~/.cache/spatial_forcing/closed_loop (CLOSED_LOOP_ARGS: e.g. --num_demos 10 --max_steps 1000).
 CLOSED_LOOP_ARGS ?=
+CLOSED_LOOP := OMP_NUM_THREADS=1 $(PYTHON) scripts/closed_loop.py
 closed-loop: $(STAMP)
-	$(PYTHON) scripts/closed_loop.py $(CLOSED_LOOP_ARGS)
-	$(PYTHON) scripts/closed_loop.py --data_format lerobot $(CLOSED_LOOP_ARGS)
+	$(CLOSED_LOOP) --stages '[demos,base]' $(CLOSED_LOOP_ARGS)
+	$(CLOSED_LOOP) --data_format lerobot --stages '[demos]' $(CLOSED_LOOP_ARGS)
+	$(MAKE) -j2 closed-loop-rlds closed-loop-lerobot
+
+.PHONY: closed-loop-rlds closed-loop-lerobot
+closed-loop-rlds closed-loop-lerobot: $(STAMP)
+	$(CLOSED_LOOP) --data_format $(@:closed-loop-%=%) $(CLOSED_LOOP_ARGS)
 
 # The same closed loop with a tiny pi0 (flow matching) in place of the tiny VLA, from the RLDS copy
 closed-loop-pi0: $(STAMP)
-	$(PYTHON) scripts/closed_loop.py --model_family pi0 $(CLOSED_LOOP_ARGS)
+	$(CLOSED_LOOP) --model_family pi0 $(CLOSED_LOOP_ARGS)
 
 # The fast suite (within 15 minutes on 2 cores); the tests marked slow (long simulator runs, training runs, golden
 # parity of whole models) run in `make test-slow`. CI (.ci/run) runs both. Times per folder: docs/reference/test-times.md.

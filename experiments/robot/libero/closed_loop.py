@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -273,7 +274,9 @@ def run_stages(cfg: ClosedLoopConfig) -> None:
             print(f"=== {stage}: done (in {cfg.cache}), skipped", flush=True)
             continue
         print(f"=== {stage}", flush=True)
+        started = time.monotonic()
         run_stage(cfg, stage)
+        print(f"=== {stage}: finished in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     if report_path(cfg).is_file():
         print(f"results: {report_path(cfg)}, loss curve: {loss_plot_path(cfg)}")
 
