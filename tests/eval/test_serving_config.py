@@ -41,6 +41,13 @@ def test_api_key_comes_from_the_environment_when_no_flag_names_it(tiny_checkpoin
         validate_serve_config(exposed)
 
 
+def test_the_keepalive_flag_reaches_the_server_and_a_negative_one_is_refused(tiny_checkpoint: Path) -> None:
+    cfg = ServeConfig(pretrained_checkpoint=str(tiny_checkpoint), port=0, keepalive_timeout_s=0)
+    assert build_server(cfg, NoModel()).settings.keepalive_timeout_s == 0
+    with pytest.raises(UserError, match=r"^--keepalive_timeout_s -1\.0: expected seconds \(0: no pings\)$"):
+        validate_serve_config(ServeConfig(pretrained_checkpoint=str(tiny_checkpoint), keepalive_timeout_s=-1.0))
+
+
 def test_a_taken_port_is_reported_before_the_model_loads(tiny_checkpoint: Path, monkeypatch) -> None:
     loads = []
     monkeypatch.setattr(serve_config, "load_policy", lambda cfg: loads.append(cfg))

@@ -112,6 +112,34 @@ def test_a_half_sent_http_request_is_dropped_after_the_timeout() -> None:
             assert silent.recv(1024) == b""  # a connection that never sends a byte too
 
 
+WEBSOCKET_HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def read_until_closed(connection: socket.socket, seconds: float) -> bool:
+    """Reads (never answering a ping) until the server closes the connection (True) or ``seconds`` pass (False)."""
+    connection.settimeout(seconds)
+    try:
+        while connection.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_websocket_client_that_never_answers_pings_is_dropped_unless_pings_are_off() -> None:
+    for keepalive_timeout_s, dropped, wait_s in ((0.2, True, 120), (0, False, 2)):
+        # 120 s: far beyond the 0.2 s, only a server that never pings fails; 2 s: with no pings nothing can time out
+        with (
+            server_in_thread(echo_server(keepalive_timeout_s=keepalive_timeout_s)) as port,
+            socket.create_connection(("127.0.0.1", port)) as mute,
+        ):
+            mute.sendall(WEBSOCKET_HANDSHAKE)
+            assert read_until_closed(mute, wait_s) is dropped
+
+
 def test_resample_weight_cache_never_exceeds_its_bound() -> None:
     cache = ResampleWeightCache(max_bytes=4 * 224 * 300 * 8, compute=image_utils._lanczos3_weights)
     sizes = [300, 256, 300, 1000, 64, 299, 298, 297, 300, 5000]

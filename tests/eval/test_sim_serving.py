@@ -40,8 +40,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @contextmanager
 def running_server(checkpoint: Path, env: dict[str, str], log_dir: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
     """A ``serve_policy.py`` process on a port chosen by the OS (loading while the in-process evaluation runs);
-    its log goes to a file, so a full pipe can never stall it."""
+    its log goes to a file, so a full pipe can never stall it; no keepalive pings, so a client starved on a busy
+    machine is not dropped."""
     command = [sys.executable, "vla-scripts/serve_policy.py", "--pretrained_checkpoint", str(checkpoint)]
+    command += ["--keepalive_timeout_s", "0"]
     log_path = log_dir / "stderr.txt"
     with open(log_path, "w") as log:
         process = subprocess.Popen(

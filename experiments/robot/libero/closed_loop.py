@@ -31,11 +31,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import imageio.v2 as imageio
 import numpy as np
@@ -248,13 +250,21 @@ def eval_command(cfg: ClosedLoopConfig, stage: str) -> list[object]:
 
 @contextmanager
 def policy_server(checkpoint: Path) -> Iterator[str]:
-    """``serve_policy.py`` on a free loopback port for the block; yields its ``ws://`` address."""
-    command = [*script("serve_policy.py"), f"--pretrained_checkpoint={checkpoint}", "--port=0"]
+    """``serve_policy.py`` on a free loopback port for the block; yields its ``ws://`` address. Keepalive pings are
+    off: the client is a local process that a busy machine may starve past a ping's timeout. The server's output
+    keeps being echoed, so a full pipe never stalls it."""
+    command = [
+        *script("serve_policy.py"),
+        f"--pretrained_checkpoint={checkpoint}",
+        "--port=0",
+        "--keepalive_timeout_s=0",
+    ]
     server = subprocess.Popen([str(part) for part in command], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:
         for line in server.stdout:
             print(line, end="", flush=True)
             if match := SERVER_LINE.search(line):
+                threading.Thread(target=echo_lines, args=(server.stdout,), daemon=True).start()
                 yield f"ws://127.0.0.1:{match.group(1)}"
                 break
         else:
@@ -262,6 +272,11 @@ def policy_server(checkpoint: Path) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait()
+
+
+def echo_lines(stream: IO[str]) -> None:
+    for line in stream:
+        print(line, end="", flush=True)
 
 
 def run_stages(cfg: ClosedLoopConfig) -> None:

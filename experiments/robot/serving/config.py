@@ -36,6 +36,9 @@ class ServeConfig:
     max_message_mb: float = 32.0                  # Larger observations get an error reply
     http_port: int | None = None                  # Also serve OpenVLA-OFT's POST /act (json-numpy) on this port
     request_timeout_s: float = 30.0               # An HTTP connection silent this long is closed
+    # A websocket client that does not answer a keepalive ping within this many seconds is disconnected (the
+    # websockets library's 20 s); 0: no pings (a loopback client on a busy machine may not answer in time)
+    keepalive_timeout_s: float = ServerSettings.keepalive_timeout_s
     # Frames must be this size (LIBERO renders 256); each goes through the training chain (JPEG round trip +
     # lanczos3 to 224) and other sizes are refused. None: any size, 224 x 224 frames taken as already prepared
     input_image_size: int | None = None
@@ -90,6 +93,8 @@ def validate_serve_config(cfg: ServeConfig) -> None:
         raise UserError(f"--max_message_mb {cfg.max_message_mb}: expected a positive number")
     if cfg.request_timeout_s <= 0:
         raise UserError(f"--request_timeout_s {cfg.request_timeout_s}: expected a positive number of seconds")
+    if cfg.keepalive_timeout_s < 0:
+        raise UserError(f"--keepalive_timeout_s {cfg.keepalive_timeout_s}: expected seconds (0: no pings)")
 
     if cfg.input_image_size is not None and (
         cfg.input_image_size < MIN_IMAGE_SIDE or cfg.input_image_size == OPENVLA_IMAGE_SIZE
@@ -209,6 +214,7 @@ def build_server(cfg: ServeConfig, policy: VLAPolicy | None = None) -> PolicySer
         max_message_bytes=int(cfg.max_message_mb * 2**20),
         http_port=cfg.http_port,
         request_timeout_s=cfg.request_timeout_s,
+        keepalive_timeout_s=cfg.keepalive_timeout_s,
     )
     return PolicyServer(
         policy,

@@ -69,6 +69,7 @@ class ServerSettings:
     max_message_bytes: int = 32 * 2**20
     http_port: int | None = None  # also serve OpenVLA-OFT's POST /act here (0: a free port chosen by the OS)
     request_timeout_s: float = 30.0  # an HTTP connection silent for this long is closed
+    keepalive_timeout_s: float = 20.0  # a websocket peer silent this long after a ping is dropped (0: no pings)
     preprocess_workers: int = min(8, os.cpu_count() or 1)  # threads decoding and preprocessing requests
 
     @property
@@ -239,6 +240,8 @@ class PolicyServer:
                 compression=None,
                 max_size=self.settings.transport_limit_bytes,
                 max_queue=(PIPELINED_FRAMES, 0),
+                ping_interval=self.settings.keepalive_timeout_s or None,
+                ping_timeout=self.settings.keepalive_timeout_s or None,
                 process_request=self._process_request,
             ) as server:
                 on_ready(next(iter(server.sockets)).getsockname()[1])
