@@ -24,12 +24,14 @@ demo: $(STAMP)
 CLOSED_LOOP_ARGS ?=
 CLOSED_LOOP := OMP_NUM_THREADS=1 $(PYTHON) scripts/closed_loop.py
 closed-loop: $(STAMP)
-	$(CLOSED_LOOP) --stages '[demos,base]' $(CLOSED_LOOP_ARGS)
-	$(CLOSED_LOOP) --data_format lerobot --stages '[demos]' $(CLOSED_LOOP_ARGS)
 	$(MAKE) -j2 closed-loop-rlds closed-loop-lerobot
 
-.PHONY: closed-loop-rlds closed-loop-lerobot
-closed-loop-rlds closed-loop-lerobot: $(STAMP)
+.PHONY: closed-loop-shared closed-loop-rlds closed-loop-lerobot
+closed-loop-shared: $(STAMP)
+	$(CLOSED_LOOP) --stages '[demos,base]' $(CLOSED_LOOP_ARGS)
+	$(CLOSED_LOOP) --data_format lerobot --stages '[demos]' $(CLOSED_LOOP_ARGS)
+
+closed-loop-rlds closed-loop-lerobot: closed-loop-shared
 	$(CLOSED_LOOP) --data_format $(@:closed-loop-%=%) $(CLOSED_LOOP_ARGS)
 
 # The same closed loop with a tiny pi0 (flow matching) in place of the tiny VLA, from the RLDS copy
