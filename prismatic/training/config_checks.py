@@ -58,6 +58,8 @@ def validate_config(cfg: FinetuneConfig) -> PlatformConstants:
     _positive(cfg, "shuffle_buffer_size", "num_steps_before_decay")
     if not cfg.learning_rate > 0:
         raise ValueError(f"--learning_rate {cfg.learning_rate}: expected a value > 0")
+    if cfg.lerobot_frame_cache_mb < 0:
+        raise ValueError(f"--lerobot_frame_cache_mb {cfg.lerobot_frame_cache_mb}: expected a size in MB >= 0")
     if cfg.lr_warmup_steps < 0:
         raise ValueError(f"--lr_warmup_steps {cfg.lr_warmup_steps}: expected a value >= 0")
     if not 0 <= cfg.lora_dropout < 1:

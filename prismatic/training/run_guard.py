@@ -66,6 +66,7 @@ RESUMABLE_FLAGS = frozenset(
         "run_id_note",
         "run_id_override",
         "attn_implementation",
+        "lerobot_frame_cache_mb",  # which frames are decoded again, not what they hold
         "preset",  # what it fills is compared flag by flag
     }
 )

@@ -129,6 +129,7 @@ def build_dataloader(
             dataset_name=cfg.dataset_name,
             mapping=mapping_from_flags(cfg),
             num_actions_chunk=cfg.num_actions_chunk,
+            frame_cache_mb=cfg.lerobot_frame_cache_mb,
             **shared,
         )
         dataset = LeRobotDataset(config, batch_format.transform)

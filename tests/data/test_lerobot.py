@@ -153,6 +153,29 @@ def test_every_sample_once_per_epoch_and_a_resumed_stream_continues_exactly(data
         np.testing.assert_array_equal(actual["observation"]["image_primary"], expected["observation"]["image_primary"])
 
 
+def test_the_frame_cache_returns_the_decoded_frames_within_its_budget(data_root):
+    """Cached frames are the decoded ones (augmentation included, which reads and never writes them); the cache
+    keeps the first frames read until its budget is full; 0 keeps none."""
+    name, size = "libero_like_v30", (32, 32)
+    one_frame = 32 * 32 * 3
+    uncached = _dataset(data_root, name, resize_resolution=size, image_aug=True, frame_cache_mb=0)
+    cached = _dataset(data_root, name, resize_resolution=size, image_aug=True)
+    bounded = _dataset(data_root, name, resize_resolution=size, image_aug=True, frame_cache_mb=1)
+    bounded.config.frame_cache_mb = 5 * one_frame / 2**20  # room for 5 frames
+    num_rows = len(uncached.rows)
+    streams = [dataset.iter_frames() for dataset in (uncached, cached, bounded)]
+    for _ in range(2 * num_rows):  # two epochs: the second reads the cached frames
+        expected, *others = (next(stream) for stream in streams)
+        for frame in others:
+            for view in ("image_primary", "image_wrist"):
+                np.testing.assert_array_equal(frame["observation"][view], expected["observation"][view])
+    num_cameras = 2
+    assert uncached._frames == {} and uncached._frame_bytes == 0
+    assert len(cached._frames) == num_cameras * num_rows
+    assert len(bounded._frames) == 5 and bounded._frame_bytes == 5 * one_frame
+    assert not next(iter(cached._frames.values())).flags.writeable
+
+
 def test_ranks_read_disjoint_episodes_that_cover_the_train_split(data_root):
     shards = [
         _dataset(data_root, "aloha_like_v21", num_images_in_input=3, rank=rank, world_size=2) for rank in range(2)

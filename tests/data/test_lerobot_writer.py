@@ -53,3 +53,19 @@ def test_written_v30_dataset_reads_back_with_states_actions_tasks_and_frames(tmp
         frame = reader.read(video_file, offset + 3 / FPS, 0.5 / FPS)
         expected = getattr(episodes[1], field_name)[3].astype(int)
         assert np.abs(frame.astype(int) - expected).mean() < 6  # lossy AV1, same frame, same orientation
+
+
+def test_a_lower_video_crf_keeps_the_frames_closer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    episode = _episode(6, 0, "put the bowl on the plate")
+    grey_noise = rng.integers(-40, 40, (*episode.images.shape[:3], 1))  # luma only: yuv420p halves the chroma
+    textured = np.clip(episode.images.astype(int) + grey_noise, 0, 255)
+    episode = LiberoEpisode(**{**episode.__dict__, "images": textured.astype(np.uint8)})
+    errors = {}
+    for crf in (45, 5):
+        write_lerobot_v30(iter([episode]), tmp_path / f"crf{crf}", fps=FPS, video_crf=crf)
+        (written,) = open_lerobot(tmp_path, f"crf{crf}", LeRobotMapping()).episodes
+        video_file, offset = written.videos["observation.images.image"]
+        frames = [VideoFrameReader().read(video_file, offset + t / FPS, 0.5 / FPS) for t in range(6)]
+        errors[crf] = np.abs(np.stack(frames).astype(int) - episode.images.astype(int)).mean()
+    assert errors[5] < 0.5 * errors[45], errors

@@ -49,6 +49,8 @@ def test_command_line_flags_parse() -> None:
         ({"num_trials_per_task": 0}, "--num_trials_per_task"),
         ({"max_steps": 0}, "--max_steps"),
         ({"num_steps_wait": -1}, "--num_steps_wait"),
+        ({"video_episodes": 1}, "--video_episodes"),  # without --save_videos
+        ({"video_episodes": -1, "save_videos": True}, "--video_episodes"),
     ],
 )
 def test_invalid_settings_raise_naming_the_flag(overrides: dict, flag: str) -> None:

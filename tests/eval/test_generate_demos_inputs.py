@@ -34,6 +34,7 @@ def _files(root: Path) -> dict[str, bytes]:
         ),
         ({"format": "hdf5"}, "--format 'hdf5': expected one of ('rlds', 'lerobot')"),
         ({"format": "lerobot", "with_depth": True}, "--with_depth True: expected --format rlds"),
+        ({"format": "lerobot", "video_crf": 64}, "--video_crf 64: expected an AV1 quality in [0, 63]"),
     ],
 )
 def test_bad_suite_task_or_format_is_refused_before_writing(

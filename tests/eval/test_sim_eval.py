@@ -5,8 +5,9 @@ Episodes are capped at 2 policy steps after 2 wait steps, with 64 x 64 cameras. 
 task 0 (about 40 s each on 2 CPU cores):
 
     "first"     run id "resumed", 1 episode, with videos;
-    "resumed"   the same run id with 3 episodes: episode 0 is skipped; one worker runs episode 1 in a fresh env
-                after one replayed reset, then episode 2 right after it (upstream's back-to-back order);
+    "resumed"   the same run id with 3 episodes, videos of episodes 0 and 1 only: episode 0 is skipped; one worker
+                runs episode 1 in a fresh env after one replayed reset, then episode 2 right after it (upstream's
+                back-to-back order);
     "parallel"  run id "parallel", 3 episodes on 2 workers: one runs episodes 0 and 1 back to back, the other
                 replays two resets and runs episode 2.
 
@@ -74,7 +75,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> dic
     outputs = {}
     for name, run_id, flags in [
         ("first", "resumed", ("--num_trials_per_task", "1", "--save_videos", "True")),
-        ("resumed", "resumed", ("--num_trials_per_task", "3")),
+        ("resumed", "resumed", ("--num_trials_per_task", "3", "--save_videos", "True", "--video_episodes", "2")),
         ("parallel", "parallel", ("--num_trials_per_task", "3", "--num_workers", "2")),
     ]:
         outputs[name] = run_eval(root / "logs", env, tiny_checkpoint, run_id, *flags)
@@ -122,7 +123,8 @@ def test_same_run_id_skips_finished_episodes(runs: dict) -> None:
     session = resumed.log[len(first.log) :]
     assert "resuming run resumed" in session and "1 episodes already finished" in session
     assert "Episodes to run: 2 " in session and "Episode 0 of task 0" not in session
-    assert resumed.records[1]["video"] is None  # --save_videos was not set this time
+    assert resumed.records[1]["video"] is not None  # --video_episodes 2: episodes 0 and 1 only
+    assert resumed.records[2]["video"] is None
 
 
 def deterministic_fields(records: list[dict]) -> list[dict]:

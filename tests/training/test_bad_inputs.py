@@ -45,6 +45,7 @@ def test_valid_config_passes_and_yields_libero_constants(valid_config):
         ({"vla_layers_align": -4}, "--vla_layers_align -4"),
         ({"num_images_in_input": 3}, "--num_images_in_input 3"),
         ({"batch_size": 0}, "--batch_size"),
+        ({"lerobot_frame_cache_mb": -1}, "--lerobot_frame_cache_mb -1"),
         ({"align_loss_type": "l2"}, "align_loss_type 'l2'"),
         ({"pooling_func": "nearest"}, "pooling_func"),
         ({"scheduler": "linear"}, "--scheduler"),

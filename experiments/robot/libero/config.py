@@ -65,6 +65,8 @@ class GenerateConfig:
     task_ids: list[int] | None = None             # Evaluate only these task ids (default: every task of the suite)
     max_steps: int | None = None                  # Cap on the suite's max episode steps, for quick checks
     save_videos: bool = False                     # Write one MP4 per episode (third-person camera, 30 fps)
+    video_episodes: int | None = None             # --save_videos: only episodes 0..N-1 of each task (None: all);
+                                                  #   the others render at query steps only
     run_id: str | None = None                     # Reuse an earlier run id to resume it (finished episodes are skipped)
     policy_server: str | None = None              # ws://host:port of serve_policy.py: workers query it (no local model)
     action_ensembling: str = "none"               # none | fork | simpler | adaptive (else: --num_open_loop_steps 1)
@@ -86,6 +88,7 @@ RESUMABLE_FLAGS = frozenset(
         "wandb_project",
         "num_workers",
         "save_videos",
+        "video_episodes",
         "run_id",
         "policy_server",
         "ignore_base_model_check",
@@ -128,6 +131,10 @@ def validate_config(cfg: GenerateConfig) -> None:
         raise ValueError(f"--num_steps_wait must be non-negative, got {cfg.num_steps_wait}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"--max_steps must be at least 1 (or unset), got {cfg.max_steps}")
+    if cfg.video_episodes is not None and (cfg.video_episodes < 0 or not cfg.save_videos):
+        raise ValueError(
+            f"--video_episodes {cfg.video_episodes}: expected a count of episodes >= 0 together with --save_videos True"
+        )
 
 
 def episode_max_steps(cfg: GenerateConfig) -> int:

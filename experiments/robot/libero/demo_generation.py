@@ -48,6 +48,7 @@ from experiments.robot.libero.sim_setup import init_simulator_worker, prepare_li
 from prismatic.oracle.libero_pick_place import SUPPORTED_TASKS, Phase, PickPlaceOracle, supported_task_names
 from prismatic.util.cli import UserError
 from prismatic.util.io import atomic_output, write_json_atomic
+from prismatic.vla.datasets.lerobot_writer import DEFAULT_VIDEO_CRF, MAX_VIDEO_CRF, write_lerobot_v30
 from prismatic.vla.datasets.libero_hdf5 import noop_mask
 from prismatic.vla.datasets.writer import LiberoEpisode
 from prismatic.vla.image_utils import rotate_180
@@ -76,6 +77,7 @@ class DemoGenerationConfig:
     seed: int = 0  # Seeds the resets: attempt a of task t resets with seed (seed, suite, t, a)
     image_size: int = 256  # Camera resolution (upstream's RLDS data: 256)
     with_depth: bool = False  # RLDS: also store metric depth and intrinsics per camera (the geometry teacher's input)
+    video_crf: int = DEFAULT_VIDEO_CRF  # LeRobot: AV1 quality of the videos, 0-63 (lower: closer to the renders)
 
     @property
     def dataset_name(self) -> str:
@@ -128,6 +130,8 @@ def resolve_tasks(cfg: DemoGenerationConfig) -> list[TaskInfo]:
         raise UserError(f"--format {cfg.format!r}: expected one of {FORMATS}")
     if cfg.with_depth and cfg.format != "rlds":
         raise UserError(f"--with_depth True: expected --format rlds (depth is not written as {cfg.format})")
+    if not 0 <= cfg.video_crf <= MAX_VIDEO_CRF:
+        raise UserError(f"--video_crf {cfg.video_crf}: expected an AV1 quality in [0, {MAX_VIDEO_CRF}]")
     if cfg.num_demos < 1 or cfg.num_workers < 1:
         raise UserError(f"--num_demos {cfg.num_demos} / --num_workers {cfg.num_workers}: expected positive integers")
     prepare_libero()
@@ -477,9 +481,7 @@ def write_dataset(cfg: DemoGenerationConfig, outcomes: list[TaskOutcome]) -> Pat
             with_depth=cfg.with_depth,
         )
     else:
-        from prismatic.vla.datasets.lerobot_writer import write_lerobot_v30
-
-        write_lerobot_v30(kept_episodes(outcomes), staging / cfg.dataset_name, fps=20)
+        write_lerobot_v30(kept_episodes(outcomes), staging / cfg.dataset_name, fps=20, video_crf=cfg.video_crf)
     final = cfg.data_root_dir / cfg.dataset_name
     previous = cfg.data_root_dir / f".previous-{cfg.dataset_name}"
     shutil.rmtree(previous, ignore_errors=True)

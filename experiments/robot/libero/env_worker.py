@@ -64,6 +64,7 @@ class EpisodeSettings:
     action_dim: int
     env_img_res: int
     video_dir: str | None  # None: no videos
+    video_episodes: int | None = None  # with video_dir: record episodes 0..N-1 of each task only (None: all)
     policy_server: str | None = None  # ws://host:port: chunks come from a policy server (in the dataset's frame)
     action_ensembling: str = "none"  # see experiments/robot/action_ensembling.py
 
@@ -202,12 +203,13 @@ def _run_unit(
     for spec in unit.episodes:
         started = time.perf_counter()
         obs = task_env.start_episode(spec.reset_index, spec.initial_state)
-        outcome = run_episode(
-            task_env.env, obs, settings, request_chunk, settings.video_dir is not None, task_env.cameras
+        recorded = settings.video_dir is not None and (
+            settings.video_episodes is None or spec.episode < settings.video_episodes
         )
+        outcome = run_episode(task_env.env, obs, settings, request_chunk, recorded, task_env.cameras)
         seconds = time.perf_counter() - started
         video = None
-        if settings.video_dir is not None:
+        if recorded:
             video_name = video_file_name(unit.task_id, spec.episode, outcome.success, unit.task)
             video_path = Path(settings.video_dir) / video_name
             save_video(outcome.frames, video_path)

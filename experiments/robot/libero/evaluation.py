@@ -419,6 +419,7 @@ def eval_libero(cfg: GenerateConfig, policy: Policy | None, gripper: str) -> flo
             action_dim=platform.action_dim,
             env_img_res=cfg.env_img_res,
             video_dir=str(paths.videos) if cfg.save_videos else None,
+            video_episodes=cfg.video_episodes,
             policy_server=cfg.policy_server,
             action_ensembling=cfg.action_ensembling,
         )

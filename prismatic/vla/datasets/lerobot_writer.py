@@ -28,6 +28,8 @@ from prismatic.vla.datasets.writer import LIBERO_ACTION_DIM, LIBERO_STATE_DIM, L
 CODEBASE_VERSION = "v3.0"
 CAMERA_KEYS = {"images": "observation.images.image", "wrist_images": "observation.images.wrist_image"}
 VIDEO_CODEC = "libsvtav1"
+DEFAULT_VIDEO_CRF = 30  # lerobot's encode_video_frames default
+MAX_VIDEO_CRF = 63  # SVT-AV1's range is 0..63
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 INDEX_COLUMNS = ("frame_index", "episode_index", "index", "task_index")
 STATS_FRAME_STRIDE = 4
@@ -132,13 +134,13 @@ def _tasks_table(tasks: dict[str, int]) -> pa.Table:
 
 
 class _VideoWriter:
-    def __init__(self, path: Path, image_size: int, fps: int):
+    def __init__(self, path: Path, image_size: int, fps: int, crf: int):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
         self.stream = self.container.add_stream(VIDEO_CODEC, rate=fps)
         self.stream.width = self.stream.height = image_size
         self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"g": "2", "crf": "30"}  # a key frame every 2 frames: cheap random access
+        self.stream.options = {"g": "2", "crf": str(crf)}  # a key frame every 2 frames: cheap random access
 
     def append(self, frame: np.ndarray) -> None:
         for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -151,9 +153,14 @@ class _VideoWriter:
 
 
 def write_lerobot_v30(
-    episodes: Iterable[LiberoEpisode], root: str | Path, fps: int = 20, robot_type: str = "panda"
+    episodes: Iterable[LiberoEpisode],
+    root: str | Path,
+    fps: int = 20,
+    robot_type: str = "panda",
+    video_crf: int = DEFAULT_VIDEO_CRF,
 ) -> Path:
-    """Writes ``episodes`` (consumed lazily, one in memory at a time) as a LeRobot v3.0 dataset at ``root``."""
+    """Writes ``episodes`` (consumed lazily, one in memory at a time) as a LeRobot v3.0 dataset at ``root``, its
+    videos AV1 at constant quality ``video_crf`` (0-63, lower is closer to the frames)."""
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists; expected a new folder")
@@ -168,7 +175,9 @@ def write_lerobot_v30(
         if image_size is None:
             image_size = int(episode.images.shape[1])
             for field_name, key in CAMERA_KEYS.items():
-                writers[field_name] = _VideoWriter(root / f"videos/{key}/chunk-000/file-000.mp4", image_size, fps)
+                writers[field_name] = _VideoWriter(
+                    root / f"videos/{key}/chunk-000/file-000.mp4", image_size, fps, video_crf
+                )
         episode.validate(image_size)
         length = len(episode.actions)
         task_index = tasks.setdefault(episode.language_instruction, len(tasks))
