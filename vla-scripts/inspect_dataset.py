@@ -10,7 +10,7 @@ with their instruction and normalised action chunk.
 
 A LeRobot folder (``<data_root_dir>/<dataset_name>/meta/info.json``, format v2.1 or v3.0) is read with the feature
 mapping flags of training (``--lerobot_camera_keys``, ``--lerobot_state_key``, ``--lerobot_action_key``,
-``--num_actions_chunk``).
+``--lerobot_gripper``, ``--num_actions_chunk``).
 
 Without ``--vla_path`` batches are built with the offline tiny tokenizer and openvla-7b's image preprocessing
 (same keys, shapes and dtypes as with the real processor; prompt token ids differ). With ``--vla_path`` (a
@@ -69,6 +69,7 @@ class InspectConfig:
     lerobot_camera_keys: str = ""  # comma-separated image features, primary first ("": all)
     lerobot_state_key: str = "observation.state"
     lerobot_action_key: str = "action"
+    lerobot_gripper: str = "none"  # none | libero (the last action dim is LIBERO's gripper)
     num_actions_chunk: int = 8
 
 

@@ -8,7 +8,7 @@
     python experiments/sf_mechanism/run.py --out runs/sf_medium --scale medium   # the third run (task 3, 1000 steps)
 
 Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes;
-``--parallel N`` trains N runs at a time):
+``--parallel N`` runs N trainings, evaluations or probes at a time and N simulator workers for the demonstrations):
 base checkpoints -> demonstrations with depth (per task: 100 % and each fraction) -> training of every (task,
 variant, fraction, seed) -> held-out action L1 curves (the runs' validation) -> closed-loop evaluation on the
 benchmark's init states (Wilson 95 % intervals) -> depth probe of every 100 % checkpoint -> results.json, figures and
@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -59,6 +60,7 @@ SCRIPTS = REPO_ROOT / "vla-scripts"
 DATA_SOURCES = ("oracle", "synthetic")
 DONE_NAME = ".done.json"
 FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism.md"
+T = TypeVar("T")
 TOOL_ENV = {"USE_TF": "0", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
 
 
@@ -78,7 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one rate for every variant (default: the scale's preset's, chosen on the baseline)",
     )
     parser.add_argument(
-        "--parallel", type=int, default=1, help="training runs at a time (plain, rgb: ~2 GB of memory; geometry: ~6 GB)"
+        "--parallel",
+        type=int,
+        default=2,  # this project's CPU machines have 2 cores
+        help="training runs, evaluations and probes at a time, and simulator workers of the demonstrations "
+        "(a training run of plain or rgb: ~2 GB of memory; geometry: ~6 GB)",
     )
     parser.add_argument(
         "--report",
@@ -193,13 +199,14 @@ def num_demos(scale: Scale, fraction: float) -> int:
     return max(2, round(scale.num_demos * fraction))
 
 
-def make_checkpoints(out: Path) -> dict:
+def make_checkpoints(out: Path, image_size: int) -> dict:
     folder = out / "ckpts"
-    run_tool([sys.executable, str(SCRIPTS / "make_tiny_checkpoints.py"), f"--out_dir={folder}"], folder / "log.txt")
+    command = [sys.executable, str(SCRIPTS / "make_tiny_checkpoints.py"), f"--out_dir={folder}"]
+    run_tool([*command, f"--image_size={image_size}"], folder / "log.txt")
     return {"vla_path": str(folder / "tiny-openvla"), "vggt_path": str(folder / "tiny-vggt-model.pt")}
 
 
-def make_demos(out: Path, data_source: str, task: int, count: int) -> dict:
+def make_demos(out: Path, data_source: str, task: int, count: int, workers: int) -> dict:
     root = out / "data" / f"task{task}_n{count:03d}"
     if data_source == "synthetic":
         command = [
@@ -220,6 +227,7 @@ def make_demos(out: Path, data_source: str, task: int, count: int) -> dict:
             f"--num_demos={count}",
             f"--data_root_dir={root}",
             "--with_depth=True",
+            f"--num_workers={workers}",
         ]
     run_tool([sys.executable, *command], root / "log.txt")
     return {"data_root_dir": str(root)}
@@ -240,7 +248,7 @@ def train(
         f"--seed={seed}",
         f"--learning_rate={learning_rate}",
         f"--max_steps={scale.max_steps}",
-        f"--num_steps_before_decay={scale.max_steps}",
+        f"--num_steps_before_decay={scale.decay_step or scale.max_steps}",
         f"--save_freq={scale.max_steps}",
         f"--val_freq={scale.val_freq}",
         "--overwrite_run=True",  # an unfinished unit restarts from step 0 (its marker is written only at the end)
@@ -426,14 +434,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     synthetic = args.data_source == "synthetic"
 
-    base = unit(out / "ckpts", "base checkpoints", lambda: make_checkpoints(out))
+    base = unit(out / "ckpts", "base checkpoints", lambda: make_checkpoints(out, scale.image_size))
     data_roots = {}
     for task in scale.tasks:
         for fraction in scale.fractions:
             count = num_demos(scale, fraction)
             folder = out / "data" / f"task{task}_n{count:03d}"
             record = unit(
-                folder, f"demos task {task} x{count}", lambda t=task, c=count: make_demos(out, args.data_source, t, c)
+                folder,
+                f"demos task {task} x{count}",
+                lambda t=task, c=count: make_demos(out, args.data_source, t, c, args.parallel),
             )
             data_roots[task, fraction] = record["data_root_dir"]
 
@@ -467,15 +477,8 @@ def main(argv: list[str] | None = None) -> None:
             ),
         )
 
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is its own process
-        futures = [pool.submit(train_unit, entry) for entry in units]
-        for done in as_completed(futures):
-            if done.exception() is not None:  # no new run starts; the running ones finish (and keep their markers)
-                for future in futures:
-                    future.cancel()
-                raise done.exception()
-    for entry, future in zip(units, futures, strict=True):
-        entry.update(future.result())
+    for entry, record in zip(units, run_parallel(train_unit, units, args.parallel), strict=True):
+        entry.update(record)
 
     for entry in units:
         curves = unit(
@@ -497,28 +500,36 @@ def main(argv: list[str] | None = None) -> None:
     if closed_loop != "run":
         print(f"[not run] closed-loop evaluation: {closed_loop}", flush=True)
     else:
-        for entry in units:
-            entry["eval"] = unit(
+
+        def evaluate_unit(entry: dict) -> dict:
+            return unit(
                 out / "stages" / "eval" / entry["run_id"],
                 f"closed-loop {entry['run_id']}",
-                lambda e=entry: evaluate(out, scale, e["checkpoint"], e["task"], e["run_id"]),
+                lambda: evaluate(out, scale, entry["checkpoint"], entry["task"], entry["run_id"]),
             )
+
+        for entry, record in zip(units, run_parallel(evaluate_unit, units, args.parallel), strict=True):
+            entry["eval"] = record
 
     depth_probe = "run" if scale.probe_init_states else f"skipped: the {args.scale} scale probes no scenes"
     if depth_probe != "run":
         print(f"[not run] depth probe: {depth_probe}", flush=True)
-    for task in scale.tasks if depth_probe == "run" else ():
+
+    def probe_task(task: int) -> dict:
         data = unit(
             out / "stages" / "probe_data" / f"task{task}",
             f"probe data task {task}",
-            lambda t=task: make_probe_data(out, scale, args.data_source, t),
+            lambda: make_probe_data(out, scale, args.data_source, task),
         )
         full = {u["run_id"]: u["checkpoint"] for u in units if u["task"] == task and u["fraction"] == 1.0}
-        probed = unit(
+        return unit(
             out / "stages" / "probe" / f"task{task}",
             f"depth probe task {task}",
-            lambda t=task, f=full, d=data["data"]: probe(out, scale, f, d, t),
+            lambda: probe(out, scale, full, data["data"], task),
         )
+
+    probed_tasks = list(scale.tasks) if depth_probe == "run" else []
+    for probed in run_parallel(probe_task, probed_tasks, args.parallel):
         for entry in units:
             if entry["run_id"] in probed["runs"]:
                 entry["probe"] = probed["runs"][entry["run_id"]]
@@ -543,6 +554,19 @@ def main(argv: list[str] | None = None) -> None:
     figures = write_figures(results, report.parent / f"{report.stem}_figures")  # beside the page, committed with it
     write_report(results, figures, report)
     print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
+
+
+def run_parallel(work: Callable[[T], dict], items: list[T], parallel: int) -> list[dict]:
+    """``work`` on every item, ``parallel`` at a time (each item runs its own processes); the records in item order.
+    After a failure no new item starts, the running ones finish (and keep their markers), and the failure is raised."""
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(work, item) for item in items]
+        for done in as_completed(futures):
+            if done.exception() is not None:
+                for future in futures:
+                    future.cancel()
+                raise done.exception()
+    return [future.result() for future in futures]
 
 
 def center_crop(scale: Scale) -> bool:

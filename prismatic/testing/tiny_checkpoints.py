@@ -14,6 +14,8 @@ from vggt.presets import tiny_vggt_kwargs
 
 TINY_VLA_DIRNAME = "tiny-openvla"
 TINY_VGGT_FILENAME = "tiny-vggt-model.pt"
+TINY_VLA_IMAGE_SIZE = 224  # openvla-7b's input side
+PATCH_SIZE = 14  # both towers' patch side
 
 
 def tiny_finetune_flags(
@@ -33,14 +35,17 @@ def tiny_finetune_flags(
     return [f"--{name}={value}" for name, value in flags.items()]
 
 
-def write_tiny_base_checkpoints(out_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
+def write_tiny_base_checkpoints(
+    out_dir: str | Path, seed: int = 0, image_size: int = TINY_VLA_IMAGE_SIZE
+) -> tuple[Path, Path]:
     """Writes ``{out_dir}/tiny-openvla/`` and ``{out_dir}/tiny-vggt-model.pt``; returns their paths.
 
     Both are randomly initialised from ``seed``; they load exactly like ``ckpts/openvla-7b`` and ``ckpts/model.pt``
-    (the VGGT loader infers the tiny sizes from the tensor shapes).
+    (the VGGT loader infers the tiny sizes from the tensor shapes). ``image_size``: the VLA's input side (both towers,
+    patch 14; 224 is the released one).
     """
     out_dir = Path(out_dir)
-    vla_dir = save_tiny_vla_checkpoint(out_dir / TINY_VLA_DIRNAME, seed=seed)
+    vla_dir = save_tiny_vla_checkpoint(out_dir / TINY_VLA_DIRNAME, seed=seed, image_sizes=[image_size, image_size])
     torch.manual_seed(seed)
     vggt_path = out_dir / TINY_VGGT_FILENAME
     save_vggt_weights(VGGT(**tiny_vggt_kwargs()), vggt_path)

@@ -76,6 +76,7 @@ class FinetuneConfig:
     lerobot_state_key: str = "observation.state"     # LeRobot: feature fed as proprio
     lerobot_action_key: str = "action"               # LeRobot: feature predicted as actions
     lerobot_frame_cache_mb: int = 1024               # LeRobot: decoded, resized frames kept in memory (0: none)
+    lerobot_gripper: str = "none"                    # LeRobot: none | libero (last action dim: LIBERO's gripper)
     num_actions_chunk: int = 8                       # Actions per predicted chunk
     strategy: str = "ddp"                            # ddp (replicas) | fsdp (sharded params, grads, optimizer)
     gradient_checkpointing: bool = False             # Recompute LLM layer activations in backward
@@ -164,7 +165,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "data": (
         "data_root_dir", "dataset_name", "shuffle_buffer_size", "image_aug", "crop_independent_draws",
-        "lerobot_camera_keys", "lerobot_state_key", "lerobot_action_key", "lerobot_frame_cache_mb",
+        "lerobot_camera_keys", "lerobot_state_key", "lerobot_action_key", "lerobot_gripper", "lerobot_frame_cache_mb",
         "lerobot_depth_keys", "lerobot_intrinsics_keys", "use_val_set", "val_set_fraction",
     ),
     "spatial forcing": (

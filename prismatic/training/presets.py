@@ -117,6 +117,19 @@ SF_MECHANISM_CPU: dict[str, object] = {
     "batch_size": 4,
 }
 
+# The mechanism experiment in the regime where the tiny VLA leaves the mean-prediction plateau (closed_loop_cpu's
+# training with sf_mechanism_cpu's validation and teacher).
+SF_MECHANISM_MEDIUM_CPU: dict[str, object] = {
+    **SF_MECHANISM_CPU,
+    "use_lora": False,
+    "merge_lora_during_training": False,
+    "num_images_in_input": 1,
+    "image_aug": False,
+    "batch_size": 16,
+    "learning_rate": 5e-4,
+    "shuffle_buffer_size": 1_000,  # more than the medium scale's ~700 training frames (5 episodes)
+}
+
 # scripts/closed_loop.py's training (``make closed-loop``): the whole tiny model from scratch on oracle demonstrations.
 CLOSED_LOOP_CPU: dict[str, object] = {
     "use_l1_regression": True,
@@ -191,16 +204,13 @@ PRESETS: dict[str, Preset] = {
         "the mechanism experiment's medium scale (experiments/sf_mechanism, --scale medium): sf_mechanism_cpu's "
         "validation and teacher in the regime where the tiny VLA leaves the mean-prediction plateau (closed_loop_cpu's "
         "training: the whole VLA, no LoRA, third-person camera + proprio, no image augmentation, batch 16, lr 5e-4)",
-        {
-            **SF_MECHANISM_CPU,
-            "use_lora": False,
-            "merge_lora_during_training": False,
-            "num_images_in_input": 1,
-            "image_aug": False,
-            "batch_size": 16,
-            "learning_rate": 5e-4,
-            "shuffle_buffer_size": 1_000,  # more than the medium scale's ~700 training frames (5 episodes)
-        },
+        SF_MECHANISM_MEDIUM_CPU,
+    ),
+    "sf_mechanism_full_cpu": Preset(
+        "the mechanism experiment's full and quick scales (experiments/sf_mechanism, make experiment): "
+        "sf_mechanism_medium_cpu's training and teacher with a 2,000-frame shuffle buffer (more than the ~1,900 "
+        "training frames of 16 oracle demonstrations); its base is the tiny VLA at 112 px (run.py writes it)",
+        {**SF_MECHANISM_MEDIUM_CPU, "shuffle_buffer_size": 2_000},
     ),
     "closed_loop_cpu": Preset(
         "a small VLA trained from scratch on CPU for `make closed-loop` (scripts/closed_loop.py): the whole tiny "

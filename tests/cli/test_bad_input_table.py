@@ -185,6 +185,7 @@ def bad_inputs(world: CliWorld) -> list[tuple[str, str, list[str], str]]:
         ("synthetic_episodes", SYNTHETIC, [f"--data_root_dir={root / 'out'}", "--num_episodes=0"], "--num_episodes 0"),
         ("synthetic_exists", SYNTHETIC, [f"--data_root_dir={world.data}"], "already exists"),
         ("tiny_out_dir_is_file", TINY, [f"--out_dir={broken / 'a_file' / 'x'}"], "--out_dir"),
+        ("tiny_image_size", TINY, [f"--out_dir={root / 'tiny_100'}", "--image_size=100"], "--image_size 100"),
         # Issue 20: data files, refused pickles, evaluation flags, LeRobot metadata, depth-probe folders, typos.
         ("rlds_empty_folder", FINETUNE_ALIGN, align(data_root_dir=root / "rlds_empty"), "No RLDS dataset"),
         ("rlds_no_tfrecords", FINETUNE_ALIGN, align(data_root_dir=root / "rlds_no_tfrecords"), "Missing tfrecord"),

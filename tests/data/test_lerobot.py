@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from prismatic.vla.normalization import normalize
+from prismatic.util.cli import UserError
 from prismatic.vla.constants import NormalizationType
 from prismatic.vla.datasets.augmentation import AugmentationParams, apply_augmentation, sample_params
 from prismatic.vla.datasets.config import ImageAugConfig
-from prismatic.vla.datasets.lerobot import LeRobotMapping, open_lerobot
+from prismatic.vla.datasets.lerobot import LeRobotMapping, libero_gripper_targets, open_lerobot
 from prismatic.vla.datasets.lerobot_dataset import LeRobotConfig, LeRobotDataset
+from prismatic.vla.normalization import normalize
 
 FIXTURES = Path(__file__).resolve().parent / "lerobot_fixtures"
 ALL_FIXTURES = ("libero_like_v21", "libero_like_v30", "aloha_like_v21", "aloha_like_v30")
@@ -205,6 +206,36 @@ def test_the_numpy_normalisation_is_the_tf_pipelines():
     np_result = normalize(values, stats, NormalizationType.BOUNDS_Q99, zero_constant_dims=True)
     np.testing.assert_allclose(np_result, tf_result, atol=1e-6)
     assert np.all(np_result[:, 2] == 0) and np.array_equal(np_result[:, 3], values[:, 3])
+
+
+def test_the_libero_gripper_trains_as_on_the_rlds_path(data_root):
+    """--lerobot_gripper libero: the last action dim becomes upstream's RLDS target (1 - clip(a, 0, 1), the TF
+    transform's values), is left un-normalised, and the checkpoint's embodiment says the libero convention."""
+    from prismatic.vla.datasets.registry import standardize_libero
+
+    name = "libero_like_v30"
+    raw = open_lerobot(data_root, name, LeRobotMapping()).actions
+    raw[:3, -1] = [-1.0, 1.0, 0.4]  # open, close, in between
+    tf_action, _ = standardize_libero(raw, np.zeros((len(raw), 8), np.float32))
+    np.testing.assert_array_equal(libero_gripper_targets(raw), tf_action.numpy())
+
+    dataset = _dataset(data_root, name, mapping=LeRobotMapping(gripper="libero"), resize_resolution=(32, 32))
+    source = dataset.source
+    gripper = 1.0 - np.clip(open_lerobot(data_root, name, LeRobotMapping()).actions[:, -1], 0.0, 1.0)
+    np.testing.assert_array_equal(source.actions[:, -1], gripper)
+    assert dataset.statistics["action"]["mask"].tolist() == [True] * (source.action_dim - 1) + [False]
+    row = int(dataset.rows[0])
+    frame = dataset.frame_at(row, sample_index=0)
+    np.testing.assert_array_equal(frame["action"][:, -1], gripper[row : row + 8])  # passes through un-normalised
+    embodiment = dataset.embodiment()
+    assert embodiment.gripper == "libero" and embodiment.gripper_dims == [source.action_dim - 1]
+    assert dataset.policy_data()["gripper"] == "libero"
+    plain = _dataset(data_root, name, resize_resolution=(32, 32))
+    assert plain.embodiment().gripper == "none" and "gripper" not in plain.policy_data()
+    assert len(list((data_root / name).glob("dataset_statistics_*.json"))) == 2  # cached apart
+
+    with pytest.raises(UserError, match="^--lerobot_gripper 'robotiq': expected one of"):
+        open_lerobot(data_root, name, LeRobotMapping(gripper="robotiq"))
 
 
 def test_numpy_augmentation_matches_the_tensorflow_ops_for_the_same_parameters():

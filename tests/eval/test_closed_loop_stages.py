@@ -61,6 +61,7 @@ def test_finished_stages_are_skipped_and_the_others_resume(tmp_path: Path, monke
     train = commands[1]
     assert "--preset=closed_loop_cpu" in train and "--resume=True" in train and f"--max_steps={2 * SAVE}" in train
     assert f"--vla_path={cfg.vla_dir}" in train and f"--data_root_dir={cfg.data_dir}" in train
+    assert not any(flag.startswith("--lerobot_gripper") for flag in train)  # the RLDS copy's reader knows LIBERO
 
 
 def test_a_fresh_cache_generates_and_trains_without_resume(tmp_path: Path, monkeypatch) -> None:
@@ -89,6 +90,7 @@ def test_the_lerobot_copy_has_its_own_dataset_run_evaluations_and_report(tmp_pat
     assert "--format=lerobot" in commands[0]
     assert "--dataset_name=libero_spatial_oracle_lerobot" in commands[1] and "--resume=False" in commands[1]
     assert "--run_id_override=closed-loop-lerobot" in commands[1]
+    assert "--lerobot_gripper=libero" in commands[1]  # trained as the RLDS copy trains LIBERO's gripper
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
     _episodes(cfg, "eval", [True])

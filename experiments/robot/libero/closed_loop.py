@@ -337,6 +337,7 @@ def run_stage(cfg: ClosedLoopConfig, stage: str) -> None:
                 f"--max_steps={last_step(cfg)}",
                 f"--seed={cfg.seed}",
                 f"--resume={resume}",
+                *(["--lerobot_gripper=libero"] if cfg.data_format == "lerobot" else []),
             ]
         )
     elif stage == "eval":

@@ -38,6 +38,7 @@ from prismatic.vla.datasets.statistics import (
     non_finite_error,
 )
 from prismatic.vla.datasets.video import VideoFrameReader, check_video_file
+from prismatic.vla.policy_config import GRIPPER_CONVENTIONS
 
 INFO_FILE = "meta/info.json"
 SUPPORTED_VERSIONS = ("v2.1", "v3.0")
@@ -54,6 +55,9 @@ class LeRobotMapping:
     in ``info.json`` order). The language instruction is the episode frame's task (``task_index`` -> tasks file).
     ``depth_keys`` / ``intrinsics_keys``: per camera, in camera order, the float32 depth ``[H, W]`` (or
     ``[H, W, 1]``) and intrinsics ``[3, 3]`` (or ``[9]``) features (``datasets.geometry``); empty without depth.
+    ``gripper``: ``"none"`` (every action dim normalised, commands sent as predicted) or ``"libero"`` (the last action
+    dim is LIBERO's gripper command, -1 open / +1 close, trained as upstream trains LIBERO's RLDS data: ``1 - clip(a,
+    0, 1)``, not normalised, and evaluated with the ``libero`` gripper convention).
     """
 
     camera_keys: tuple[str, ...] = ()
@@ -62,6 +66,7 @@ class LeRobotMapping:
     language_source: str = "task"
     depth_keys: tuple[str, ...] = ()
     intrinsics_keys: tuple[str, ...] = ()
+    gripper: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +80,7 @@ class LeRobotMapping:
                 if self.depth_keys
                 else {}
             ),
+            **({"gripper": self.gripper} if self.gripper != "none" else {}),
         }
 
 
@@ -209,6 +215,8 @@ def open_lerobot(data_root_dir: str | Path, dataset_name: str, mapping: LeRobotM
             data_file = next(root / meta["data_file"] for meta in episode_meta if meta["index"] == episode)
             raise non_finite_error(str(data_file), key, episode, int(frame_index[row]), dimension, values[found])
 
+    if mapping.gripper == "libero":
+        actions = libero_gripper_targets(actions)
     episodes = []
     for meta in episode_meta:
         rows = np.flatnonzero(episode_index == meta["index"])
@@ -295,6 +303,8 @@ def resolve_mapping(mapping: LeRobotMapping, features: dict[str, Any], info_path
                 f"{info_path}: feature {key!r} ({flag}) is missing or not a float vector; expected one of {vectors}."
             )
     _check_geometry_features(mapping, tuple(camera_keys), features, info_path)
+    if mapping.gripper not in GRIPPER_CONVENTIONS:
+        raise UserError(f"--lerobot_gripper {mapping.gripper!r}: expected one of {list(GRIPPER_CONVENTIONS)}")
     return LeRobotMapping(
         tuple(camera_keys),
         mapping.state_key,
@@ -302,7 +312,16 @@ def resolve_mapping(mapping: LeRobotMapping, features: dict[str, Any], info_path
         mapping.language_source,
         mapping.depth_keys,
         mapping.intrinsics_keys,
+        mapping.gripper,
     )
+
+
+def libero_gripper_targets(actions: np.ndarray) -> np.ndarray:
+    """LIBERO's raw actions ``[T, A]`` with the gripper (last dim: -1 open, +1 close) as upstream's RLDS transform
+    makes it (``registry.standardize_libero``): ``1 - clip(a, 0, 1)``, i.e. 1 open, 0 close; returns a copy."""
+    converted = np.array(actions, dtype=np.float32, copy=True)
+    converted[:, -1] = 1.0 - np.clip(converted[:, -1], 0.0, 1.0)
+    return converted
 
 
 def _check_geometry_features(
@@ -461,6 +480,7 @@ def get_lerobot_statistics(source: LeRobotSource, cache_dir: Path | None = None)
         "action": source.mapping.action_key,
         "state": source.mapping.state_key,
         "files": {str(path.relative_to(source.root)): path.stat().st_size for path in source.data_files},
+        **({"gripper": source.mapping.gripper} if source.mapping.gripper != "none" else {}),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     cache_name = f"dataset_statistics_{key}.json"
@@ -473,4 +493,6 @@ def get_lerobot_statistics(source: LeRobotSource, cache_dir: Path | None = None)
 
     statistics = cached_statistics(candidates, compute)
     statistics["action"]["mask"] = np.ones(source.action_dim, dtype=bool)
+    if source.mapping.gripper == "libero":
+        statistics["action"]["mask"][-1] = False  # as the RLDS path's LIBERO mask: the {0, 1} gripper passes through
     return statistics

@@ -141,8 +141,12 @@ class LeRobotDataset(IterableDataset):
 
     def embodiment(self) -> EmbodimentConfig:
         """The embodiment saved with the checkpoint (``PolicyConfig.embodiment``)."""
+        gripper = self.source.mapping.gripper
         return EmbodimentConfig.from_platform(
-            self.platform, camera_names=list(self.cameras), gripper="none", gripper_dims=[]
+            self.platform,
+            camera_names=list(self.cameras),
+            gripper=gripper,
+            gripper_dims=[self.source.action_dim - 1] if gripper == "libero" else [],
         )
 
     def policy_data(self) -> dict[str, Any]:
@@ -256,7 +260,7 @@ def _keys(flag_value: str) -> tuple[str, ...]:
 
 def mapping_from_flags(cfg: Any) -> LeRobotMapping:
     """The feature mapping of the training flags ``--lerobot_camera_keys`` (comma-separated), ``--lerobot_state_key``,
-    ``--lerobot_action_key`` and, where the config has them, ``--lerobot_depth_keys`` /
+    ``--lerobot_action_key``, ``--lerobot_gripper`` and, where the config has them, ``--lerobot_depth_keys`` /
     ``--lerobot_intrinsics_keys``."""
     return LeRobotMapping(
         _keys(cfg.lerobot_camera_keys),
@@ -264,6 +268,7 @@ def mapping_from_flags(cfg: Any) -> LeRobotMapping:
         cfg.lerobot_action_key,
         depth_keys=_keys(getattr(cfg, "lerobot_depth_keys", "")),
         intrinsics_keys=_keys(getattr(cfg, "lerobot_intrinsics_keys", "")),
+        gripper=cfg.lerobot_gripper,
     )
 
 
