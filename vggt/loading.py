@@ -160,8 +160,9 @@ def save_vggt_weights(model: nn.Module, path: str | Path) -> None:
     try:
         if path.suffix == ".safetensors":
             save_file(state_dict, temporary)
-        else:
-            torch.save(state_dict, temporary)
+        else:  # through a handle: the archive's folder is "archive", not the temporary's name (reproducible bytes)
+            with open(temporary, "wb") as handle:
+                torch.save(state_dict, handle)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -122,6 +122,7 @@ def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
         f"- Secondary metric: {results['secondary_metric']}.",
         f"- Closed-loop evaluation: {results['closed_loop']}.",
         f"- Depth probe: {results['depth_probe']}.",
+        *provenance(results),
         "",
         "## Held-out action L1 and the secondary metric",
         "",
@@ -141,8 +142,8 @@ def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
     lines += ["", f"![learning curves]({relative['learning_curves']})", "", "## Closed-loop success", ""]
     if results["closed_loop"] == "run":
         lines += [
-            "| task | fraction | variant | successes / episodes | rate | Wilson 95 % | against plain |",
-            "|---|---|---|---|---|---|---|",
+            "| task | fraction | variant | successes / episodes | per seed | rate | Wilson 95 % | against plain |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for group in results["groups"].values():
             baseline = group["variants"]["plain"]["success"]["rate"]
@@ -152,7 +153,8 @@ def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
                 comparison = "baseline" if variant == "plain" else verdict(baseline, low, high)
                 lines.append(
                     f"| {group['task']} | {group['fraction']:.0%} | {variant} | {success['successes']} / "
-                    f"{success['episodes']} | {success['rate']:.2f} | [{low:.2f}, {high:.2f}] | {comparison} |"
+                    f"{success['episodes']} | {', '.join(map(str, success.get('per_seed', [])))} | "
+                    f"{success['rate']:.2f} | [{low:.2f}, {high:.2f}] | {comparison} |"
                 )
     else:
         lines.append(f"Not measured: {results['closed_loop']}.")
@@ -175,6 +177,21 @@ def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
     with atomic_output(path) as temporary:
         temporary.write_text("\n".join(lines))
     return path
+
+
+def provenance(results: dict) -> list[str]:
+    """Where the numbers come from: the code commit, or the parts a --combine joined."""
+    if "combined_from" not in results:
+        return [f"- Code: commit {results['code_commit']}."] if results.get("code_commit") else []
+    parts = [
+        f"tasks {part['tasks']} seeds {part['seeds']} (commit {part['code_commit']})"
+        for part in results["combined_from"]
+    ]
+    return [
+        f"- Joined from runs of disjoint parts (same base checkpoints, sha256 {results['base_sha256'][:16]}): "
+        + "; ".join(parts)
+        + "."
+    ]
 
 
 def probe_section(results: dict, relative: dict[str, str]) -> list[str]:

@@ -6,20 +6,26 @@
     python experiments/sf_mechanism/run.py --out runs/sf_reduced --scale reduced --tasks 0 --seeds 0 --variants plain \
         --learning_rate 1e-3                                                   # one point of a baseline LR sweep
     python experiments/sf_mechanism/run.py --out runs/sf_medium --scale medium   # the third run (task 3, 1000 steps)
+    python experiments/sf_mechanism/run.py --out runs/sf_t0 --tasks 0           # one task of the full run (a session)
+    python experiments/sf_mechanism/run.py --out runs/sf_all --combine a/results.json b/results.json   # join parts
 
 Stages, each skipping the work it finished before (a unit's output is written atomically, a rerun resumes;
 ``--parallel N`` runs N trainings, evaluations or probes at a time and N simulator workers for the demonstrations):
 base checkpoints -> demonstrations with depth (per task: 100 % and each fraction) -> training of every (task,
 variant, fraction, seed) -> held-out action L1 curves (the runs' validation) -> closed-loop evaluation on the
 benchmark's init states (Wilson 95 % intervals) -> depth probe of every 100 % checkpoint -> results.json, figures and
-the report page. The metrics are declared in ``experiments/sf_mechanism/design.py``. With ``--data_source synthetic``
-the demonstrations are the synthetic reach task and the closed-loop stage is skipped (recorded as skipped).
+the report page. The metrics are declared in ``experiments/sf_mechanism/design.py``. Runs of disjoint parts of one
+design (``--tasks``/``--seeds`` subsets, e.g. in sessions on different machines) join with ``--combine``, which
+trains nothing and checks that the parts share the design, the rate and the base checkpoints' bytes. With
+``--data_source synthetic`` the demonstrations are the synthetic reach task and the closed-loop stage is skipped
+(recorded as skipped).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 
 from experiments.robot.libero.demo_generation import DemoGenerationConfig
 from experiments.robot.results import wilson_interval
@@ -52,15 +59,18 @@ from prismatic.training.config import FinetuneConfig
 from prismatic.training.metrics import read_metrics
 from prismatic.training.presets import get_preset
 from prismatic.util.cli import UserError, run_cli
-from prismatic.util.io import write_json_atomic
+from prismatic.util.io import file_sha256, write_json_atomic
 from prismatic.vla.datasets.synthetic import ReachScene
+from vggt.loading import read_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO_ROOT / "vla-scripts"
 DATA_SOURCES = ("oracle", "synthetic")
 DONE_NAME = ".done.json"
-FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism.md"
+FULL_REPORT = REPO_ROOT / "docs" / "experiments" / "sf_mechanism_full" / "sf_mechanism.md"
 T = TypeVar("T")
+# What the parts joined by --combine must share (besides their sizes, tasks and seeds aside).
+SHARED_KEYS = ("scale", "data_source", "learning_rate", "closed_loop", "depth_probe", "aligned_layer", "base_sha256")
 TOOL_ENV = {"USE_TF": "0", "WANDB_MODE": "offline", "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
 
 
@@ -90,7 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--report",
         type=Path,
         default=None,
-        help=f"report page (default: {FULL_REPORT} for the full oracle run, else <out>/sf_mechanism.md)",
+        help=f"report page (default: {FULL_REPORT} for the whole full oracle run, else <out>/sf_mechanism.md)",
+    )
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="results.json files of runs of disjoint parts of one design: joined into <out>, nothing trained",
     )
     args = parser.parse_args(argv)
     check_args(args)
@@ -101,6 +118,16 @@ def check_args(args: argparse.Namespace) -> None:
     """Every flag checked before anything is written or loaded."""
     if args.quick:
         args.scale = "quick"
+    if args.combine is not None:
+        narrowing = {"--quick": args.quick, "--tasks": args.tasks, "--seeds": args.seeds}
+        narrowing["--learning_rate"] = args.learning_rate
+        given = [flag for flag, value in narrowing.items() if value not in (None, False)]
+        if given:
+            raise UserError(f"--combine with {' '.join(given)}: expected only --out and --report (the parts' own)")
+        args.parts = read_parts(args.combine)
+        if args.out.exists() and not args.out.is_dir():
+            raise UserError(f"--out {args.out}: not a folder; expected the folder of the combined results")
+        return
     if args.scale not in SCALES:
         raise UserError(f"--scale {args.scale!r}: expected one of {list(SCALES)}")
     if args.data_source not in DATA_SOURCES:
@@ -162,6 +189,93 @@ def check_oracle(scale: Scale) -> None:
             "--data_source oracle: vla-scripts/generate_libero_demos.py has no --with_depth; expected a generator "
             "that writes the depth features the geometry teacher reads (or --data_source synthetic)"
         )
+
+
+def read_parts(paths: list[Path]) -> list[dict]:
+    """The results.json of each part; refused unless they share one design, rate and base and no run."""
+    parts = []
+    for path in paths:
+        try:
+            part = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"--combine {path}: expected a results.json written by this harness ({error})") from None
+        if not isinstance(part, dict) or not {"units", "sizes", "scale", "base_sha256"} <= set(part):
+            raise UserError(
+                f"--combine {path}: expected a results.json written by this harness (units, sizes, scale, base_sha256)"
+            )
+        parts.append(part)
+    first, first_path = parts[0], paths[0]
+    seen: dict[str, Path] = {}
+    for part, path in zip(parts, paths, strict=True):
+        for key in SHARED_KEYS:
+            if part.get(key) != first.get(key):
+                raise UserError(
+                    f"--combine {path}: {key} {part.get(key)!r} differs from {first.get(key)!r} in {first_path}; "
+                    "expected parts of one design"
+                )
+        for key in sorted((set(part["sizes"]) | set(first["sizes"])) - {"tasks", "seeds"}):
+            if part["sizes"].get(key) != first["sizes"].get(key):
+                raise UserError(
+                    f"--combine {path}: sizes.{key} {part['sizes'].get(key)!r} differs from "
+                    f"{first['sizes'].get(key)!r} in {first_path}; expected parts of one design"
+                )
+        for entry in part["units"]:
+            if entry["run_id"] in seen:
+                raise UserError(
+                    f"--combine {path}: run {entry['run_id']!r} is also in {seen[entry['run_id']]}; expected "
+                    "disjoint parts"
+                )
+            seen[entry["run_id"]] = path
+    return parts
+
+
+def combined_scale(parts: list[dict]) -> Scale:
+    """The parts' common sizes with the union of their tasks (in the declared scale's order) and seeds."""
+    sizes = parts[0]["sizes"]
+    declared = SCALES[parts[0]["scale"]]
+    tasks = {task for part in parts for task in part["sizes"]["tasks"]}
+    seeds = {seed for part in parts for seed in part["sizes"]["seeds"]}
+    order = [task for task in declared.tasks if task in tasks] + sorted(tasks - set(declared.tasks))
+    fields = {**sizes, "tasks": tuple(order), "seeds": tuple(sorted(seeds)), "fractions": tuple(sizes["fractions"])}
+    return Scale(**fields)
+
+
+def combine(args: argparse.Namespace) -> None:
+    """Joins the parts into one results.json, its figures and its report page (nothing is trained)."""
+    parts: list[dict] = args.parts
+    scale = combined_scale(parts)
+    units = [entry for part in parts for entry in part["units"]]
+    variants = [variant for variant in VARIANTS if any(entry["variant"] == variant for entry in units)]
+    missing = [
+        f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}"
+        for task in scale.tasks
+        for fraction in scale.fractions
+        for seed in scale.seeds
+        for variant in variants
+        if not any(
+            (entry["task"], entry["fraction"], entry["variant"], entry["seed"]) == (task, fraction, variant, seed)
+            for entry in units
+        )
+    ]
+    if missing:
+        raise UserError(f"--combine: the parts lack runs {missing}; expected every (task, fraction, variant, seed)")
+    first = parts[0]
+    results = {
+        **{key: first[key] for key in ("primary_metric", "secondary_metric", "height_task", *SHARED_KEYS)},
+        "sizes": vars(scale),
+        "groups": summarise(units, scale, variants),
+        "combined_from": [
+            {
+                "results": str(path),
+                "tasks": part["sizes"]["tasks"],
+                "seeds": part["sizes"]["seeds"],
+                "code_commit": part.get("code_commit"),
+            }
+            for path, part in zip(args.combine, parts, strict=True)
+        ],
+        "units": units,
+    }
+    publish(results, args.out.resolve(), args.report, whole_full_run(results, SCALES[first["scale"]]))
 
 
 def run_tool(command: list[str], log: Path) -> None:
@@ -396,6 +510,7 @@ def summarise(units: list[dict], scale: Scale, variants: list[str]) -> dict:
                         "episodes": episodes,
                         "rate": successes / episodes,
                         "wilson95": list(wilson_interval(successes, episodes)),
+                        "per_seed": [e["successes"] for e in evals],
                     },
                     "probe": [u["probe"] for u in mine if u.get("probe")],
                 }
@@ -420,6 +535,9 @@ def summarise(units: list[dict], scale: Scale, variants: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.combine is not None:
+        combine(args)
+        return
     scale: Scale = args.sizes
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -545,15 +663,50 @@ def main(argv: list[str] | None = None) -> None:
         "closed_loop": closed_loop,
         "depth_probe": depth_probe,
         "aligned_layer": aligned_layer(scale),
+        "base_sha256": base_digest(base),
+        "code_commit": code_commit(),
         "groups": summarise(units, scale, args.variants),
         "units": units,
     }
+    publish(results, out, args.report, whole_full_run(results, SCALES[args.scale]))
+
+
+def publish(results: dict, out: Path, report: Path | None, full_page: bool) -> None:
+    """results.json in ``out``, the figures beside the report page (committed with it) and the page itself."""
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
-    full_run = args.scale == "full" and not synthetic
-    report = args.report or (FULL_REPORT if full_run else out / "sf_mechanism.md")
-    figures = write_figures(results, report.parent / f"{report.stem}_figures")  # beside the page, committed with it
+    report = report or (FULL_REPORT if full_page else out / "sf_mechanism.md")
+    figures = write_figures(results, report.parent / f"{report.stem}_figures")
     write_report(results, figures, report)
     print(f"results: {out / 'results.json'}\nreport: {report}", flush=True)
+
+
+def whole_full_run(results: dict, declared: Scale) -> bool:
+    """Whether ``results`` hold every task and seed of the full design on the oracle's demonstrations (the run whose
+    page is committed at FULL_REPORT by default)."""
+    sizes = results["sizes"]
+    complete = set(sizes["tasks"]) == set(declared.tasks) and set(sizes["seeds"]) == set(declared.seeds)
+    return results["scale"] == "full" and results["data_source"] == "oracle" and complete
+
+
+def base_digest(base: dict) -> str:
+    """SHA-256 over the base checkpoints, so parts of one design trained on different machines can be checked to
+    start from the same weights: the tiny VLA folder's files, and the teacher file's tensors (names, dtypes, shapes,
+    bytes; a torch.save file's bytes also hold the name of the path it was first written to)."""
+    digest = hashlib.sha256()
+    folder = Path(base["vla_path"])
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}:{file_sha256(path)}\n".encode())
+    for name, tensor in sorted(read_state_dict(base["vggt_path"]).items()):
+        digest.update(f"teacher/{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def code_commit() -> str | None:
+    """The repository's HEAD commit (None outside a git checkout), recorded with the results."""
+    completed = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    return completed.stdout.strip() if completed.returncode == 0 else None
 
 
 def run_parallel(work: Callable[[T], dict], items: list[T], parallel: int) -> list[dict]:

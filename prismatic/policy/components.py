@@ -107,8 +107,10 @@ def save_component_state_dict(
     prefix = DDP_PREFIX if ddp_prefix else ""
     source = module.state_dict() if state_dict is None else state_dict
     state_dict = {f"{prefix}{key}": value for key, value in source.items()}
-    with atomic_output(Path(path)) as temporary:
-        torch.save(state_dict, temporary)
+    # Through a handle, torch names the archive's folder "archive" (a path would name it after the temporary), so
+    # the file's bytes depend on its tensors alone.
+    with atomic_output(Path(path)) as temporary, open(temporary, "wb") as handle:
+        torch.save(state_dict, handle)
 
 
 def save_components(

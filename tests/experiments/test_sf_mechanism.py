@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from experiments.robot.results import wilson_interval
@@ -178,3 +179,124 @@ def test_probe_scenes_are_rendered_with_the_checkpoints_centre_crop(tmp_path, mo
     run.make_probe_data(tmp_path, scale, "synthetic", 3)
     meta = json.loads((tmp_path / "probe_data" / "task3" / "meta.json").read_text())
     assert meta["preprocessing"]["center_crop"] is expected
+
+
+def fake_part(path: Path, tasks: list[int], *, learning_rate: float = 5e-4, base: str = "ab" * 32) -> Path:
+    """A results.json of a FULL run over ``tasks`` as the harness writes it (units with curves, episodes, probes)."""
+    sizes = {**dataclasses.asdict(run.SCALES["full"]), "tasks": tasks, "seeds": [0, 1, 2], "fractions": [1.0, 0.2]}
+    units = []
+    for task in tasks:
+        for fraction in (1.0, 0.2):
+            for seed in (0, 1, 2):
+                for index, variant in enumerate(("plain", "sf_geometry", "sf_rgb")):
+                    final = 0.1 + 0.01 * index + 0.001 * seed
+                    entry = {
+                        "run_id": f"task{task}_{run.fraction_tag(fraction)}_{variant}_s{seed}",
+                        "task": task,
+                        "fraction": fraction,
+                        "variant": variant,
+                        "seed": seed,
+                        "l1_curve": [[1000, 0.3], [2000, final]],
+                        "align_curve": [],
+                        "eval": {"successes": seed + index, "episodes": 10},
+                    }
+                    if fraction == 1.0:
+                        entry["probe"] = {"linear_abs_rel_by_layer": {"0": 0.2, "1": 0.1}, "dpt_abs_rel": 0.15}
+                    units.append(entry)
+    part = {
+        "primary_metric": run.PRIMARY_METRIC,
+        "secondary_metric": run.SECONDARY_METRIC,
+        "height_task": 3,
+        "data_source": "oracle",
+        "scale": "full",
+        "sizes": sizes,
+        "learning_rate": learning_rate,
+        "closed_loop": "run",
+        "depth_probe": "run",
+        "aligned_layer": 1,
+        "base_sha256": base,
+        "code_commit": "c0ffee",
+        "units": units,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(part))
+    return path
+
+
+def test_combine_joins_disjoint_tasks_into_one_results_file_and_page(tmp_path):
+    task3 = fake_part(tmp_path / "a" / "results.json", [3])
+    task0 = fake_part(tmp_path / "b" / "results.json", [0])
+    report = tmp_path / "page" / "sf_mechanism.md"
+    run.main(["--out", str(tmp_path / "all"), "--combine", str(task0), str(task3), "--report", str(report)])
+
+    results = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert results["sizes"]["tasks"] == [3, 0] and results["sizes"]["seeds"] == [0, 1, 2]  # the declared order
+    assert list(results["groups"]) == ["task3_f100", "task3_f020", "task0_f100", "task0_f020"]
+    assert len(results["units"]) == 36 and results["learning_rate"] == 5e-4
+    geometry = results["groups"]["task3_f100"]["variants"]["sf_geometry"]
+    assert geometry["success"]["per_seed"] == [1, 2, 3] and geometry["success"]["successes"] == 6
+    assert geometry["success"]["wilson95"] == pytest.approx(list(wilson_interval(6, 30)))
+    assert geometry["l1_mean"] == pytest.approx([0.3, 0.111])
+    assert [part["tasks"] for part in results["combined_from"]] == [[0], [3]]
+    page = report.read_text()
+    assert "Joined from runs of disjoint parts (same base checkpoints, sha256 abababababababab)" in page
+    assert "| 3 | 100% | sf_geometry | 6 / 30 | 1, 2, 3 | 0.20 |" in page
+    assert sorted(path.name for path in (report.parent / "sf_mechanism_figures").iterdir()) == [
+        "learning_curves.png",
+        "probe_layers.png",
+        "success.png",
+    ]
+    assert run.whole_full_run(results, run.SCALES["full"])
+    assert not run.whole_full_run(json.loads(task3.read_text()), run.SCALES["full"])
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"tasks": [0], "learning_rate": 1e-3}, "learning_rate 0.001 differs from 0.0005 in"),
+        ({"tasks": [0], "base": "cd" * 32}, "base_sha256 'cdcd"),
+        ({"tasks": [3]}, "run 'task3_f100_plain_s0' is also in"),
+    ],
+)
+def test_combine_refuses_parts_of_different_designs_or_overlapping_runs(tmp_path, second, message):
+    first = fake_part(tmp_path / "a" / "results.json", [3])
+    other = fake_part(tmp_path / "b" / "results.json", **second)
+    with pytest.raises(UserError) as error:
+        parse_args(["--out", str(tmp_path / "all"), "--combine", str(first), str(other)])
+    assert str(error.value).startswith(f"--combine {other}: ") and message in str(error.value)
+
+
+def test_combine_refuses_missing_runs_and_narrowing_flags_in_one_line(tmp_path):
+    part = fake_part(tmp_path / "a" / "results.json", [3])
+    data = json.loads(part.read_text())
+    data["units"] = [entry for entry in data["units"] if entry["run_id"] != "task3_f020_sf_rgb_s2"]
+    part.write_text(json.dumps(data))
+    out = tmp_path / "all"
+    completed = harness("--out", str(out), "--combine", str(part))
+    assert completed.returncode == 2 and completed.stderr.count("\n") == 1
+    assert "the parts lack runs ['task3_f020_sf_rgb_s2']" in completed.stderr and not out.exists()
+    completed = harness("--out", str(out), "--combine", str(part), "--tasks", "3")
+    assert completed.returncode == 2 and "--combine with --tasks: expected only --out and --report" in completed.stderr
+    completed = harness("--out", str(out), "--combine", str(tmp_path / "missing.json"))
+    assert completed.returncode == 2 and f"--combine {tmp_path / 'missing.json'}: expected a results.json" in (
+        completed.stderr
+    )
+
+
+def test_the_base_digest_follows_the_tensors_not_the_teacher_files_bytes(tmp_path):
+    (tmp_path / "vla").mkdir()
+    (tmp_path / "vla" / "config.json").write_text("{}")
+    teacher = {"aggregator.w": torch.arange(6.0).reshape(2, 3)}
+    torch.save(teacher, tmp_path / "first.pt")  # a path names the archive's folder after the file
+    torch.save(teacher, tmp_path / "second.pt")
+    assert (tmp_path / "first.pt").read_bytes() != (tmp_path / "second.pt").read_bytes()
+    digests = [
+        run.base_digest({"vla_path": str(tmp_path / "vla"), "vggt_path": str(tmp_path / name)})
+        for name in ("first.pt", "second.pt")
+    ]
+    assert digests[0] == digests[1]
+    torch.save({"aggregator.w": torch.arange(6.0).reshape(3, 2)}, tmp_path / "reshaped.pt")
+    (tmp_path / "vla" / "config.json").write_text('{"a": 1}')
+    changed = run.base_digest({"vla_path": str(tmp_path / "vla"), "vggt_path": str(tmp_path / "first.pt")})
+    reshaped = run.base_digest({"vla_path": str(tmp_path / "vla"), "vggt_path": str(tmp_path / "reshaped.pt")})
+    assert len({digests[0], changed, reshaped}) == 3

@@ -131,6 +131,8 @@ def test_component_files_load_with_or_without_the_module_prefix(tmp_path: Path):
     save_component_state_dict(head, tmp_path / "with.pt")
     save_component_state_dict(head, tmp_path / "without.pt", ddp_prefix=False)
     assert next(iter(torch.load(tmp_path / "with.pt", weights_only=True))).startswith("module.")
+    save_component_state_dict(head, tmp_path / "again" / "with.pt")  # the same tensors give the same bytes
+    assert (tmp_path / "again" / "with.pt").read_bytes() == (tmp_path / "with.pt").read_bytes()
     for name in ("with.pt", "without.pt"):
         state_dict = load_component_state_dict(tmp_path / name)
         assert state_dict.keys() == head.state_dict().keys()

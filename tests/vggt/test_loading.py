@@ -101,6 +101,9 @@ def test_save_then_load_round_trip_is_bit_identical(golden_tiny_vggt, golden_mai
     path = tmp_path / f"tiny{suffix}"
     save_vggt_weights(golden_tiny_vggt, path)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+    again = tmp_path / "again" / path.name
+    save_vggt_weights(golden_tiny_vggt, again)  # the same tensors give the same bytes, whatever the temporary's name
+    assert again.read_bytes() == path.read_bytes()
 
     reloaded = VGGT.from_checkpoint(path)  # configuration inferred from the shapes
     assert not reloaded.training
