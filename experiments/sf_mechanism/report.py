@@ -98,13 +98,13 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "not reached" if value is None else f"{value:.{digits}f}"
 
 
-def verdict(baseline: float, low: float, high: float) -> str:
-    """Plain words for a variant's success against the baseline's, from whether the intervals overlap."""
-    if low > baseline:
+def verdict(low: float, high: float) -> str:
+    """Plain words for a variant's success against the baseline's, from the 95 % interval of their difference."""
+    if low > 0:
         return "higher than plain"
-    if high < baseline:
+    if high < 0:
         return "lower than plain (harm)"
-    return "no difference from plain resolved by the intervals"
+    return "no difference from plain resolved (the interval holds 0)"
 
 
 def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
@@ -142,20 +142,29 @@ def write_report(results: dict, figures: dict[str, Path], path: Path) -> Path:
     lines += ["", f"![learning curves]({relative['learning_curves']})", "", "## Closed-loop success", ""]
     if results["closed_loop"] == "run":
         lines += [
-            "| task | fraction | variant | successes / episodes | per seed | rate | Wilson 95 % | against plain |",
-            "|---|---|---|---|---|---|---|---|",
+            "| task | fraction | variant | successes / episodes | per seed | rate | Wilson 95 % | minus plain (95 %) "
+            "| against plain |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for group in results["groups"].values():
-            baseline = group["variants"]["plain"]["success"]["rate"]
             for variant, row in group["variants"].items():
                 success = row["success"]
                 low, high = success["wilson95"]
-                comparison = "baseline" if variant == "plain" else verdict(baseline, low, high)
+                difference, comparison = "", "baseline"
+                if variant != "plain":
+                    change, change_low, change_high = success["difference_vs_plain"]
+                    difference = f"{change:+.2f} [{change_low:+.2f}, {change_high:+.2f}]"
+                    comparison = verdict(change_low, change_high)
                 lines.append(
                     f"| {group['task']} | {group['fraction']:.0%} | {variant} | {success['successes']} / "
                     f"{success['episodes']} | {', '.join(map(str, success.get('per_seed', [])))} | "
-                    f"{success['rate']:.2f} | [{low:.2f}, {high:.2f}] | {comparison} |"
+                    f"{success['rate']:.2f} | [{low:.2f}, {high:.2f}] | {difference} | {comparison} |"
                 )
+        lines += [
+            "",
+            "Episodes are pooled over seeds; the difference's interval is Newcombe's hybrid score interval, which "
+            "treats episodes as independent and so ignores the spread between seeds (see the per-seed column).",
+        ]
     else:
         lines.append(f"Not measured: {results['closed_loop']}.")
     lines += [

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from experiments.robot.libero.demo_generation import DemoGenerationConfig
-from experiments.robot.results import wilson_interval
+from experiments.robot.results import difference_interval, wilson_interval
 from experiments.sf_mechanism.design import (
     DATASET_NAME,
     HEIGHT_TASK,
@@ -529,6 +529,11 @@ def summarise(units: list[dict], scale: Scale, variants: list[str]) -> dict:
                 )
                 row["steps_to_baseline_final_l1"] = reached
                 row["speedup_vs_plain"] = base_steps / reached if reached and base_steps else None
+                if row["success"] and baseline["success"]:
+                    mine, base = row["success"], baseline["success"]
+                    row["success"]["difference_vs_plain"] = list(
+                        difference_interval(mine["successes"], mine["episodes"], base["successes"], base["episodes"])
+                    )
             groups[key] = {"task": task, "fraction": fraction, "baseline_final_l1": target, "variants": rows}
     return groups
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.robot.results import wilson_interval
+from experiments.robot.results import difference_interval, wilson_interval
 from experiments.sf_mechanism import run
 from experiments.sf_mechanism.design import MEDIUM, REDUCED, steps_to_reach
-from experiments.sf_mechanism.report import write_figures, write_report
+from experiments.sf_mechanism.report import verdict, write_figures, write_report
 from experiments.sf_mechanism.run import parse_args
 from prismatic.training.presets import PRESETS
 from prismatic.util.cli import UserError
@@ -300,3 +300,13 @@ def test_the_base_digest_follows_the_tensors_not_the_teacher_files_bytes(tmp_pat
     changed = run.base_digest({"vla_path": str(tmp_path / "vla"), "vggt_path": str(tmp_path / "first.pt")})
     reshaped = run.base_digest({"vla_path": str(tmp_path / "vla"), "vggt_path": str(tmp_path / "reshaped.pt")})
     assert len({digests[0], changed, reshaped}) == 3
+
+
+def test_the_difference_interval_matches_newcombes_worked_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, example (a): 56/70 against 48/80, method 10: 0.0524 to 0.3339.
+    difference, low, high = difference_interval(56, 70, 48, 80)
+    assert difference == pytest.approx(0.2) and (low, high) == pytest.approx((0.0524, 0.3339), abs=1e-4)
+    assert verdict(low, high) == "higher than plain"
+    assert verdict(-high, -low) == "lower than plain (harm)"
+    _, low, high = difference_interval(23, 30, 16, 30)  # rates 0.77 and 0.53: Wilson intervals apart from the
+    assert low < 0 < high and verdict(low, high).startswith("no difference")  # other's rate, yet not resolved
