@@ -57,7 +57,8 @@ clean-venv:
 	rm -rf $(VENV)
 
 # The Spatial Forcing mechanism experiment (experiments/sf_mechanism/run.py; resumable):
-#   make experiment                      the full run; make experiment EXPERIMENT_ARGS=--quick for one task and seed
+#   make experiment                      the full run (~3.7 h here: one task per session with --tasks, then --combine);
+#                                        make experiment EXPERIMENT_ARGS=--quick for one task and seed
 EXPERIMENT_ARGS ?=
 experiment: $(STAMP)
 	PYTHONPATH=. $(PYTHON) experiments/sf_mechanism/run.py $(EXPERIMENT_ARGS)
