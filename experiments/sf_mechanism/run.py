@@ -16,7 +16,7 @@ variant, fraction, seed) -> held-out action L1 curves (the runs' validation) -> 
 benchmark's init states (Wilson 95 % intervals) -> depth probe of every 100 % checkpoint -> results.json, figures and
 the report page. The metrics are declared in ``experiments/sf_mechanism/design.py``. Runs of disjoint parts of one
 design (``--tasks``/``--seeds`` subsets, e.g. in sessions on different machines) join with ``--combine``, which
-trains nothing and checks that the parts share the design, the rate and the base checkpoints' bytes. With
+trains nothing and checks that the parts share the design, the rate and the base checkpoints' weights. With
 ``--data_source synthetic`` the demonstrations are the synthetic reach task and the closed-loop stage is skipped
 (recorded as skipped).
 """
@@ -127,6 +127,8 @@ def check_args(args: argparse.Namespace) -> None:
         args.parts = read_parts(args.combine)
         if args.out.exists() and not args.out.is_dir():
             raise UserError(f"--out {args.out}: not a folder; expected the folder of the combined results")
+        if (args.out / "experiment.json").exists():  # its results.json is a run's own: never overwritten by a join
+            raise UserError(f"--out {args.out} holds a run (experiment.json); expected a folder for the joined results")
         return
     if args.scale not in SCALES:
         raise UserError(f"--scale {args.scale!r}: expected one of {list(SCALES)}")

@@ -277,6 +277,10 @@ def test_combine_refuses_missing_runs_and_narrowing_flags_in_one_line(tmp_path):
     assert "the parts lack runs ['task3_f020_sf_rgb_s2']" in completed.stderr and not out.exists()
     completed = harness("--out", str(out), "--combine", str(part), "--tasks", "3")
     assert completed.returncode == 2 and "--combine with --tasks: expected only --out and --report" in completed.stderr
+    (tmp_path / "a" / "experiment.json").write_text("{}")  # the part's own folder: its results.json is kept
+    completed = harness("--out", str(tmp_path / "a"), "--combine", str(part))
+    assert completed.returncode == 2 and f"--out {tmp_path / 'a'} holds a run (experiment.json)" in completed.stderr
+    assert json.loads(part.read_text()) == data
     completed = harness("--out", str(out), "--combine", str(tmp_path / "missing.json"))
     assert completed.returncode == 2 and f"--combine {tmp_path / 'missing.json'}: expected a results.json" in (
         completed.stderr
