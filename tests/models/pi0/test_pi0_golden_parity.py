@@ -18,6 +18,9 @@ ELEMENTWISE_LOSS_TOLERANCE = 1e-4
 # The tap: the golden tensor itself is 1.16e-5 from a float64 run of this model (ours 1.32e-5), so 1e-5 sits on
 # float32 rounding; which CPU kernels run moves ours between 6.5e-6 and 1.1e-5 (AMD EPYC, torch 2.14.1).
 TAP_TOLERANCE = 2e-5
+# The sampled velocities likewise: 1.2e-5 at one step on an Intel Xeon with AVX-512/AMX (torch 2.14.1), within 1e-5
+# elsewhere; the smallest plausible mistake in the sensitivity table (time embedding in float32) moves them 8.8e-5.
+VELOCITY_TOLERANCE = 2e-5
 
 
 def test_weight_rule_reproduces_the_published_probes(golden_meta: dict, golden_model: Pi0Model):
@@ -76,7 +79,7 @@ def test_sampling_matches_golden_step_by_step_and_under_both_schedules(
         actions = golden["in.sample_noise"]
         for step, time in enumerate(golden_model.sampling_times(steps, "lerobot", actions.device)):
             velocity = golden_model.denoise_step(golden_inputs.state, cache, actions, time.expand(batch))
-            assert_max_abs(velocity, golden["out.sample_v_steps"][step], TOLERANCE, f"velocity at step {step}")
+            assert_max_abs(velocity, golden["out.sample_v_steps"][step], VELOCITY_TOLERANCE, f"velocity at step {step}")
             actions = actions + dt * velocity
     assert_max_abs(actions, golden["out.sample_actions"], TOLERANCE, "actions, lerobot schedule")
     # The cache is read, never extended; the schedules differ by about 1e-4, ten times the tolerance.
@@ -114,8 +117,10 @@ def test_prefix_only_pass_equals_the_joint_pass_on_valid_tokens(
             output_hidden_states=True,
         )
     pairs = zip(training.prefix_hidden_states, alone.prefix_hidden_states, strict=True)
+    # Bit-equal on some CPUs; 3.8e-6 on an Intel Xeon with AVX-512/AMX, whose matmul kernels depend on the row count.
+    # Padded tokens differ by 0.62 between the two passes (the set's README), far above this.
     for layer, (joint_hidden, alone_hidden) in enumerate(pairs):
-        assert torch.equal(joint_hidden[pad_mask], alone_hidden[pad_mask]), layer
+        assert_max_abs(joint_hidden[pad_mask], alone_hidden[pad_mask], TOLERANCE, f"valid tokens at layer {layer}")
 
 
 def test_block_mask_rules():
