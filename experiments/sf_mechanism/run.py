@@ -119,8 +119,12 @@ def check_args(args: argparse.Namespace) -> None:
     if args.quick:
         args.scale = "quick"
     if args.combine is not None:
-        narrowing = {"--quick": args.quick, "--tasks": args.tasks, "--seeds": args.seeds}
-        narrowing["--learning_rate"] = args.learning_rate
+        narrowing = {
+            "--quick": args.quick,
+            "--tasks": args.tasks,
+            "--seeds": args.seeds,
+            "--learning_rate": args.learning_rate,
+        }
         given = [flag for flag, value in narrowing.items() if value not in (None, False)]
         if given:
             raise UserError(f"--combine with {' '.join(given)}: expected only --out and --report (the parts' own)")
@@ -248,16 +252,14 @@ def combine(args: argparse.Namespace) -> None:
     scale = combined_scale(parts)
     units = [entry for part in parts for entry in part["units"]]
     variants = [variant for variant in VARIANTS if any(entry["variant"] == variant for entry in units)]
+    present = {(entry["task"], entry["fraction"], entry["variant"], entry["seed"]) for entry in units}
     missing = [
         f"task{task}_{fraction_tag(fraction)}_{variant}_s{seed}"
         for task in scale.tasks
         for fraction in scale.fractions
         for seed in scale.seeds
         for variant in variants
-        if not any(
-            (entry["task"], entry["fraction"], entry["variant"], entry["seed"]) == (task, fraction, variant, seed)
-            for entry in units
-        )
+        if (task, fraction, variant, seed) not in present
     ]
     if missing:
         raise UserError(f"--combine: the parts lack runs {missing}; expected every (task, fraction, variant, seed)")
@@ -532,9 +534,9 @@ def summarise(units: list[dict], scale: Scale, variants: list[str]) -> dict:
                 row["steps_to_baseline_final_l1"] = reached
                 row["speedup_vs_plain"] = base_steps / reached if reached and base_steps else None
                 if row["success"] and baseline["success"]:
-                    mine, base = row["success"], baseline["success"]
-                    row["success"]["difference_vs_plain"] = list(
-                        difference_interval(mine["successes"], mine["episodes"], base["successes"], base["episodes"])
+                    own, base = row["success"], baseline["success"]
+                    own["difference_vs_plain"] = list(
+                        difference_interval(own["successes"], own["episodes"], base["successes"], base["episodes"])
                     )
             groups[key] = {"task": task, "fraction": fraction, "baseline_final_l1": target, "variants": rows}
     return groups
